@@ -1,0 +1,1 @@
+"""Policies, multi-task rollouts with GAE, and the PPO trainer (knows nothing of grouping)."""
