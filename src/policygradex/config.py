@@ -1,0 +1,77 @@
+"""Pydantic models for every option, and the conversion of their errors into one line.
+
+Field descriptions double as the CLI's help text. Every model forbids unknown fields, so a
+typo in a suite or run file is an error naming the field rather than a silently ignored
+option.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class NetConfig(Strict):
+    hidden: tuple[int, ...] = Field((64, 64, 64), description="hidden layer widths of actor and critic MLPs (default: 4 linear layers, as in the paper)")
+    activation: Literal["tanh", "relu", "elu"] = Field("tanh", description="hidden activation")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(h < 1 for h in v):
+            raise ValueError("hidden must be a non-empty list of positive widths")
+        return v
+
+
+class PPOConfig(Strict):
+    """Multi-task PPO hyperparameters (CleanRL names)."""
+
+    total_steps: int = Field(200_000, ge=1, description="total environment steps over all tasks")
+    envs_per_task: int = Field(4, ge=1, description="parallel environments per task")
+    num_steps: int = Field(64, ge=1, description="rollout length per environment per update")
+    minibatch_size: int = Field(256, ge=1, description="PPO minibatch size")
+    update_epochs: int = Field(10, ge=1, description="PPO epochs per update")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
+    anneal_lr: bool = Field(True, description="anneal the learning rate linearly to 0")
+    gamma: float = Field(0.98, gt=0, le=1, description="discount factor")
+    gae_lambda: float = Field(0.8, ge=0, le=1, description="GAE lambda")
+    clip_coef: float = Field(0.2, gt=0, description="PPO clip coefficient")
+    ent_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
+    vf_coef: float = Field(0.5, ge=0, description="value loss coefficient")
+    max_grad_norm: float = Field(0.5, gt=0, description="gradient clipping norm")
+    norm_adv: Literal["batch", "task", "none"] = Field("batch", description="advantage normalization: over the minibatch, per task over the rollout, or none")
+    target_kl: float | None = Field(None, gt=0, description="stop the epoch loop early above this approximate KL")
+    checkpoint_every: int = Field(10, ge=1, description="save a checkpoint every this many updates (and at the end)")
+    seed: int = Field(0, description="random seed")
+    threads: int = Field(1, ge=1, description="torch threads (1 is fastest for small networks)")
+    net: NetConfig = Field(default_factory=NetConfig)
+
+    def batch_size(self, n_tasks: int) -> int:
+        return n_tasks * self.envs_per_task * self.num_steps
+
+    def num_updates(self, n_tasks: int) -> int:
+        return max(1, self.total_steps // self.batch_size(n_tasks))
+
+
+def validation_message(exc: ValidationError, source: str) -> str:
+    """One line naming the first offending field and what is allowed."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return f"{source}: {loc}: {msg}"
+
+
+def parse(model: type[BaseModel], data: dict, source: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(validation_message(exc, source)) from None

@@ -1,0 +1,181 @@
+"""Multi-task PPO (CleanRL-style, read top to bottom).
+
+One actor-critic for all tasks of a suite; the task's one-hot id is appended to the
+observation.  Each update collects ``num_steps`` steps from ``envs_per_task`` environments
+of every task, computes GAE with time-limit bootstrapping, optionally normalizes advantages
+per task, and runs ``update_epochs`` epochs of clipped PPO over minibatches.  A checkpoint
+(weights, optimizer, config, suite, per-task returns, RNG state) is written every
+``checkpoint_every`` updates and at the end; training resumes from the latest checkpoint in
+the output directory when the config and suite match.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..artifacts import write_json
+from ..config import PPOConfig
+from ..errors import UserError
+from ..tasks import TaskSuite
+from .checkpoint import build_model, list_checkpoints, read_checkpoint, save_checkpoint
+from .networks import ActorCritic
+from .rollout import MultiTaskEnv, Rollout, RolloutCollector
+
+
+@dataclass
+class TrainResult:
+    model: ActorCritic
+    checkpoints: list[Path]
+    history: list[dict]  # one entry per checkpoint: step, update, per-task mean return
+    global_step: int
+    steps_per_second: float
+
+
+def normalize_advantages(adv: torch.Tensor, task_of: torch.Tensor, n_tasks: int) -> torch.Tensor:
+    """Standardize advantages within each task (flat tensors)."""
+    out = adv.clone()
+    for i in range(n_tasks):
+        m = task_of == i
+        if m.sum() > 1:
+            out[m] = (adv[m] - adv[m].mean()) / (adv[m].std() + 1e-8)
+    return out
+
+
+def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig, n_tasks: int,
+               clip: float, gen: torch.Generator) -> dict[str, float]:
+    adv, ret = ro.advantages(cfg.gamma, cfg.gae_lambda)
+    T, E = ro.rewards.shape
+    B = T * E
+    x = ro.x.reshape(B, -1)
+    a = ro.actions.reshape(B, *ro.actions.shape[2:])
+    old_logp, old_v = ro.logprobs.reshape(B), ro.values.reshape(B)
+    adv, ret = adv.reshape(B), ret.reshape(B)
+    task_of = ro.task_ids.repeat(T)
+    if cfg.norm_adv == "task":
+        adv = normalize_advantages(adv, task_of, n_tasks)
+    n_mb = max(1, B // cfg.minibatch_size)
+    mb = B // n_mb
+    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "entropy": [], "approx_kl": [], "clipfrac": []}
+    for _ in range(cfg.update_epochs):
+        perm = torch.randperm(B, generator=gen)
+        for k in range(n_mb):
+            idx = perm[k * mb:(k + 1) * mb]
+            dist = model.actor.distribution(x[idx])
+            logp = dist.log_prob(a[idx])
+            logratio = logp - old_logp[idx]
+            ratio = logratio.exp()
+            a_mb = adv[idx]
+            if cfg.norm_adv == "batch" and len(idx) > 1:
+                a_mb = (a_mb - a_mb.mean()) / (a_mb.std() + 1e-8)
+            pg_loss = torch.max(-a_mb * ratio, -a_mb * ratio.clamp(1 - clip, 1 + clip)).mean()
+            v_loss = 0.5 * (model.value(x[idx]) - ret[idx]).pow(2).mean()
+            entropy = dist.entropy().mean()
+            loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean().item()
+            stats["policy_loss"].append(pg_loss.item())
+            stats["value_loss"].append(v_loss.item())
+            stats["entropy"].append(entropy.item())
+            stats["approx_kl"].append(approx_kl)
+            stats["clipfrac"].append(((ratio - 1).abs() > clip).float().mean().item())
+        if cfg.target_kl is not None and np.mean(stats["approx_kl"][-n_mb:]) > cfg.target_kl:
+            break
+    return {k: float(np.mean(v)) for k, v in stats.items()}
+
+
+def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> dict | None:
+    ckpts = list_checkpoints(out_dir / "checkpoints")
+    if not ckpts:
+        return None
+    ckpt = read_checkpoint(ckpts[-1])
+    if ckpt["config"] != cfg.model_dump(mode="json") or ckpt["suite"] != suite.to_dict():
+        raise UserError(f"--out {out_dir} holds checkpoints of a different config or suite; choose another --out or delete it")
+    return ckpt
+
+
+def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
+          on_update: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train (or resume) a multi-task PPO policy on ``suite``; checkpoints go to out_dir/checkpoints."""
+    out_dir = Path(out_dir)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = build_model(suite, cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    num_updates = cfg.num_updates(suite.n)
+    batch = cfg.batch_size(suite.n)
+    start_update, global_step, history = 0, 0, []
+    env = MultiTaskEnv(suite, cfg.envs_per_task, cfg.seed)
+    ckpt = _resume_point(out_dir, cfg, suite)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["rng"]["generator"])
+        start_update, global_step = ckpt["update"], ckpt["global_step"]
+        history = json.loads((out_dir / "train_history.json").read_text()) if (out_dir / "train_history.json").exists() else []
+        history = [h for h in history if h["update"] <= start_update]
+        env.reset(seed=cfg.seed + start_update)  # env states are not checkpointed; reseed deterministically
+    collector = RolloutCollector(env, gen)
+    writer = None
+    if tensorboard is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(tensorboard))
+    recent = [deque(maxlen=20) for _ in range(suite.n)]
+    for h in history[-1:]:
+        for i, name in enumerate(suite.names):
+            if h["returns"].get(name) is not None:
+                recent[i].append(h["returns"][name])
+    t0, steps0 = time.perf_counter(), global_step
+    for update in range(start_update + 1, num_updates + 1):
+        frac = 1.0 - (update - 1) / num_updates
+        lr = cfg.learning_rate * frac if cfg.anneal_lr else cfg.learning_rate
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        model.eval()
+        ro = collector.collect(model, cfg.num_steps)
+        global_step += batch
+        for i, rets in enumerate(ro.episode_returns):
+            recent[i].extend(rets)
+        model.train()
+        stats = ppo_update(model, optimizer, ro, cfg, suite.n, cfg.clip_coef, gen)
+        returns = {name: (float(np.mean(recent[i])) if recent[i] else None) for i, name in enumerate(suite.names)}
+        sps = (global_step - steps0) / max(time.perf_counter() - t0, 1e-9)
+        if writer is not None:
+            finite = [r for r in returns.values() if r is not None]
+            if finite:
+                writer.add_scalar("charts/episodic_return", float(np.mean(finite)), global_step)
+            for name, r in returns.items():
+                if r is not None:
+                    writer.add_scalar(f"charts/episodic_return/{name}", r, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/learning_rate", lr, global_step)
+            for k, v in stats.items():
+                writer.add_scalar(f"losses/{k}", v, global_step)
+        if on_update is not None:
+            on_update(batch, {**stats, "returns": returns, "sps": sps, "global_step": global_step})
+        if update % cfg.checkpoint_every == 0 or update == num_updates:
+            path = out_dir / "checkpoints" / f"step_{global_step:09d}.pt"
+            save_checkpoint(path, model, optimizer, cfg, suite, global_step, update, returns, {"generator": gen.get_state()})
+            history.append({"step": global_step, "update": update, "checkpoint": str(path.relative_to(out_dir)), "returns": returns})
+            write_json(out_dir / "train_history.json", history)
+    env.close()
+    if writer is not None:
+        writer.close()
+    elapsed = time.perf_counter() - t0
+    model.eval()
+    return TrainResult(model, list_checkpoints(out_dir / "checkpoints"), history, global_step,
+                       (global_step - steps0) / elapsed if elapsed > 0 else 0.0)

@@ -1,0 +1,155 @@
+"""Task and TaskSuite: n environments that share one observation and one action space.
+
+A :class:`Task` is a gymnasium env id, constructor kwargs, attribute overrides applied to
+``env.unwrapped`` (derived quantities such as CartPole's ``total_mass`` recomputed), and
+optional named wrappers.  A :class:`TaskSuite` builds every task once and refuses, with one
+line naming the task and both spaces, a suite whose tasks do not share spaces.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+from pydantic import Field, field_validator
+
+from ..config import Strict
+from ..errors import UserError
+
+# Derived attributes to recompute after overrides, keyed by the unwrapped env's class name.
+def _cartpole_derived(env: Any) -> None:
+    env.total_mass = env.masspole + env.masscart
+    env.polemass_length = env.masspole * env.length
+
+
+DERIVED: dict[str, Callable[[Any], None]] = {"CartPoleEnv": _cartpole_derived}
+
+WRAPPERS: dict[str, Callable[[gym.Env], gym.Env]] = {
+    "flatten_observation": gym.wrappers.FlattenObservation,
+    "clip_action": gym.wrappers.ClipAction,
+    "rescale_action": lambda env: gym.wrappers.RescaleAction(env, -1.0, 1.0),
+}
+
+
+class Task(Strict):
+    """One task: ``gym.make(env_id, **kwargs)``, then ``overrides`` set on ``env.unwrapped``."""
+
+    name: str = Field(..., min_length=1, description="unique task name")
+    env_id: str = Field(..., min_length=1, description="gymnasium environment id")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments to gymnasium.make")
+    overrides: dict[str, float | int | bool] = Field(default_factory=dict, description="attributes set on env.unwrapped after construction")
+    wrappers: list[str] = Field(default_factory=list, description=f"named wrappers applied in order: {', '.join(WRAPPERS)}")
+    max_episode_steps: int | None = Field(None, ge=1, description="episode time limit (default: the env's own)")
+
+    @field_validator("wrappers")
+    @classmethod
+    def _known_wrappers(cls, v: list[str]) -> list[str]:
+        for w in v:
+            if w not in WRAPPERS:
+                raise ValueError(f"unknown wrapper {w!r}; allowed: {', '.join(WRAPPERS)}")
+        return v
+
+    def make(self, render_mode: str | None = None) -> gym.Env:
+        kwargs = dict(self.kwargs)
+        if self.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = self.max_episode_steps
+        if render_mode is not None:
+            kwargs["render_mode"] = render_mode
+        try:
+            env = gym.make(self.env_id, **kwargs)
+        except gym.error.Error as exc:
+            raise UserError(f"task {self.name!r}: cannot make env {self.env_id!r}: {exc}") from None
+        except TypeError as exc:
+            raise UserError(f"task {self.name!r}: bad kwargs for {self.env_id!r}: {exc}") from None
+        except Exception as exc:  # envs raise anything from their constructors
+            raise UserError(f"task {self.name!r}: {self.env_id!r} raised in its constructor: {type(exc).__name__}: {exc}") from None
+        self._apply_overrides(env.unwrapped)
+        for w in self.wrappers:
+            env = WRAPPERS[w](env)
+        return env
+
+    def _apply_overrides(self, raw: Any) -> None:
+        for key, value in self.overrides.items():
+            if key.startswith("_") or not hasattr(raw, key):
+                raise UserError(f"task {self.name!r}: {self.env_id!r} has no attribute {key!r} to override")
+            old = getattr(raw, key)
+            if isinstance(old, bool) != isinstance(value, bool) or not isinstance(old, (int, float, np.number)):
+                raise UserError(f"task {self.name!r}: override {key!r} must be {type(old).__name__} like the env's own value, got {type(value).__name__}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"task {self.name!r}: override {key!r} must be finite, got {value}")
+            setattr(raw, key, type(old)(value) if isinstance(old, (int, float)) and not isinstance(old, bool) else value)
+        fix = DERIVED.get(type(raw).__name__)
+        if fix is not None and self.overrides:
+            fix(raw)
+
+
+class TaskSuite:
+    """n tasks with shared spaces, an optional known partition and PPO presets."""
+
+    def __init__(self, name: str, tasks: list[Task], true_partition: list[list[str]] | None = None,
+                 description: str = "", ppo_preset: dict | None = None, params: list[dict] | None = None):
+        if not tasks:
+            raise UserError(f"suite {name!r}: has no tasks")
+        names = [t.name for t in tasks]
+        dup = sorted({x for x in names if names.count(x) > 1})
+        if dup:
+            raise UserError(f"suite {name!r}: task names must be unique, repeated: {', '.join(dup)}")
+        if true_partition is not None:
+            flat = [x for g in true_partition for x in g]
+            if sorted(flat) != sorted(names):
+                raise UserError(f"suite {name!r}: true_partition must list every task exactly once")
+        self.name = name
+        self.tasks = tasks
+        self.true_partition = true_partition
+        self.description = description
+        self.ppo_preset = dict(ppo_preset or {})
+        self.params = params or []
+        self.observation_space, self.action_space = self._check_spaces()
+
+    @property
+    def n(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def true_labels(self) -> list[int] | None:
+        if self.true_partition is None:
+            return None
+        where = {name: g for g, grp in enumerate(self.true_partition) for name in grp}
+        return [where[n] for n in self.names]
+
+    def _check_spaces(self) -> tuple[gym.Space, gym.Space]:
+        first = None
+        for task in self.tasks:
+            env = task.make()
+            try:
+                spaces = (env.observation_space, env.action_space)
+            finally:
+                env.close()
+            if first is None:
+                first = (task, spaces)
+                obs = spaces[0]
+                if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
+                    raise UserError(f"task {task.name!r}: observation space {obs} is not a flat Box; add wrappers = [\"flatten_observation\"]")
+                continue
+            for kind, a, b in (("observation", first[1][0], spaces[0]), ("action", first[1][1], spaces[1])):
+                if a != b:
+                    raise UserError(f"task {task.name!r} has {kind} space {b} but task {first[0].name!r} has {a}; all tasks in a suite must share spaces")
+        return first[1]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "tasks": [t.model_dump() for t in self.tasks],
+            "true_partition": self.true_partition,
+            "description": self.description,
+            "ppo_preset": self.ppo_preset,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskSuite":
+        return cls(d["name"], [Task.model_validate(t) for t in d["tasks"]], d.get("true_partition"), d.get("description", ""), d.get("ppo_preset"))

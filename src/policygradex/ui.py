@@ -1,0 +1,49 @@
+"""Progress display: one rich progress bar per long step (steps/s, ETA), on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+class Bar:
+    def __init__(self, progress: Progress | None, task_id, unit: str):
+        self._p, self._id, self.unit = progress, task_id, unit
+
+    def advance(self, n: float = 1, info: str | None = None) -> None:
+        if self._p is not None:
+            kw = {"info": info} if info is not None else {}
+            self._p.update(self._id, advance=n, **kw)
+
+
+@contextlib.contextmanager
+def progress_bar(total: float, description: str, unit: str = "steps") -> Iterator[Bar]:
+    """A progress bar with rate and ETA; silent when POLICYGRADEX_QUIET is set."""
+    if os.environ.get("POLICYGRADEX_QUIET"):
+        yield Bar(None, None, unit)
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               _RateColumn(unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+               TextColumn("{task.fields[info]}")]
+    with Progress(*columns, console=console, transient=False, disable=not sys.stderr.isatty() and not os.environ.get("POLICYGRADEX_FORCE_PROGRESS")) as p:
+        tid = p.add_task(description, total=total, info="")
+        yield Bar(p, tid, unit)
+
+
+class _RateColumn(TextColumn):
+    def __init__(self, unit: str):
+        super().__init__("")
+        self.unit = unit
+
+    def render(self, task):  # type: ignore[override]
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
