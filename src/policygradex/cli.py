@@ -1,0 +1,134 @@
+"""The ``policygradex`` command line: parse, call, print.  No logic lives here.
+
+Exit codes: 0 success, 2 a user error (one line on stderr naming the input), 1 a bug,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Which RL tasks to train together: PolicyGradEx task grouping from projected policy gradients.")
+out = Console()
+
+SUITE_HELP = "built-in suite (cartpole, cartpole-planted, lunarlander), a suite .toml file, or env:<gymnasium id>"
+
+
+def _hidden(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--hidden must be comma-separated integers like 64,64,64, got {text!r}") from None
+
+
+def _ppo_config(suite, steps, seed, threads, envs_per_task, hidden, norm_adv, checkpoint_every, config_file):
+    from .config import PPOConfig, parse
+    from .runfile import read_section
+
+    data = dict(suite.ppo_preset)
+    if config_file is not None:
+        data.update(read_section(config_file, "ppo"))
+    overrides = {"total_steps": steps, "seed": seed, "threads": threads, "envs_per_task": envs_per_task,
+                 "norm_adv": norm_adv, "checkpoint_every": checkpoint_every}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if hidden is not None:
+        data["net"] = {**data.get("net", {}), "hidden": hidden}
+    return parse(PPOConfig, data, "options")
+
+
+def _returns_table(title: str, rows: dict[str, dict]) -> Table:
+    t = Table(title=title)
+    t.add_column("task")
+    t.add_column("mean return", justify="right")
+    t.add_column("± std", justify="right")
+    for name, r in rows.items():
+        t.add_row(name, f"{r['mean']:.1f}", f"{r['std']:.1f}")
+    return t
+
+
+@app.command()
+def train(
+    suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
+    tasks: Optional[int] = typer.Option(None, "--tasks", help="number of tasks for a built-in suite"),
+    suite_seed: int = typer.Option(0, "--suite-seed", help="seed of the built-in suite's task generator"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="total environment steps over all tasks"),
+    seed: int = typer.Option(0, "--seed", help="training seed"),
+    out_dir: Path = typer.Option(Path("runs/train"), "--out", help="output directory (checkpoints, history)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default 1: fastest for small nets)"),
+    envs_per_task: Optional[int] = typer.Option(None, "--envs-per-task", help="parallel environments per task"),
+    hidden: Optional[str] = typer.Option(None, "--hidden", help="hidden widths, e.g. 64,64,64"),
+    norm_adv: Optional[str] = typer.Option(None, "--norm-adv", help="advantage normalization: batch, task or none"),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="updates between checkpoints"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a [ppo] table of PPO options"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard logs to this directory"),
+    eval_episodes: int = typer.Option(10, "--eval-episodes", help="evaluation episodes per task after training"),
+):
+    """Train a multi-task PPO meta-policy on a suite and print per-task returns."""
+    from .pipeline import train_meta_policy
+    from .rl.evaluate import evaluate_policy
+    from .tasks import load_suite
+
+    s = load_suite(suite, tasks, suite_seed)
+    cfg = _ppo_config(s, steps, seed, threads, envs_per_task, _hidden(hidden), norm_adv, checkpoint_every, config)
+    res = train_meta_policy(s, cfg, out_dir, tensorboard)
+    ev = evaluate_policy(res.model, s, episodes=eval_episodes)
+    out.print(_returns_table(f"{s.name}: {res.global_step:,} steps, {res.steps_per_second:,.0f} steps/s", ev))
+    out.print(f"checkpoints in {out_dir / 'checkpoints'}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint written by train or run"),
+    episodes: int = typer.Option(10, "--episodes", min=1, help="episodes per task"),
+    stochastic: bool = typer.Option(False, "--stochastic", help="sample actions instead of the greedy action"),
+    seed: int = typer.Option(12345, "--seed", help="evaluation seed"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+):
+    """Per-task mean ± std return of a checkpoint."""
+    from .rl.checkpoint import load_checkpoint
+    from .rl.evaluate import evaluate_policy
+
+    model, s, _, ckpt = load_checkpoint(checkpoint)
+    ev = evaluate_policy(model, s, episodes=episodes, deterministic=not stochastic, seed=seed)
+    if as_json:
+        print(json.dumps({k: {"mean": v["mean"], "std": v["std"]} for k, v in ev.items()}, indent=2))
+    else:
+        out.print(_returns_table(f"{checkpoint} (step {ckpt['global_step']:,})", ev))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rv = app(args=argv, standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        print("interrupted: finished stages and checkpoints are kept; rerun the same command to resume", file=sys.stderr)
+        code = 130
+    except typer.TyperException as exc:  # click-style usage errors (bad option, missing argument)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message())
+            code = 0
+        else:
+            print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+            code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
