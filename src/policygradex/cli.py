@@ -45,7 +45,9 @@ def _ppo_config(suite, steps, seed, threads, envs_per_task, hidden, norm_adv, ch
     data.update({k: v for k, v in overrides.items() if v is not None})
     if hidden is not None:
         data["net"] = {**data.get("net", {}), "hidden": hidden}
-    return parse(PPOConfig, data, "options")
+    flags = {"total_steps": "--steps", "seed": "--seed", "threads": "--threads", "envs_per_task": "--envs-per-task",
+             "norm_adv": "--norm-adv", "checkpoint_every": "--checkpoint-every", "net.hidden": "--hidden"}
+    return parse(PPOConfig, data, "options", flags)
 
 
 def _returns_table(title: str, rows: dict[str, dict]) -> Table:

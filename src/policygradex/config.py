@@ -60,18 +60,20 @@ class PPOConfig(Strict):
         return max(1, self.total_steps // self.batch_size(n_tasks))
 
 
-def validation_message(exc: ValidationError, source: str) -> str:
-    """One line naming the first offending field and what is allowed."""
+def validation_message(exc: ValidationError, source: str, labels: dict[str, str] | None = None) -> str:
+    """One line naming the first offending field (or its CLI flag via ``labels``) and what is allowed."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    if labels and loc in labels:
+        return f"{labels[loc]}: {err['msg']}"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
     return f"{source}: {loc}: {msg}"
 
 
-def parse(model: type[BaseModel], data: dict, source: str):
+def parse(model: type[BaseModel], data: dict, source: str, labels: dict[str, str] | None = None):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise UserError(validation_message(exc, source)) from None
+        raise UserError(validation_message(exc, source, labels)) from None

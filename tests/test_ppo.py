@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+
+from policygradex.config import PPOConfig
+from policygradex.rl.checkpoint import list_checkpoints, load_checkpoint
+from policygradex.rl.evaluate import evaluate_policy
+from policygradex.rl.ppo import normalize_advantages, train
+from policygradex.tasks import load_suite
+
+
+def small_cfg(**kw):
+    base = dict(total_steps=4096, envs_per_task=2, num_steps=64, minibatch_size=128, update_epochs=2, checkpoint_every=4, seed=7)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def test_checkpoint_round_trip_is_bit_identical(tmp_path):
+    suite = load_suite("cartpole", 3)
+    res = train(suite, small_cfg(), tmp_path)
+    model, suite2, cfg2, ckpt = load_checkpoint(res.checkpoints[-1])
+    for (k, a), (k2, b) in zip(res.model.state_dict().items(), model.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert suite2.to_dict() == suite.to_dict() and cfg2 == small_cfg()
+    assert set(ckpt["returns"]) == set(suite.names) and ckpt["versions"]["torch"]
+    e1 = evaluate_policy(res.model, suite, episodes=2)
+    e2 = evaluate_policy(model, suite2, episodes=2)
+    assert e1 == e2
+
+
+def test_same_seed_same_returns(tmp_path):
+    suite = load_suite("cartpole", 2)
+    a = train(suite, small_cfg(), tmp_path / "a")
+    b = train(suite, small_cfg(), tmp_path / "b")
+    assert a.history == b.history and all(h["returns"] for h in a.history)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    c = train(suite, small_cfg(seed=8), tmp_path / "c")
+    assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), c.model.parameters()))
+
+
+def test_periodic_checkpoints_and_resume_after_kill(tmp_path):
+    suite = load_suite("cartpole", 2)
+    cfg = small_cfg(total_steps=256 * 8, checkpoint_every=2)
+    full = train(suite, cfg, tmp_path)
+    ckpts = list_checkpoints(tmp_path / "checkpoints")
+    assert len(ckpts) == 4
+    # simulate a kill after the second checkpoint: later checkpoints never got written
+    for p in ckpts[2:]:
+        p.unlink()
+    res = train(suite, cfg, tmp_path)
+    assert res.global_step == full.global_step
+    assert len(list_checkpoints(tmp_path / "checkpoints")) == 4
+    hist = json.loads((tmp_path / "train_history.json").read_text())
+    assert [h["update"] for h in hist] == [2, 4, 6, 8]
+
+
+def test_per_task_advantage_normalization():
+    adv = torch.tensor([1.0, 2.0, 3.0, 100.0, 200.0, 300.0])
+    task = torch.tensor([0, 0, 0, 1, 1, 1])
+    out = normalize_advantages(adv, task, 2)
+    assert torch.allclose(out[:3], out[3:], atol=1e-5)
+    assert abs(out[:3].mean()) < 1e-6
+
+
+@pytest.mark.slow
+def test_ppo_solves_cartpole_small_budget(tmp_path):
+    suite = load_suite("env:CartPole-v1")
+    cfg = PPOConfig(**{**suite.ppo_preset, "total_steps": 60_000, "seed": 0, "checkpoint_every": 1000})
+    res = train(suite, cfg, tmp_path)
+    ev = evaluate_policy(res.model, suite, episodes=5)
+    assert ev["CartPole-v1"]["mean"] >= 400
+
+
+def test_tensorboard_logging_uses_cleanrl_names(tmp_path):
+    pytest.importorskip("tensorboard")
+    suite = load_suite("cartpole", 2)
+    train(suite, small_cfg(total_steps=512), tmp_path / "run", tensorboard=tmp_path / "tb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "charts/SPS" in tags and "losses/value_loss" in tags
