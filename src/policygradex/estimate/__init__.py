@@ -1,1 +1,1 @@
-"""Stage 3-4: per-subset surrogate fits, subset sampling and affinity evaluators."""
+"""Estimation of task affinities: per-subset performance estimates ``f`` to the affinity ``U``."""

@@ -33,19 +33,23 @@ __all__ = [
     "Projector",
     "GaussianProjector",
     "projector_from_spec",
+    "block_seed",
     "DEFAULT_BLOCK_ROWS",
     "DEFAULT_CACHE_BYTES",
 ]
 
-#: Rows of ``P`` per generated block.  With ``d = 400`` in float32 a block is 3.3 MB, and the
-#: matching slice of a 512-sample gradient chunk is 4 MB: both stay in the last-level cache's
-#: neighbourhood while each block's matmul (``[B, 2048] @ [2048, d]``) is large enough to run
-#: near peak.  Part of the spec: a different block size gives a different (equally valid) ``P``.
+#: Rows of ``P`` per generated block.  With ``d = 400`` in float32 a block is 3.3 MB (plus the
+#: matching ``[B, 2048]`` column slice of the input), so an uncached projector needs one block
+#: of memory whatever ``p`` is.  Speed does not depend on it: ``project`` of ``[512, 9410]`` takes the same time with 1,024- to
+#: 16,384-row blocks as one unblocked matmul.  Part of the spec: another block size gives a
+#: different (equally valid) ``P``.
 DEFAULT_BLOCK_ROWS = 2048
 
 #: ``P`` is kept in memory after first use when it takes at most this many bytes (e.g. the
 #: 137k-parameter policy at ``d = 400``: 219 MB); a larger ``P`` is regenerated block by block
-#: on every call, so memory stays at one block whatever ``p`` is.  Caching never changes values.
+#: on every call, so memory stays at one block whatever ``p`` is.  Regenerating costs about 25%
+#: more time in ``projected_grads`` (benchmarks/results/features.json).  Caching never changes
+#: values.
 DEFAULT_CACHE_BYTES = 256 * 2**20
 
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
