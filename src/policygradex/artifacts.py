@@ -170,3 +170,10 @@ def verify_file(path: str | Path, digest: str, what: str) -> None:
         raise UserError(f"{what} {path} is missing")
     if sha256_file(path) != digest:
         raise UserError(f"{what} {path} is corrupted or truncated (checksum mismatch); delete it and rerun")
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is unreadable or corrupted ({type(exc).__name__}); delete it and rerun") from None

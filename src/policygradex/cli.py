@@ -110,6 +110,69 @@ def evaluate(
         out.print(_returns_table(f"{checkpoint} (step {ckpt['global_step']:,})", ev))
 
 
+@app.command()
+def run(
+    suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
+    out_dir: Path = typer.Option(Path("runs/default"), "--out", help="run directory (artifacts, report.md)"),
+    tasks: Optional[int] = typer.Option(None, "--tasks", help="number of tasks for a built-in suite"),
+    suite_seed: int = typer.Option(0, "--suite-seed", help="seed of the built-in suite's task generator"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="meta-training environment steps over all tasks"),
+    seed: int = typer.Option(0, "--seed", help="seed of training, collection, projection, subsets and null test"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with [ppo], [estimate] and [group] tables"),
+    k: Optional[int] = typer.Option(None, "--k", help="fixed number of groups (default: chosen automatically)"),
+    penalty_scale: Optional[float] = typer.Option(None, "--penalty-scale", help="auto-k price per group, in units of mean |U|"),
+    d: Optional[int] = typer.Option(None, "--d", help="projection dimension (default 400)"),
+    transitions: Optional[int] = typer.Option(None, "--transitions", help="transitions of theta* per task (default 8192)"),
+    subset_size: Optional[int] = typer.Option(None, "--subset-size", help="tasks per subset (default about n/2)"),
+    coverage: Optional[int] = typer.Option(None, "--coverage", help="minimum subsets per pair of tasks (default 3)"),
+    subsets: Optional[int] = typer.Option(None, "--subsets", help="number of subsets m (raised if coverage needs more)"),
+    target_delta: Optional[float] = typer.Option(None, "--target-delta", help="target relative distance of the surrogate solutions (default 0.01)"),
+    evaluator: Optional[str] = typer.Option(None, "--evaluator", help="first_order_ppo, surrogate_loss or rollout_return"),
+    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="pin theta* to the checkpoint of this step"),
+    min_return: Optional[float] = typer.Option(None, "--min-return", help="refuse a meta-policy whose mean return is below this"),
+    null_permutations: Optional[int] = typer.Option(None, "--null-permutations", help="permutations of the null test (default 200)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default 1)"),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="TensorBoard logs of meta-training"),
+):
+    """Train theta*, estimate task affinities with PolicyGradEx, and group the tasks."""
+    from .config import RunConfig, parse
+    from .pipeline import run as run_pipeline
+    from .runfile import read_section
+    from .tasks import load_suite
+
+    s = load_suite(suite, tasks, suite_seed)
+    ppo = _ppo_config(s, steps, seed, threads, None, None, None, None, config)
+    est = read_section(config, "estimate") if config else {}
+    grp = read_section(config, "group") if config else {}
+    est.update({k_: v for k_, v in dict(d=d, transitions_per_task=transitions, subset_size=subset_size, min_pair_coverage=coverage,
+                                        subsets=subsets, target_delta=target_delta, evaluator=evaluator, checkpoint=checkpoint,
+                                        min_return=min_return).items() if v is not None})
+    est.setdefault("seed", seed); est.setdefault("projector_seed", seed); est.setdefault("subset_seed", seed)
+    grp.update({k_: v for k_, v in dict(k=k, penalty_scale=penalty_scale, null_permutations=null_permutations).items() if v is not None})
+    grp.setdefault("null_seed", seed)
+    flags = {"estimate.d": "--d", "estimate.transitions_per_task": "--transitions", "estimate.subset_size": "--subset-size",
+             "estimate.min_pair_coverage": "--coverage", "estimate.subsets": "--subsets", "estimate.target_delta": "--target-delta",
+             "estimate.evaluator": "--evaluator", "estimate.checkpoint": "--checkpoint", "group.k": "--k",
+             "group.penalty_scale": "--penalty-scale", "group.null_permutations": "--null-permutations"}
+    cfg = parse(RunConfig, {"ppo": ppo.model_dump(), "estimate": est, "group": grp}, "options", flags)
+    res = run_pipeline(s, cfg, out_dir, tensorboard)
+    g = res.groups
+    t = Table(title=f"{s.name}: k = {g['k']} groups (null test p = {g['null_p']:.3f})")
+    t.add_column("group")
+    t.add_column("tasks")
+    for i, grp_ in enumerate(g["groups"]):
+        t.add_row(str(i + 1), ", ".join(grp_))
+    out.print(t)
+    if not g["distinguishable_from_noise"]:
+        out.print("[bold red]warning:[/] these groups are not distinguishable from noise; see report.md")
+    if g.get("signal_collapsed"):
+        out.print("[bold red]warning:[/] theta*'s advantage signal is collapsed; see report.md")
+    if "nmi_vs_true_partition" in g:
+        out.print(f"NMI vs the suite's known partition: {g['nmi_vs_true_partition']:.3f}")
+    out.print(f"delta median {g['delta']['median']:.3%} (target {g['delta']['target']:.2%}); "
+              f"outputs: {out_dir}/groups.json, affinity.csv, affinity.png, report.md")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, standalone_mode=False)

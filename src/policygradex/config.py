@@ -77,3 +77,48 @@ def parse(model: type[BaseModel], data: dict, source: str, labels: dict[str, str
         return model.model_validate(data)
     except ValidationError as exc:
         raise UserError(validation_message(exc, source, labels)) from None
+
+
+class EstimateConfig(Strict):
+    """Stages 2-4: meta-policy choice, collection, features, subsets, surrogate, evaluator."""
+
+    checkpoint: int | None = Field(None, ge=0, description="pin theta* to the checkpoint at this step (default: newest with a healthy advantage signal)")
+    probe_transitions: int = Field(1024, ge=16, description="transitions per task when probing a checkpoint's advantage signal")
+    min_adv_scale: float = Field(0.03, ge=0, description="advantage signal too weak below this mean|A| / mean|value target|")
+    min_label_frac: float = Field(0.02, ge=0, lt=0.5, description="advantage labels one-sided when either sign is rarer than this")
+    min_healthy_frac: float = Field(0.8, ge=0, le=1, description="fraction of tasks whose signal must be healthy to accept a checkpoint")
+    min_return: float | None = Field(None, description="refuse theta* whose mean per-task return is below this (weak meta-policy)")
+    transitions_per_task: int = Field(8192, ge=64, description="transitions of theta* collected per task (8,192: see docs/decisions.md)")
+    collect_envs_per_task: int = Field(8, ge=2, description="environment copies per task during collection")
+    heldout_frac: float = Field(0.25, gt=0, lt=1, description="fraction of each task's environment copies held out for evaluation")
+    adv_scaling: Literal["none", "task"] = Field("task", description="divide each task's advantages by their mean |A| before fitting (keeps signs)")
+    projector: Literal["gaussian"] = Field("gaussian", description="random projection of gradients")
+    d: int = Field(400, ge=1, le=100_000, description="projection dimension")
+    projector_seed: int = Field(0, description="seed of the random projection")
+    chunk_size: int = Field(512, ge=1, description="transitions per per-sample-gradient chunk")
+    subset_size: int | None = Field(None, ge=2, description="tasks per sampled subset (default: about n/2)")
+    min_pair_coverage: int = Field(3, ge=1, description="every pair of tasks appears together in at least this many subsets")
+    subsets: int | None = Field(None, ge=1, description="number of subsets m (default: enough for the pair coverage; raised if needed)")
+    subset_seed: int = Field(0, description="seed of the subset sampler")
+    target_delta: float = Field(0.01, gt=0, le=0.5, description="target relative distance ||P u|| / ||theta*|| of the surrogate solutions")
+    evaluator: Literal["first_order_ppo", "surrogate_loss", "rollout_return"] = Field("first_order_ppo", description="performance estimate f(S, i)")
+    rollout_episodes: int = Field(8, ge=1, description="episodes per task and subset for the rollout_return evaluator")
+    seed: int = Field(0, description="seed of collection")
+
+
+class GroupConfig(Strict):
+    """Stage 5: SDP grouping and the null test."""
+
+    k: int | None = Field(None, ge=1, description="fixed number of groups (default: chosen by the trace penalty)")
+    penalty: float | None = Field(None, ge=0, description="price per group in auto-k mode (default: penalty_scale x mean |off-diagonal U|)")
+    penalty_scale: float = Field(4.0, ge=0, description="multiplier of the default penalty rule")
+    solver: Literal["auto", "clarabel", "scs"] = Field("auto", description="SDP solver (auto: Clarabel for n <= 40, else SCS)")
+    null_permutations: int = Field(200, ge=1, description="permutations of the null test")
+    null_seed: int = Field(0, description="seed of the null test")
+    alpha: float = Field(0.05, gt=0, lt=1, description="groups are reported as distinguishable from noise when null p < alpha")
+
+
+class RunConfig(Strict):
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
+    group: GroupConfig = Field(default_factory=GroupConfig)

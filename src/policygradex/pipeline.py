@@ -1,13 +1,37 @@
-"""The paper's algorithm, top to bottom, as calls of the stages (no maths here)."""
+"""The paper's algorithm, top to bottom, as calls of the stages (no maths here).
+
+    train      multi-task PPO on all tasks -> checkpoints                   (rl.ppo)
+    collect    choose theta* (healthy advantage signal), roll it out, GAE  (estimate.collect)
+    features   g~ = P^T grad log pi(a|s) per transition -> FeatureStore    (estimate.features)
+    subsets    m subsets covering every pair >= c times                    (estimate.subsets)
+    surrogate  weighted logistic regression per subset, lam for target delta (estimate.surrogate)
+    evaluate   f(S, i) for every task i in every subset S                 (estimate.evaluators)
+    group      affinity U, SDP grouping, null test                         (estimate.affinity, group)
+    report     report.md, affinity.png                                    (report)
+
+Each stage writes its artifacts under the run directory with a manifest holding the hash of
+everything it depends on; a stage whose manifest matches is skipped, so a killed run resumes
+and a changed option recomputes only what depends on it.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PPOConfig
+import numpy as np
+import torch
+
+from . import artifacts as art
+from .config import PPOConfig, RunConfig
+from .errors import UserError
+from .rl.checkpoint import list_checkpoints, load_checkpoint
 from .rl.ppo import TrainResult, train
 from .tasks import TaskSuite
-from .ui import progress_bar
+from .ui import console, progress_bar
 
 
 def train_meta_policy(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: str | Path | None = None) -> TrainResult:
@@ -20,3 +44,245 @@ def train_meta_policy(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, ten
             bar.advance(steps, text)
 
         return train(suite, cfg, out_dir, tensorboard, on_update)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    groups: dict
+    affinity: np.ndarray
+    task_names: list[str]
+
+
+class _Stage:
+    """Skip-or-run bookkeeping for one stage."""
+
+    def __init__(self, run_dir: Path, name: str, key: str):
+        self.run_dir, self.name, self.key = run_dir, name, key
+
+    @property
+    def current(self) -> bool:
+        return art.stage_is_current(self.run_dir, self.name, self.key)
+
+    def done(self, files: list[str], extra: dict | None = None) -> None:
+        art.write_manifest(self.run_dir, self.name, self.key, files, extra)
+
+    @property
+    def digest(self) -> str:
+        """Hash of what the stage produced: downstream keys depend on content, not only config."""
+        return art.config_hash([self.key, art.read_manifest(self.run_dir, self.name)["files"]])
+
+
+def _key(*parts) -> str:
+    return art.config_hash([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts])
+
+
+def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str | Path | None = None) -> RunResult:
+    """The whole PolicyGradEx pipeline on ``suite``; artifacts under ``out_dir``."""
+    from .estimate.affinity import build_affinity
+    from .estimate.evaluators import EVALUATORS
+    from .estimate.subsets import default_subset_size, sample_subsets
+    from .group.null import null_test
+    from .report import affinity_heatmap, write_report
+
+    if suite.n < 2:
+        raise UserError(f"suite {suite.name!r} has {suite.n} task; grouping needs at least 2")
+    est, grp = cfg.estimate, cfg.group
+    size = est.subset_size or default_subset_size(suite.n)
+    if size > suite.n:
+        raise UserError(f"--subset-size {size} exceeds the number of tasks ({suite.n})")
+    if grp.k is not None and grp.k > suite.n:
+        raise UserError(f"--k {grp.k} exceeds the number of tasks ({suite.n})")
+    run_dir = Path(out_dir)
+    torch.set_num_threads(cfg.ppo.threads)
+    art.write_json(run_dir / "config.json", {"suite": suite.to_dict(), "config": cfg.model_dump(mode="json"), "versions": art.versions()})
+
+    # 1. meta-policy
+    k_train = _key(suite.to_dict(), cfg.ppo)
+    st = _Stage(run_dir, "train", k_train)
+    if not st.current:
+        res = train_meta_policy(suite, cfg.ppo, run_dir / "train", tensorboard)
+        st.done([str(p.relative_to(run_dir)) for p in res.checkpoints] + ["train/train_history.json"])
+    checkpoints = list_checkpoints(run_dir / "train" / "checkpoints")
+
+    # 2. theta* and its rollouts
+    collect_fields = est.model_dump(include={"checkpoint", "probe_transitions", "min_adv_scale", "min_label_frac",
+                                             "min_healthy_frac", "transitions_per_task", "collect_envs_per_task",
+                                             "heldout_frac", "seed"})
+    k_collect = _key(st.digest, collect_fields)
+    st = _Stage(run_dir, "collect", k_collect)
+    if not st.current:
+        _collect_stage(run_dir, checkpoints, cfg)
+        st.done(["collect/rollouts.pt", "collect/meta_policy.json"])
+    meta = art.read_json(run_dir / "collect" / "meta_policy.json")
+    if est.min_return is not None and meta["mean_return"] < est.min_return:
+        raise UserError(f"meta-policy too weak: mean per-task return {meta['mean_return']:.1f} < --min-return {est.min_return}; "
+                        "train longer (--steps) or lower --min-return")
+    model, _, _, _ = load_checkpoint(run_dir / "train" / "checkpoints" / meta["checkpoint"])
+
+    # 3. projected gradient features
+    k_feat = _key(st.digest, est.model_dump(include={"adv_scaling", "projector", "d", "projector_seed"}))
+    st = _Stage(run_dir, "features", k_feat)
+    if not st.current:
+        _features_stage(run_dir, model, suite, cfg)
+        st.done(["features/manifest.json"])
+    from .estimate.features import FeatureStore
+
+    store = FeatureStore.load(run_dir / "features")
+
+    # 4. subsets
+    d_feat = st.digest
+    k_sub = _key(suite.n, size, est.model_dump(include={"min_pair_coverage", "subsets", "subset_seed"}))
+    st = _Stage(run_dir, "subsets", k_sub)
+    if not st.current:
+        members = sample_subsets(suite.n, size, est.min_pair_coverage, est.subsets, est.subset_seed)
+        art.write_json(run_dir / "subsets.json", {"tasks": suite.names, "size": size,
+                                                  "subsets": [[suite.names[i] for i in np.flatnonzero(r)] for r in members]})
+        st.done(["subsets.json"])
+    sub = art.read_json(run_dir / "subsets.json")
+    members = np.array([[name in s for name in suite.names] for s in sub["subsets"]], dtype=bool)
+
+    # 5. surrogate per subset
+    k_sur = _key(d_feat, st.digest, est.target_delta)
+    st = _Stage(run_dir, "surrogate", k_sur)
+    if not st.current:
+        _surrogate_stage(run_dir, store, members, est.target_delta)
+        st.done(["surrogate.pt"])
+    sur = torch.load(run_dir / "surrogate.pt", weights_only=False)
+
+    # 6. f(S, i)
+    k_eval = _key(st.digest, est.evaluator, est.rollout_episodes if est.evaluator == "rollout_return" else None)
+    st = _Stage(run_dir, "evaluate", k_eval)
+    if not st.current:
+        if est.evaluator == "rollout_return":
+            from .estimate.rollout_eval import rollout_return
+
+            f = rollout_return(model, suite, store.projector, sur["u"], members, est.rollout_episodes, est.seed)
+        else:
+            with console.status(f"evaluating {members.shape[0]} subsets ({est.evaluator})"):
+                f = EVALUATORS[est.evaluator](store.G, store.y, store.w, store.task, store.heldout, torch.as_tensor(members), sur["u"])
+        _write_table(run_dir / "f_table.csv", np.asarray(f, dtype=float), suite.names)
+        st.done(["f_table.csv"])
+    f = _read_table(run_dir / "f_table.csv")
+
+    # 7. affinity, grouping, null test
+    k_grp = _key(st.digest, grp)
+    st = _Stage(run_dir, "group", k_grp)
+    if not st.current:
+        aff = build_affinity(f, members)
+        with console.status(f"grouping: SDP + null test ({grp.null_permutations} permutations)"):
+            nt = null_test(f, members, k=grp.k, penalty_scale=grp.penalty_scale, n_perm=grp.null_permutations,
+                           seed=grp.null_seed, solver=grp.solver)
+        g = nt.grouping
+        if grp.penalty is not None and grp.k is None:  # an explicit price per group overrides the rule
+            from .group.sdp import group_tasks
+
+            g = group_tasks(aff.U, penalty=grp.penalty, solver=grp.solver)
+        deltas = sur["deltas"].numpy()
+        groups = {
+            "tasks": suite.names,
+            "groups": [[suite.names[i] for i in grp_] for grp_ in g.groups],
+            "k": int(g.k),
+            "labels": [int(x) for x in g.labels],
+            "penalty": g.penalty,
+            "objective": float(g.objective),
+            "rounded_objective": float(g.rounded_objective),
+            "solver": g.solver,
+            "delta": {"target": est.target_delta, "lam": float(sur["lam"]), "median": float(np.median(deltas)),
+                      "min": float(deltas.min()), "max": float(deltas.max()), "mean": float(deltas.mean())},
+            "null_p": float(nt.p_value),
+            "null_statistic": {"name": nt.statistic, "observed": float(nt.observed),
+                               "null_mean": float(nt.null_stats.mean()), "null_q95": float(np.quantile(nt.null_stats, 0.95)),
+                               "permutations": int(nt.n_perm)},
+            "distinguishable_from_noise": bool(nt.p_value < grp.alpha),
+            "signal_collapsed": not meta["healthy"],
+            "meta_policy": {"checkpoint": meta["checkpoint"], "step": meta["step"], "mean_return": meta["mean_return"]},
+            "subsets": {"m": int(members.shape[0]), "size": size, "min_pair_count": int(aff.min_pair_count)},
+        }
+        if suite.true_labels() is not None:
+            from sklearn.metrics import normalized_mutual_info_score
+
+            groups["nmi_vs_true_partition"] = float(normalized_mutual_info_score(suite.true_labels(), g.labels))
+        _write_table(run_dir / "affinity.csv", aff.U, suite.names, index=suite.names)
+        affinity_heatmap(aff.U, suite.names, g.labels, run_dir / "affinity.png")
+        art.write_json(run_dir / "groups.json", groups)
+        st.done(["groups.json", "affinity.csv", "affinity.png"])
+    groups = art.read_json(run_dir / "groups.json")
+    U = _read_table(run_dir / "affinity.csv", index=True)
+    write_report(run_dir, suite, cfg, meta, groups, sur)
+    return RunResult(run_dir, groups, U, suite.names)
+
+
+def _collect_stage(run_dir: Path, checkpoints: list[Path], cfg: RunConfig) -> None:
+    from .estimate.collect import collect, select_checkpoint
+
+    est = cfg.estimate
+    if not checkpoints:
+        raise UserError(f"no checkpoints under {run_dir / 'train'}; rerun to train")
+    if est.checkpoint is not None and not any(int(p.stem.split("_")[1]) == est.checkpoint for p in checkpoints):
+        steps = ", ".join(str(int(p.stem.split("_")[1])) for p in checkpoints)
+        raise UserError(f"--checkpoint {est.checkpoint}: no such checkpoint; available steps: {steps}")
+    with console.status("choosing theta*: probing checkpoints' advantage signal"):
+        sel = select_checkpoint(checkpoints, est.probe_transitions, est.min_adv_scale, est.min_label_frac,
+                                est.min_healthy_frac, est.seed, est.checkpoint)
+    model, suite, ppo, _ = load_checkpoint(sel.checkpoint)
+    with console.status(f"collecting {est.transitions_per_task:,} transitions per task with theta* (step {sel.step:,})"):
+        c = collect(model, suite, ppo, est.transitions_per_task, est.collect_envs_per_task, est.heldout_frac, est.seed + 1)
+    health = c.per_task_health(suite.n, est.min_adv_scale, est.min_label_frac)
+    ep = {name: (float(np.mean(r)) if r else None) for name, r in zip(suite.names, c.episode_returns)}
+    finite = [v for v in ep.values() if v is not None]
+    art.save_torch(run_dir / "collect" / "rollouts.pt", c.to_dict())
+    art.write_json(run_dir / "collect" / "meta_policy.json", {
+        "checkpoint": sel.checkpoint.name, "step": sel.step, "healthy": sel.healthy and not all(h.collapsed for h in health),
+        "per_task_return": ep, "mean_return": float(np.mean(finite)) if finite else float("nan"),
+        "training_returns": sel.returns,
+        "signal": {name: h.to_dict() for name, h in zip(suite.names, health)},
+        "probes": sel.probes,
+    })
+
+
+def _features_stage(run_dir: Path, model, suite: TaskSuite, cfg: RunConfig) -> None:
+    from .estimate.features import FeatureStore, build_features, flat_params
+    from .estimate.projection import GaussianProjector
+
+    est = cfg.estimate
+    c = torch.load(run_dir / "collect" / "rollouts.pt", weights_only=False)
+    theta = flat_params(model.actor)
+    projector = GaussianProjector(theta.numel(), est.d, est.projector_seed)
+    xs, as_, advs, helds = [], [], [], []
+    for i in range(suite.n):
+        m = c["task"] == i
+        adv = c["adv"][m]
+        if est.adv_scaling == "task":
+            adv = adv / adv.abs().mean().clamp_min(1e-12)
+        xs.append(c["x"][m]); as_.append(c["actions"][m]); advs.append(adv); helds.append(c["heldout"][m])
+    total = sum(len(x) for x in xs)
+    with progress_bar(total, "features", unit="transitions") as bar:
+        per_task = build_features(model.actor, xs, as_, advs, helds, projector, est.chunk_size, progress=bar.advance)
+    FeatureStore.write(run_dir / "features", suite.names, per_task, projector, float(theta.norm()),
+                       extra={"adv_scaling": est.adv_scaling})
+
+
+def _surrogate_stage(run_dir: Path, store, members: np.ndarray, target_delta: float) -> None:
+    from .estimate.surrogate import choose_lambda
+
+    with console.status(f"fitting {members.shape[0]} surrogates (target delta {target_delta:.2%})"):
+        lam, fit, deltas = choose_lambda(store.G, store.y, store.w, store.task, torch.as_tensor(members), ~store.heldout,
+                                         store.projector.gram(), store.theta_norm, target_delta)
+    art.save_torch(run_dir / "surrogate.pt", {"u": fit.u, "lam": lam, "deltas": deltas, "converged": fit.converged,
+                                              "iterations": fit.iterations})
+
+
+def _write_table(path: Path, a: np.ndarray, columns: list[str], index: list[str] | None = None) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(([""] if index is not None else []) + columns)
+    for r, row in enumerate(a):
+        cells = ["" if not math.isfinite(v) else repr(float(v)) for v in row]
+        w.writerow(([index[r]] if index is not None else []) + cells)
+    art.write_text(path, buf.getvalue())
+
+
+def _read_table(path: Path, index: bool = False) -> np.ndarray:
+    rows = list(csv.reader(io.StringIO(path.read_text())))[1:]
+    return np.array([[float(c) if c else float("nan") for c in (r[1:] if index else r)] for r in rows], dtype=float)

@@ -1,0 +1,93 @@
+"""Plots and the run's ``report.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import artifacts as art  # noqa: E402
+
+
+def _save_png(fig, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    art.write_bytes(path, buf.getvalue())
+
+
+def affinity_heatmap(U: np.ndarray, names: list[str], labels, path: Path) -> None:
+    """Heatmap of U with tasks ordered by group; group boundaries drawn."""
+    labels = np.asarray(labels)
+    order = np.lexsort((np.arange(len(names)), labels))
+    Uo = U[np.ix_(order, order)]
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1.0 + 0.45 * n))
+    lim = float(np.abs(U[~np.eye(n, dtype=bool)]).max()) if n > 1 else 1.0
+    im = ax.imshow(Uo, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(n), [names[i] for i in order], rotation=90, fontsize=8)
+    ax.set_yticks(range(n), [names[i] for i in order], fontsize=8)
+    bounds = np.flatnonzero(np.diff(labels[order])) + 0.5
+    for b in bounds:
+        ax.axhline(b, color="k", lw=1.5)
+        ax.axvline(b, color="k", lw=1.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="affinity U (std. units)")
+    ax.set_title("task affinity (ordered by group)")
+    _save_png(fig, path)
+
+
+def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict) -> None:
+    est = cfg.estimate
+    lines = [f"# PolicyGradEx run: `{suite.name}` ({suite.n} tasks)", ""]
+    trust = []
+    if groups.get("signal_collapsed"):
+        trust.append("the advantage signal of theta* is collapsed (see below): the affinity is likely noise")
+    if not groups["distinguishable_from_noise"]:
+        trust.append(f"the groups are NOT distinguishable from noise (null test p = {groups['null_p']:.3f} >= {cfg.group.alpha})")
+    d = groups["delta"]
+    if d["median"] > 0.05:
+        trust.append(f"median relative distance {d['median']:.2%} is beyond the first-order regime (~1%)")
+    lines += ["## Verdict", ""]
+    if trust:
+        lines += ["**Do not trust these groups as they stand:**", ""] + [f"- {t}" for t in trust]
+    else:
+        lines += [f"The groups are distinguishable from noise (null test p = {groups['null_p']:.3f}) and theta*'s advantage signal is healthy."]
+    lines += ["", "## Groups", "", f"k = {groups['k']} (penalty {groups['penalty']}, solver {groups['solver']})", ""]
+    for i, g in enumerate(groups["groups"]):
+        lines.append(f"{i + 1}. {', '.join(g)}")
+    if "nmi_vs_true_partition" in groups:
+        lines += ["", f"NMI against the suite's known partition: **{groups['nmi_vs_true_partition']:.3f}**"]
+    lines += ["", "![affinity](affinity.png)", "",
+              "## Null test", "",
+              f"Statistic: {groups['null_statistic']['name']} (mean same-group affinity minus mean cross-group affinity).",
+              f"Observed {groups['null_statistic']['observed']:.3f}; under the null (f permuted among each task's subsets, "
+              f"{groups['null_statistic']['permutations']} permutations) mean {groups['null_statistic']['null_mean']:.3f}, "
+              f"95th percentile {groups['null_statistic']['null_q95']:.3f}; p = {groups['null_p']:.4f}.", "",
+              "## Meta-policy theta*", "",
+              f"Checkpoint `{meta['checkpoint']}` (step {meta['step']:,}), mean per-task return {meta['mean_return']:.1f} "
+              f"over the collection episodes.", "",
+              "| task | return | adv scale | % positive | signal |", "|---|---:|---:|---:|---|"]
+    for name in suite.names:
+        s = meta["signal"][name]
+        r = meta["per_task_return"][name]
+        lines.append(f"| {name} | {'-' if r is None else f'{r:.1f}'} | {s['adv_scale']:.2e} | {s['frac_positive']:.0%} | "
+                     f"{'collapsed: ' + s['reason'] if s['collapsed'] else 'ok'} |")
+    lines += ["", "Probed checkpoints (newest first):", ""]
+    for p in meta["probes"]:
+        lines.append(f"- `{p['checkpoint']}`: healthy on {p['healthy_task_frac']:.0%} of tasks, overall adv scale "
+                     f"{p['overall']['adv_scale']:.2e}, {p['overall']['frac_positive']:.0%} positive")
+    conv = sur["converged"]
+    lines += ["", "## Surrogate", "",
+              f"{groups['subsets']['m']} subsets of {groups['subsets']['size']} tasks; every pair together in at least "
+              f"{groups['subsets']['min_pair_count']} subsets. d = {est.d}, {est.transitions_per_task:,} transitions per task "
+              f"({est.heldout_frac:.0%} of environment copies held out), evaluator `{est.evaluator}`.", "",
+              f"L2 weight lam = {d['lam']:.3g}, chosen for a target relative distance {d['target']:.2%}: "
+              f"delta median {d['median']:.3%}, min {d['min']:.3%}, max {d['max']:.3%}. "
+              f"{int(conv.sum())}/{len(conv)} subset fits converged.", ""]
+    art.write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
