@@ -20,7 +20,7 @@ every label of a subset is +1 (one-class subsets, which scikit-learn refuses).
 
 The solver: batched, preconditioned Newton-CG
 ---------------------------------------------
-All ``m`` subsets are solved together in torch, in float64.  With ``s_t = sigmoid(y_t z_t)``,
+All ``m`` subsets are solved together in torch.  With ``s_t = sigmoid(y_t z_t)``,
 ``z_t = g_t^T u``, the gradient and Hessian-vector product of subset S are
 
 .. math::
@@ -32,33 +32,54 @@ All ``m`` subsets are solved together in torch, in float64.  With ``s_t = sigmoi
 Rows are grouped by task, so a product over ``D_S`` is a sum over the tasks ``i in S`` of
 products with the task's block ``G_i``; for each task the vectors of *all* subsets that
 contain it are stacked into one matrix product (``[m_i, d] x [d, N_i]``), which never touches
-the rows of tasks outside a subset.
+the rows of tasks outside a subset.  The margins ``y_t g_t^T u_S`` are kept per task block.
 
 Preconditioner.  At ``u = 0``, ``s(1 - s) = 1/4`` and the Hessian is
 
-.. math:: H^0_S = \frac{1}{4 |D_S|} \sum_{i \in S} \Gamma_i + \lambda I, \qquad
-          \Gamma_i = G_i^\top \operatorname{diag}(w_i) G_i ,
+.. math:: H^0_S = C_S + \lambda I, \qquad C_S = \frac{1}{4 |D_S|} \sum_{i \in S} \Gamma_i,
+          \qquad \Gamma_i = G_i^\top \operatorname{diag}(w_i) G_i ,
 
-a sum of per-task Gram matrices computed once.  Its Cholesky factor preconditions the
-conjugate-gradient solve of every Newton system.  In the regime this method is used in (a
-relative parameter distance of about 1%, so ``|g_t^T u|`` is small), ``H^0_S`` is nearly the
-exact Hessian: the first Newton step from ``u = 0`` is exact, and later steps need one to three
-CG iterations.  At small ``lam`` (large ``u``) the preconditioner is still the right
-curvature *shape*, which is what plain CG lacked (257 iterations in the prototype).
+a sum of per-task Gram matrices computed once per run (``n`` of them, ``d x d``).  Its
+Cholesky factor preconditions the conjugate-gradient (CG) solve of every Newton system.  In
+the regime the method is used in (relative parameter distance of about 1%, so
+``|g_t^T u|`` is small) ``H^0_S`` is nearly the exact Hessian and CG needs a few
+iterations per Newton step; at small ``lam`` it is still the right curvature *shape*, which
+plain CG lacked (257 iterations in the prototype; here 4-6 per Newton step down to
+lam = 1e-4 on the benchmark data).  When ``lam`` dominates the curvature,
+``trace(C_S) <= 2 lam`` for every subset, ``cond(H^0_S) <= 3`` and the diagonal of ``H^0_S``
+(Jacobi) does as well for a fraction of the cost, so it is used instead
+(``SurrogateFit.preconditioner`` says which).
 
-Forming and factorising ``m`` exact ``d x d`` Hessians at every Newton step would cost
-``sum_S |D_S| d^2 + m d^3 / 3`` flops per step (for the benchmark's m = 200, N = 20,000,
-d = 400: about 3e11), while a Hessian-vector product costs ``4 sum_S |D_S| d`` (about 6e9):
-Newton-CG is cheaper as long as fewer than ~50 CG iterations are needed, which the
-preconditioner ensures.
+First step.  From ``u = 0`` the Hessian *is* ``H^0_S``, and its products come from the Gram
+matrices (``d^2`` multiply-adds per task and subset instead of ``2 N_i d``), so the first
+Newton system is solved tightly (``eta = 1e-4``) at a fraction of the cost of one pass over
+the data; later steps use the data-based products above.
 
-Globalisation is a per-subset Armijo backtracking line search.  The search direction's
-margins ``y_t g_t^T p`` are computed once per step, so each trial step costs only elementwise
-work, and the margins of the new iterate are updated without another matrix product.
-The inner CG tolerance follows Eisenstat-Walker (``eta = min(0.5, sqrt(||g|| / ||g_0||))``).
+Why not solve the ``d x d`` Newton systems directly: forming the exact Hessians costs
+``sum_S |D_S| d^2`` multiply-adds per Newton step (m = 200, |D_S| = 10,000, d = 400: 3.2e11),
+plus ``m d^3 / 3`` to factorise them, while one batched Hessian-vector product costs
+``2 sum_S |D_S| d`` (1.6e9): 200 times less, so Newton-CG wins by far with a few CG iterations.
+The Cholesky preconditioner is built once per fit (``m`` factorisations of ``H^0_S``, which
+does not change between Newton steps).
+
+Precision.  Iterates, margins, gradients and objective values are float64.  The
+Hessian-vector products inside CG and the preconditioner run in float32: they only choose
+the search direction, whose accuracy is limited by the CG tolerance anyway (float32 roughly
+halves their cost, and the memory traffic of the batched triangular solves).  The margins
+``y_t g_t^T p`` of a Newton direction are accumulated from CG's float32 products when
+``tol >= 1e-6`` (their rounding, 1e-7 to 1e-6 relative, is at or below the tolerance) and
+recomputed in float64 otherwise, so that tighter tolerances are met exactly.
+
+Globalisation is a per-subset Armijo backtracking line search; with the direction's margins
+known, each trial step costs only elementwise work, and the margins of the new iterate are
+updated without another product.  The CG tolerance (forcing term) is
+``eta = min(0.01, ||g|| / ||g_0||)``, which gives quadratic convergence near the optimum.
 
 Convergence.  Subset S has converged when ``||grad L_S(u)|| <= tol * ||grad L_S(0)||``; a
-subset whose gradient at 0 is zero (all weights zero) has the exact solution ``u = 0``.
+subset whose gradient at 0 is zero (e.g. all weights zero) has the exact solution ``u = 0``.
+The solution is accurate to about ``tol`` in relative norm (tested against scikit-learn).
+Subsets are processed in chunks (``batch_size``) so that the ``m`` Cholesky factors
+(``4 d^2`` bytes each) fit in memory.
 
 Step size: ``choose_lambda``
 ----------------------------
@@ -68,7 +89,9 @@ distance ``delta(u) = sqrt(u^T P^T P u) / ||theta*||`` over subsets hits a targe
 default), by bracketing and bisection on ``log(lam)`` (with log-log interpolation, safeguarded),
 each fit warm-started from the previous one.
 
-All returned tensors are float64 (and int64 / bool) on the CPU device of the inputs.
+Returned solutions and diagnostics are float64 (int64 / bool for counts and flags), on the
+device of ``G``, whatever the dtype of the inputs.  (Written device-agnostic; exercised on
+CPU only.)
 """
 
 from __future__ import annotations
@@ -77,16 +100,30 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SurrogateFit", "choose_lambda", "fit_subsets"]
+__all__ = ["SurrogateFit", "choose_lambda", "fit_subsets", "relative_distance"]
 
 _DTYPE = torch.float64
-# Preconditioners of one chunk of subsets take at most this many bytes (m_chunk * d * d * 8).
+# Hessian-vector products (the bulk of the work) only steer the CG direction, so they run in
+# float32; gradients, margins and objective values stay in float64.
+_HVP_DTYPE = torch.float32
+# The exact preconditioner (per-task Gram matrices, per-subset Cholesky factors) likewise.
+_PRECOND_DTYPE = torch.float32
+# Jacobi preconditioning when trace(C_S) <= this * lam (then cond(H0_S) <= 1 + this).
+_JACOBI_TRACE_RATIO = 2.0
+_ETA_MAX = 0.01
+# CG tolerance of the first Newton step from u = 0 (cheap Gram-based products, exact Hessian).
+_ETA_FIRST = 1e-4
+# With tol >= this, the margins of a Newton direction are accumulated from the float32
+# products of CG (relative rounding 1e-7 to 1e-6, at or below the tolerance); below it they
+# are recomputed in float64 (one more pass over the data per Newton step).
+_F32_MARGINS_TOL = 1e-6
+# Preconditioners of one chunk of subsets take at most this many bytes (m_chunk * d * d * 4).
 _PRECOND_BYTES = 2**28
 _MAX_CHUNK = 256
 _ARMIJO_C = 1e-4
@@ -115,6 +152,9 @@ class SurrogateFit:
         Gradient norm at ``u = 0`` (the scale the tolerance is relative to).
     n_rows : Tensor, int64, shape (m,)
         ``|D_S|``: the number of training rows of each subset.
+    preconditioner : str
+        ``"cholesky"`` or ``"jacobi"`` (see the module docstring); ``"cholesky+jacobi"`` when
+        chunks of subsets used different ones.
     """
 
     u: Tensor
@@ -125,6 +165,7 @@ class SurrogateFit:
     grad_norm: Tensor
     grad_norm0: Tensor
     n_rows: Tensor
+    preconditioner: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,15 +199,21 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 
 def _validate_data(
-    G: Any, y: Any, w: Any, task: Any, members: Any, train_mask: Any
+    G: Any, y: Any, w: Any, task: Any, members: Any, train_mask: Any, mask_name: str = "train_mask"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Check shapes, dtypes and ranges; return float64 / int64 / bool tensors."""
+    """Check shapes, dtypes and ranges; return float64 / int64 / bool tensors.
+
+    ``train_mask=None`` means all rows; the mask is reported as ``mask_name`` in messages.
+    """
     G = _as_tensor("G", G)
     if G.ndim != 2 or G.shape[0] == 0 or G.shape[1] == 0:
-        raise ValueError(f"The 'G' parameter must be a non-empty 2-D tensor of shape (N, d). Got shape {tuple(G.shape)}.")
+        raise ValueError(
+            f"The 'G' parameter must be a non-empty 2-D tensor of shape (N, d). Got shape {tuple(G.shape)}."
+        )
     if not (G.is_floating_point()):
         raise ValueError(f"The 'G' parameter must be a floating-point tensor. Got dtype {G.dtype}.")
     G = G.to(_DTYPE)
+    dev = G.device
     if not torch.isfinite(G).all():
         raise ValueError("The 'G' parameter must be finite (it contains NaN or inf).")
     N = G.shape[0]
@@ -174,14 +221,14 @@ def _validate_data(
     y = _as_tensor("y", y)
     if y.shape != (N,):
         raise ValueError(f"The 'y' parameter must have shape (N,) = ({N},). Got shape {tuple(y.shape)}.")
-    y = y.to(_DTYPE)
+    y = y.to(device=dev, dtype=_DTYPE)
     if not ((y == 1) | (y == -1)).all():
         raise ValueError("The 'y' parameter must contain only the labels +1 and -1.")
 
     w = _as_tensor("w", w)
     if w.shape != (N,):
         raise ValueError(f"The 'w' parameter must have shape (N,) = ({N},). Got shape {tuple(w.shape)}.")
-    w = w.to(_DTYPE)
+    w = w.to(device=dev, dtype=_DTYPE)
     if not torch.isfinite(w).all() or (w < 0).any():
         raise ValueError("The 'w' parameter must be finite and >= 0.")
 
@@ -191,6 +238,7 @@ def _validate_data(
             "The 'members' parameter must be a non-empty bool tensor of shape (m, n). "
             f"Got dtype {members.dtype} and shape {tuple(members.shape)}."
         )
+    members = members.to(dev)
     n = members.shape[1]
 
     task = _as_tensor("task", task)
@@ -199,64 +247,137 @@ def _validate_data(
             f"The 'task' parameter must be an integer tensor of shape (N,) = ({N},). "
             f"Got dtype {task.dtype} and shape {tuple(task.shape)}."
         )
-    task = task.to(torch.int64)
+    task = task.to(device=dev, dtype=torch.int64)
     if N and (int(task.min()) < 0 or int(task.max()) >= n):
         raise ValueError(f"The 'task' parameter must take values in the range [0, n={n}) (n = members.shape[1]).")
 
     if train_mask is None:
-        train_mask = torch.ones(N, dtype=torch.bool)
+        train_mask = torch.ones(N, dtype=torch.bool, device=dev)
     else:
-        train_mask = _as_tensor("train_mask", train_mask)
+        train_mask = _as_tensor(mask_name, train_mask)
         if train_mask.dtype != torch.bool or train_mask.shape != (N,):
             raise ValueError(
-                f"The 'train_mask' parameter must be a bool tensor of shape (N,) = ({N},). "
+                f"The '{mask_name}' parameter must be a bool tensor of shape (N,) = ({N},). "
                 f"Got dtype {train_mask.dtype} and shape {tuple(train_mask.shape)}."
             )
+        train_mask = train_mask.to(dev)
     return G, y, w, task, members, train_mask
 
 
 # --------------------------------------------------------------------------------------------
-# data prepared once per run: training rows grouped by task, per-task Gram matrices
+# data prepared once per run: training rows grouped by task, statistics reused by all fits
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
 class _TaskBlocks:
-    """Training rows grouped by task, with the statistics the solver reuses."""
+    """Training rows grouped by task, with the statistics every fit of a run reuses.
 
-    G: list[Tensor]  # G_i: [N_i, d]
-    y: list[Tensor]  # [N_i]
-    w: list[Tensor]  # [N_i]
-    wy: list[Tensor]  # w_i * y_i
-    counts: Tensor  # [n] float64: N_i
-    gram: Tensor  # [n, d, d]: Gamma_i = G_i^T diag(w_i) G_i
-    b: Tensor  # [n, d]: G_i^T (w_i * y_i)
-    d: int
+    Per task ``i``: ``G_i`` ``[N_i, d]`` (float64, and a float32 copy for Hessian-vector
+    products), ``y_i``, ``w_i``, ``b_i = G_i^T (w_i y_i)`` (so the gradient at 0 is
+    ``-sum_{i in S} b_i / (2 |D_S|)``), and on first use the per-task Gram matrices
+    ``Gamma_i = G_i^T diag(w_i) G_i`` of the preconditioner.
+    """
+
+    def __init__(self, G: Tensor, y: Tensor, w: Tensor, task: Tensor, train_mask: Tensor, n: int):
+        self.d = G.shape[1]
+        self.device = G.device
+        self.G: list[Tensor] = []
+        self.G_hvp: list[Tensor] = []  # G_i in _HVP_DTYPE, for the Hessian-vector products
+        self.y: list[Tensor] = []
+        self.w: list[Tensor] = []
+        self.wy: list[Tensor] = []
+        self.counts = torch.zeros(n, dtype=_DTYPE, device=self.device)
+        self.b = torch.zeros(n, self.d, dtype=_DTYPE, device=self.device)
+        self.gram_diag = torch.zeros(n, self.d, dtype=_DTYPE, device=self.device)  # diag(Gamma_i)
+        for i in range(n):
+            idx = torch.nonzero((task == i) & train_mask).flatten()
+            Gi = G.index_select(0, idx).contiguous()
+            yi, wi = y[idx].contiguous(), w[idx].contiguous()
+            self.G.append(Gi)
+            self.G_hvp.append(Gi if _HVP_DTYPE == _DTYPE else Gi.to(_HVP_DTYPE))
+            self.y.append(yi)
+            self.w.append(wi)
+            self.wy.append(wi * yi)
+            self.counts[i] = idx.numel()
+            if idx.numel():
+                self.b[i] = Gi.T @ (wi * yi)
+                self.gram_diag[i] = wi @ Gi.square()
+        self._gram: Tensor | None = None
 
     @property
     def n(self) -> int:
         return len(self.G)
 
+    @property
+    def gram(self) -> Tensor:
+        """``[n, d, d]`` in ``_PRECOND_DTYPE``: ``Gamma_i = G_i^T diag(w_i) G_i``."""
+        if self._gram is None:
+            gram = torch.zeros(self.n, self.d, self.d, dtype=_PRECOND_DTYPE, device=self.device)
+            for i, Gi in enumerate(self.G_hvp):
+                if Gi.shape[0]:
+                    Gi = Gi.to(_PRECOND_DTYPE)
+                    gram[i] = Gi.T @ (self.w[i].to(_PRECOND_DTYPE)[:, None] * Gi)
+            self._gram = gram
+        return self._gram
 
-def _prepare(G: Tensor, y: Tensor, w: Tensor, task: Tensor, train_mask: Tensor, n: int) -> _TaskBlocks:
-    d = G.shape[1]
-    Gs, ys, ws, wys = [], [], [], []
-    counts = torch.zeros(n, dtype=_DTYPE)
-    gram = torch.zeros(n, d, d, dtype=_DTYPE)
-    b = torch.zeros(n, d, dtype=_DTYPE)
-    for i in range(n):
-        idx = torch.nonzero((task == i) & train_mask).flatten()
-        Gi = G.index_select(0, idx).contiguous()
-        yi, wi = y[idx].contiguous(), w[idx].contiguous()
-        Gs.append(Gi)
-        ys.append(yi)
-        ws.append(wi)
-        wys.append(wi * yi)
-        counts[i] = idx.numel()
-        if idx.numel():
-            gram[i] = Gi.T @ (wi[:, None] * Gi)
-            b[i] = Gi.T @ (wi * yi)
-    return _TaskBlocks(Gs, ys, ws, wys, counts, gram, b, d)
+
+# --------------------------------------------------------------------------------------------
+# preconditioner
+# --------------------------------------------------------------------------------------------
+
+
+class _Preconditioner:
+    """Preconditioner for the Newton systems of a chunk: ``H0_S`` or its diagonal.
+
+    ``H0_S = C_S + lam I`` with ``C_S = sum_{i in S} Gamma_i / (4 |D_S|)``.  When
+    ``trace(C_S) <= _JACOBI_TRACE_RATIO * lam`` for every subset of the chunk, the condition
+    number of ``H0_S`` is at most ``1 + _JACOBI_TRACE_RATIO`` and its diagonal (Jacobi) is
+    enough: CG converges in a few iterations without the cost of ``m`` factorisations.
+    Otherwise the Cholesky factor of ``H0_S`` itself is used, kept in
+    ``_PRECOND_DTYPE`` (float32): it only steers CG, and float32 halves both the factorisation
+    time and the memory traffic of every application (two batched triangular solves, which
+    read all ``m`` factors).
+    """
+
+    def __init__(self, data: _TaskBlocks, members: Tensor, inv_n: Tensor, lam: float):
+        d, n, m = data.d, data.n, members.shape[0]
+        mf = members.to(_DTYPE)
+        diag = (mf @ data.gram_diag) * (0.25 * inv_n)[:, None]  # diag(C_S), [m, d]
+        self.chol: Tensor | None = None
+        self.inv_diag: Tensor | None = None
+        if bool((diag.sum(dim=1) <= _JACOBI_TRACE_RATIO * lam).all()):
+            self.kind = "jacobi"
+            self.inv_diag = 1.0 / (diag + lam)
+            return
+        self.kind = "cholesky"
+        H = (mf.to(_PRECOND_DTYPE) @ data.gram.reshape(n, d * d)).reshape(m, d, d)
+        H.mul_((0.25 * inv_n).to(_PRECOND_DTYPE)[:, None, None])
+        H.diagonal(dim1=1, dim2=2).add_(lam)
+        self.chol = _cholesky(H)
+
+    def apply(self, R: Tensor) -> Tensor:
+        if self.inv_diag is not None:
+            return R * self.inv_diag
+        L = self.chol
+        assert L is not None
+        z = torch.linalg.solve_triangular(L, R.to(_PRECOND_DTYPE).unsqueeze(-1), upper=False)
+        z = torch.linalg.solve_triangular(L.transpose(1, 2), z, upper=True)
+        return z.squeeze(-1).to(R.dtype)
+
+
+def _cholesky(H: Tensor) -> Tensor:
+    """Batched Cholesky; adds a little jitter where round-off makes ``H`` indefinite."""
+    L, info = torch.linalg.cholesky_ex(H)
+    jitter = 10 * torch.finfo(H.dtype).eps
+    while bool((info > 0).any()):  # only for lam tiny against the data scale
+        bad = info > 0
+        scale = H[bad].diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(H.dtype).tiny)
+        Hb = H[bad].clone()
+        Hb.diagonal(dim1=1, dim2=2).add_(jitter * scale[:, None])
+        Lb, infob = torch.linalg.cholesky_ex(Hb)
+        L[bad], info[bad] = Lb, infob
+        jitter *= 100.0
+    return L
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +386,11 @@ def _prepare(G: Tensor, y: Tensor, w: Tensor, task: Tensor, train_mask: Tensor, 
 
 
 class _Chunk:
-    """Batched objective, gradient and Hessian-vector products for a chunk of subsets."""
+    """Batched objective, gradient and Hessian-vector products for a chunk of subsets.
+
+    Margins ``a_t = y_t g_t^T u_S`` are kept per task block as ``[m_i, N_i]`` matrices (``m_i``
+    the subsets of the chunk that contain task ``i``).
+    """
 
     def __init__(self, data: _TaskBlocks, members: Tensor, lam: float):
         self.data = data
@@ -274,132 +399,185 @@ class _Chunk:
         mf = members.to(_DTYPE)
         self.n_rows = mf @ data.counts  # [m]
         self.inv_n = 1.0 / self.n_rows
-        # per task: the (local) indices of the subsets that contain it
+        # per task: the (chunk-local) indices of the subsets that contain it
         self.subs: list[Tensor] = [torch.nonzero(members[:, i]).flatten() for i in range(data.n)]
         self.tasks = [i for i in range(data.n) if self.subs[i].numel() and data.G[i].shape[0]]
-        self.inv_n_sub = {i: self.inv_n[self.subs[i]][:, None] for i in self.tasks}
-        d = data.d
-        # gradient at u = 0 and the preconditioner H0 = sum Gamma_i / (4 |D_S|) + lam I
+        self.inv_n_sub = {i: self.inv_n.index_select(0, self.subs[i])[:, None] for i in self.tasks}
         self.grad0 = -(mf @ data.b) * (0.5 * self.inv_n)[:, None]
-        H0 = (mf @ data.gram.reshape(data.n, d * d)).reshape(self.m, d, d)
-        H0.mul_((0.25 * self.inv_n)[:, None, None])
-        H0.diagonal(dim1=1, dim2=2).add_(lam)
-        self.chol = self._cholesky(H0)
 
-    @staticmethod
-    def _cholesky(H: Tensor) -> Tensor:
-        L, info = torch.linalg.cholesky_ex(H)
-        jitter = 1e-12
-        while bool((info > 0).any()):  # only for lam tiny against the data scale
-            bad = info > 0
-            scale = H[bad].diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-300)
-            Hb = H[bad].clone()
-            Hb.diagonal(dim1=1, dim2=2).add_(jitter * scale[:, None])
-            Lb, infob = torch.linalg.cholesky_ex(Hb)
-            L[bad], info[bad] = Lb, infob
-            jitter *= 100.0
-        return L
+    def margins(self, U: Tensor, dtype: torch.dtype = _DTYPE) -> dict[int, Tensor]:
+        """``y_t g_t^T u_S`` (float64) for every task block and every subset containing it.
 
-    def precondition(self, R: Tensor) -> Tensor:
-        return torch.cholesky_solve(R.unsqueeze(-1), self.chol).squeeze(-1)
-
-    def margins(self, U: Tensor) -> dict[int, Tensor]:
-        """``y_t g_t^T u_S`` for every task block and every subset containing it."""
+        With ``dtype=_HVP_DTYPE`` the product runs in float32 (the result is float64).
+        """
         d = self.data
-        return {i: d.y[i] * (U.index_select(0, self.subs[i]) @ d.G[i].T) for i in self.tasks}
+        if dtype == _DTYPE:
+            return {i: d.y[i] * (U.index_select(0, self.subs[i]) @ d.G[i].T) for i in self.tasks}
+        Uh = U.to(dtype)
+        return {i: d.y[i] * (Uh.index_select(0, self.subs[i]) @ d.G_hvp[i].T).to(_DTYPE) for i in self.tasks}
 
     def loss(self, A: dict[int, Tensor], U: Tensor) -> Tensor:
+        """Objective ``[m]`` at ``U`` given its margins ``A``."""
         out = 0.5 * self.lam * (U * U).sum(dim=1)
         for i in self.tasks:
-            li = (torch.nn.functional.softplus(-A[i]) @ self.data.w[i]) * self.inv_n_sub[i][:, 0]
-            out.index_add_(0, self.subs[i], li)
+            li = torch.nn.functional.softplus(-A[i]) @ self.data.w[i]
+            out.index_add_(0, self.subs[i], li * self.inv_n_sub[i][:, 0])
         return out
 
     def loss_at(self, A: dict[int, Tensor], Zp: dict[int, Tensor], t: Tensor, U: Tensor, P: Tensor) -> Tensor:
-        """Loss at ``U + t P`` given the margins of ``U`` and of the direction ``P``."""
+        """Objective at ``U + t P`` given the margins ``A`` of ``U`` and ``Zp`` of ``P``."""
         Ut = U + t[:, None] * P
         out = 0.5 * self.lam * (Ut * Ut).sum(dim=1)
         for i in self.tasks:
             ti = t.index_select(0, self.subs[i])[:, None]
-            li = (torch.nn.functional.softplus(-(A[i] + ti * Zp[i])) @ self.data.w[i]) * self.inv_n_sub[i][:, 0]
-            out.index_add_(0, self.subs[i], li)
+            li = torch.nn.functional.softplus(-(A[i] + ti * Zp[i])) @ self.data.w[i]
+            out.index_add_(0, self.subs[i], li * self.inv_n_sub[i][:, 0])
         return out
 
     def grad_and_curvature(self, A: dict[int, Tensor], U: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
-        """Gradient ``[m, d]`` and the Hessian's diagonal weights per task block."""
-        grad = self.lam * U.clone()
+        """Gradient ``[m, d]`` and the Hessian's per-row weights ``w s (1 - s) / |D_S|``."""
+        grad = self.lam * U
         D: dict[int, Tensor] = {}
         for i in self.tasks:
             sneg = torch.sigmoid(-A[i])  # 1 - s
             coef = -(self.data.wy[i] * sneg) * self.inv_n_sub[i]
             grad.index_add_(0, self.subs[i], coef @ self.data.G[i])
-            D[i] = (self.data.w[i] * sneg * (1.0 - sneg)) * self.inv_n_sub[i]
+            D[i] = ((self.data.w[i] * sneg * (1.0 - sneg)) * self.inv_n_sub[i]).to(_HVP_DTYPE)
         return grad, D
 
-    def hvp(self, D: dict[int, Tensor], V: Tensor, active: Tensor) -> Tensor:
-        """``H_S v_S`` for the subsets where ``active`` is True (zero rows elsewhere)."""
-        out = torch.zeros_like(V)
-        all_active = bool(active.all())
+    def curvature_at_zero(self) -> dict[int, Tensor]:
+        return {i: ((0.25 * self.data.w[i]) * self.inv_n_sub[i]).to(_HVP_DTYPE) for i in self.tasks}
+
+    def hvp_at_zero(self, V: Tensor, active: Tensor) -> tuple[Tensor, dict[int, tuple[Tensor | None, Tensor]]]:
+        """``H0_S v_S = sum_{i in S} Gamma_i v_S / (4 |D_S|) + lam v_S`` from the Gram matrices.
+
+        The exact Hessian at ``u = 0``, for ``d^2`` instead of ``2 N_i d`` multiply-adds per task
+        and subset.  Computed in ``_PRECOND_DTYPE``; returns no data products.
+        """
+        out = self.lam * V * active[:, None]
+        gram = self.data.gram
+        Vh = V.to(_PRECOND_DTYPE)
         for i in self.tasks:
             sub = self.subs[i]
-            Di = D[i]
+            sub = sub.index_select(0, torch.nonzero(active.index_select(0, sub)).flatten())
+            if sub.numel() == 0:
+                continue
+            scale = (0.25 * self.inv_n.index_select(0, sub)).to(_PRECOND_DTYPE)[:, None]
+            out.index_add_(0, sub, ((Vh.index_select(0, sub) @ gram[i]) * scale).to(_DTYPE))
+        return out, {}
+
+    def hvp(
+        self, D: dict[int, Tensor], V: Tensor, active: Tensor
+    ) -> tuple[Tensor, dict[int, tuple[Tensor | None, Tensor]]]:
+        """``H_S v_S`` on the active subsets (zero rows elsewhere), computed in ``_HVP_DTYPE``.
+
+        Also returns, per task block, ``(rows, G_i v)``: the products for the active subsets
+        (``rows`` indexes the block's subsets; ``None`` means all of them).
+        """
+        out = self.lam * V * active[:, None]
+        products: dict[int, tuple[Tensor | None, Tensor]] = {}
+        all_active = bool(active.all())
+        Vh = V.to(_HVP_DTYPE)
+        for i in self.tasks:
+            sub, Gi, Di = self.subs[i], self.data.G_hvp[i], D[i]
+            keep = None
             if not all_active:
                 keep = torch.nonzero(active.index_select(0, sub)).flatten()
                 if keep.numel() == 0:
                     continue
-                sub = sub.index_select(0, keep)
-                Di = Di.index_select(0, keep)
-            Gi = self.data.G[i]
-            out.index_add_(0, sub, (Di * (V.index_select(0, sub) @ Gi.T)) @ Gi)
-        out.add_(self.lam * V * active[:, None])
-        return out
-
-    def direction_margins(self, P: Tensor) -> dict[int, Tensor]:
-        return self.margins(P)
+                sub, Di = sub.index_select(0, keep), Di.index_select(0, keep)
+            Z = Vh.index_select(0, sub) @ Gi.T
+            out.index_add_(0, sub, ((Di * Z) @ Gi).to(_DTYPE))
+            products[i] = (keep, Z)
+        return out, products
 
 
-def _pcg(chunk: _Chunk, D: dict[int, Tensor], rhs: Tensor, active: Tensor, eta: Tensor, max_cg: int) -> tuple[Tensor, int]:
-    """Batched preconditioned CG for ``H_S p = rhs_S`` on the active subsets."""
+_Hvp = Callable[[Tensor, Tensor], "tuple[Tensor, dict[int, tuple[Tensor | None, Tensor]]]"]
+
+
+def _pcg(
+    chunk: _Chunk,
+    precond: _Preconditioner,
+    hvp: _Hvp,
+    rhs: Tensor,
+    active: Tensor,
+    eta: Tensor,
+    max_cg: int,
+) -> tuple[Tensor, dict[int, Tensor], int]:
+    """Batched preconditioned CG for ``H_S p = rhs_S`` on the active subsets.
+
+    Each subset stops once its residual is below ``eta`` times the initial one (or stays at
+    zero when inactive).  Returns the solution ``P``, the products ``G_i p`` per task block
+    (float32, accumulated from the products the Hessian-vector products return; meaningful
+    only for the data-based ``_Chunk.hvp``) and the number of batched iterations.
+    """
     P = torch.zeros_like(rhs)
+    GP = {
+        i: torch.zeros(chunk.subs[i].numel(), chunk.data.G[i].shape[0], dtype=_HVP_DTYPE, device=rhs.device)
+        for i in chunk.tasks
+    }
     R = rhs * active[:, None]
-    Z = chunk.precondition(R)
+    Z = precond.apply(R)
     Dir = Z.clone()
     rz = (R * Z).sum(dim=1)
     r0 = R.norm(dim=1)
     live = active.clone()
     iters = 0
     for _ in range(max_cg):
-        Hd = chunk.hvp(D, Dir, live)
+        Hd, products = hvp(Dir, live)
         iters += 1
         dHd = (Dir * Hd).sum(dim=1)
-        alpha = torch.where(live & (dHd > 0), rz / torch.where(dHd > 0, dHd, 1.0), 0.0)
+        pos = dHd > 0
+        alpha = torch.where(live & pos, rz / torch.where(pos, dHd, 1.0), 0.0)
         P.add_(alpha[:, None] * Dir)
+        for i, (keep, Z) in products.items():
+            a = alpha.index_select(0, chunk.subs[i]).to(_HVP_DTYPE)
+            if keep is None:
+                GP[i].add_(a[:, None] * Z)
+            else:
+                GP[i].index_add_(0, keep, a.index_select(0, keep)[:, None] * Z)
         R.sub_(alpha[:, None] * Hd)
-        live = live & (R.norm(dim=1) > eta * r0) & (dHd > 0)
+        live = live & pos & (R.norm(dim=1) > eta * r0)
         if not bool(live.any()):
             break
-        Z = chunk.precondition(R)
+        Z = precond.apply(R)
         rz_new = (R * Z).sum(dim=1)
-        beta = torch.where(live & (rz != 0), rz_new / torch.where(rz != 0, rz, 1.0), 0.0)
+        nz = rz != 0
+        beta = torch.where(live & nz, rz_new / torch.where(nz, rz, 1.0), 0.0)
         Dir = Z + beta[:, None] * Dir
         rz = rz_new
-    return P, iters
+    return P, GP, iters
 
 
 def _fit_chunk(
-    data: _TaskBlocks, members: Tensor, lam: float, u0: Tensor | None, tol: float, max_iter: int, max_cg: int
+    data: _TaskBlocks,
+    members: Tensor,
+    lam: float,
+    u0: Tensor | None,
+    tol: float,
+    max_iter: int,
+    max_cg: int,
 ) -> SurrogateFit:
     chunk = _Chunk(data, members, lam)
-    m, d = chunk.m, data.d
-    U = torch.zeros(m, d, dtype=_DTYPE) if u0 is None else u0.to(_DTYPE).clone()
-    A = chunk.margins(U)
+    precond = _Preconditioner(data, members, chunk.inv_n, lam)
+    m, d, dev = chunk.m, data.d, data.device
     g0norm = chunk.grad0.norm(dim=1)
-    iterations = torch.zeros(m, dtype=torch.int64)
-    stalled = torch.zeros(m, dtype=torch.bool)
+    if u0 is None or not bool((u0 != 0).any()):
+        U = torch.zeros(m, d, dtype=_DTYPE, device=dev)
+        A = {i: torch.zeros(chunk.subs[i].numel(), data.G[i].shape[0], dtype=_DTYPE, device=dev) for i in chunk.tasks}
+        grad, D = chunk.grad0.clone(), chunk.curvature_at_zero()
+    else:
+        U = u0.to(device=dev, dtype=_DTYPE).clone()
+        U[g0norm == 0] = 0.0  # no signal: u = 0 is the exact solution
+        A = chunk.margins(U)
+        grad, D = chunk.grad_and_curvature(A, U)
+    f_cur = chunk.loss(A, U)
+    iterations = torch.zeros(m, dtype=torch.int64, device=dev)
+    stalled = torch.zeros(m, dtype=torch.bool, device=dev)
     cg_total = 0
     eps = torch.finfo(_DTYPE).eps
-    for _ in range(max_iter + 1):
-        grad, D = chunk.grad_and_curvature(A, U)
+    at_zero = bool((U == 0).all())
+    while True:
         gnorm = grad.norm(dim=1)
         converged = gnorm <= tol * g0norm
         active = ~converged & ~stalled & (iterations < max_iter)
@@ -407,47 +585,58 @@ def _fit_chunk(
             break
         iterations += active.to(torch.int64)
         rel = torch.where(g0norm > 0, gnorm / torch.where(g0norm > 0, g0norm, 1.0), 0.0)
-        eta = torch.clamp(torch.sqrt(rel), max=0.5)
-        P, k = _pcg(chunk, D, -grad, active, eta, max_cg)
+        if at_zero:
+            # Newton step from u = 0: the Hessian is H0 exactly, and its products come from the
+            # Gram matrices at a fraction of the cost of a pass over the data, so solve tightly.
+            eta = torch.full_like(rel, _ETA_FIRST)
+            P, _, k = _pcg(chunk, precond, chunk.hvp_at_zero, -grad, active, eta, max_cg)
+            Zp = chunk.margins(P) if tol < _F32_MARGINS_TOL else chunk.margins(P, dtype=_HVP_DTYPE)
+            at_zero = False
+        else:
+            eta = torch.clamp(rel, max=_ETA_MAX)  # forcing term: quadratic convergence near the optimum
+            P, GP, k = _pcg(chunk, precond, lambda V, live: chunk.hvp(D, V, live), -grad, active, eta, max_cg)
+            if tol >= _F32_MARGINS_TOL:  # margins of the direction from CG's float32 products
+                Zp = {i: data.y[i] * GP[i].to(_DTYPE) for i in chunk.tasks}
+            else:  # recomputed in float64, so that the margins of the iterate stay exact
+                Zp = chunk.margins(P)
         cg_total += k
-        # per-subset Armijo backtracking on the exact objective
-        Zp = chunk.direction_margins(P)
-        f0 = chunk.loss(A, U)
+        # per-subset Armijo backtracking on the exact objective (elementwise work only)
+        f0 = f_cur
         slope = (grad * P).sum(dim=1)
         t = active.to(_DTYPE)
         accepted = ~active
         slack = 16 * eps * f0.abs()  # round-off allowance near the optimum
         for _ in range(_MAX_BACKTRACK):
             ft = chunk.loss_at(A, Zp, t, U, P)
-            ok = ft <= f0 + _ARMIJO_C * t * slope + slack
-            accepted = accepted | ok
+            accepted = accepted | (ft <= f0 + _ARMIJO_C * t * slope + slack)
             if bool(accepted.all()):
                 break
             t = torch.where(accepted, t, 0.5 * t)
         failed = ~accepted
         t = torch.where(failed, 0.0, t)
+        f_cur = torch.where(failed, f0, ft)
         stalled |= failed
         U = U + t[:, None] * P
         for i in chunk.tasks:
-            A[i] = A[i] + t.index_select(0, chunk.subs[i])[:, None] * Zp[i]
-    grad, _ = chunk.grad_and_curvature(chunk.margins(U), U)
-    gnorm = grad.norm(dim=1)
+            A[i].add_(t.index_select(0, chunk.subs[i])[:, None] * Zp[i])
+        grad, D = chunk.grad_and_curvature(A, U)
     return SurrogateFit(
         u=U,
         lam=lam,
         iterations=iterations,
         cg_iterations=cg_total,
-        converged=gnorm <= tol * g0norm,
+        converged=converged,
         grad_norm=gnorm,
         grad_norm0=g0norm,
         n_rows=chunk.n_rows.round().to(torch.int64),
+        preconditioner=precond.kind,
     )
 
 
 def _chunk_size(d: int, batch_size: int | None) -> int:
     if batch_size is not None:
         return batch_size
-    return max(1, min(_MAX_CHUNK, _PRECOND_BYTES // (8 * d * d)))
+    return max(1, min(_MAX_CHUNK, _PRECOND_BYTES // (4 * d * d)))
 
 
 def _fit_prepared(
@@ -465,9 +654,7 @@ def _fit_prepared(
     parts = []
     for start in range(0, m, step):
         sl = slice(start, min(m, start + step))
-        parts.append(
-            _fit_chunk(data, members[sl], lam, None if u0 is None else u0[sl], tol, max_iter, max_cg)
-        )
+        parts.append(_fit_chunk(data, members[sl], lam, None if u0 is None else u0[sl], tol, max_iter, max_cg))
     if len(parts) == 1:
         return parts[0]
     return SurrogateFit(
@@ -479,6 +666,7 @@ def _fit_prepared(
         grad_norm=torch.cat([p.grad_norm for p in parts]),
         grad_norm0=torch.cat([p.grad_norm0 for p in parts]),
         n_rows=torch.cat([p.n_rows for p in parts]),
+        preconditioner="+".join(sorted({p.preconditioner for p in parts})),
     )
 
 
@@ -543,7 +731,7 @@ def fit_subsets(
     u0 : Tensor, shape (m, d), optional
         Warm start (default zeros).
     batch_size : int, optional
-        Subsets solved together; default as many as fit in 256 MiB of preconditioners
+        Subsets solved together; default as many as fit in 256 MiB of exact preconditioners
         (at most 256).
 
     Returns
@@ -558,8 +746,11 @@ def fit_subsets(
     if u0 is not None:
         u0 = _as_tensor("u0", u0)
         if u0.shape != (m, d) or not torch.isfinite(u0).all():
-            raise ValueError(f"The 'u0' parameter must be a finite tensor of shape (m, d) = ({m}, {d}). Got shape {tuple(u0.shape)}.")
-    data = _prepare(G, y, w, task, train_mask, members.shape[1])
+            raise ValueError(
+                f"The 'u0' parameter must be a finite tensor of shape (m, d) = ({m}, {d}). "
+                f"Got shape {tuple(u0.shape)}."
+            )
+    data = _TaskBlocks(G, y, w, task, train_mask, members.shape[1])
     _check_rows(data, members)
     return _fit_prepared(data, members, lam, u0, tol, max_iter, max_cg, batch_size)
 
@@ -571,7 +762,7 @@ def relative_distance(U: Tensor, gram: Tensor, theta_norm: float) -> Tensor:
     ``theta_S = theta* + P u``.
     """
     U = U.to(_DTYPE)
-    q = ((U @ gram.to(_DTYPE)) * U).sum(dim=1).clamp_min(0.0)
+    q = ((U @ gram.to(device=U.device, dtype=_DTYPE)) * U).sum(dim=1).clamp_min(0.0)
     return torch.sqrt(q) / theta_norm
 
 
@@ -655,8 +846,11 @@ def choose_lambda(
     d = G.shape[1]
     gram = _as_tensor("gram", gram)
     if gram.shape != (d, d) or not gram.is_floating_point() or not torch.isfinite(gram).all():
-        raise ValueError(f"The 'gram' parameter must be a finite float tensor of shape (d, d) = ({d}, {d}). Got shape {tuple(gram.shape)}.")
-    gram = gram.to(_DTYPE)
+        raise ValueError(
+            f"The 'gram' parameter must be a finite float tensor of shape (d, d) = ({d}, {d}). "
+            f"Got shape {tuple(gram.shape)}."
+        )
+    gram = gram.to(device=G.device, dtype=_DTYPE)
     theta_norm = _check_positive_float("theta_norm", theta_norm)
     target_delta = _check_positive_float("target_delta", target_delta)
     rtol = _check_positive_float("rtol", rtol)
@@ -668,12 +862,12 @@ def choose_lambda(
     max_decades = _check_positive_float("max_decades", max_decades)
     tol, max_iter, max_cg, batch_size = _check_solver_args(tol, max_iter, max_cg, batch_size)
 
-    data = _prepare(G, y, w, task, train_mask, members.shape[1])
+    data = _TaskBlocks(G, y, w, task, train_mask, members.shape[1])
     _check_rows(data, members)
     mf = members.to(_DTYPE)
     n_rows = mf @ data.counts
     grad0 = -(mf @ data.b) * (0.5 / n_rows)[:, None]
-    scale = float(torch.median(relative_distance(grad0, gram, 1.0)))
+    scale = float(np.median(relative_distance(grad0, gram, 1.0).cpu().numpy()))
     if not scale > 0:
         raise ValueError(
             "target_delta cannot be reached: the gradient of the surrogate at u = 0 is zero for at "
@@ -693,7 +887,7 @@ def choose_lambda(
         new_fit = _fit_prepared(data, members, lam_, u0, tol, max_iter, max_cg, batch_size)
         fit = new_fit
         deltas_ = relative_distance(new_fit.u, gram, theta_norm)
-        return new_fit, deltas_, float(np.median(deltas_.numpy()))
+        return new_fit, deltas_, float(np.median(deltas_.cpu().numpy()))
 
     def done(med: float) -> bool:
         return abs(med / target_delta - 1.0) <= rtol
