@@ -125,7 +125,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
     st = _Stage(run_dir, "features", k_feat)
     if not st.current:
         _features_stage(run_dir, model, suite, cfg)
-        st.done(["features/manifest.json"])
+        st.done(sorted(str(p.relative_to(run_dir)) for p in (run_dir / "features").iterdir() if not p.name.startswith(".")))
     from .estimate.features import FeatureStore
 
     store = FeatureStore.load(run_dir / "features")
