@@ -84,7 +84,8 @@ class EstimateConfig(Strict):
 
     checkpoint: int | None = Field(None, ge=0, description="pin theta* to the checkpoint at this step (default: newest with a healthy advantage signal)")
     probe_transitions: int = Field(1024, ge=16, description="transitions per task when probing a checkpoint's advantage signal")
-    min_adv_scale: float = Field(0.03, ge=0, description="advantage signal too weak below this mean|A| / mean|value target|")
+    min_adv_scale: float = Field(1e-3, ge=0, description="advantage signal collapsed below this mean|A| / mean|value target|")
+    signal_keep: float = Field(0.5, ge=0, le=1, description="theta* keeps at least this fraction of the first checkpoint's advantage scale")
     min_label_frac: float = Field(0.02, ge=0, lt=0.5, description="advantage labels one-sided when either sign is rarer than this")
     min_healthy_frac: float = Field(0.8, ge=0, le=1, description="fraction of tasks whose signal must be healthy to accept a checkpoint")
     min_return: float | None = Field(None, description="refuse theta* whose mean per-task return is below this (weak meta-policy)")

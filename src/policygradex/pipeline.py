@@ -107,7 +107,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
 
     # 2. theta* and its rollouts
     collect_fields = est.model_dump(include={"checkpoint", "probe_transitions", "min_adv_scale", "min_label_frac",
-                                             "min_healthy_frac", "transitions_per_task", "collect_envs_per_task",
+                                             "min_healthy_frac", "signal_keep", "transitions_per_task", "collect_envs_per_task",
                                              "heldout_frac", "seed"})
     k_collect = _key(st.digest, collect_fields)
     st = _Stage(run_dir, "collect", k_collect)
@@ -224,7 +224,7 @@ def _collect_stage(run_dir: Path, checkpoints: list[Path], cfg: RunConfig) -> No
         raise UserError(f"--checkpoint {est.checkpoint}: no such checkpoint; available steps: {steps}")
     with console.status("choosing theta*: probing checkpoints' advantage signal"):
         sel = select_checkpoint(checkpoints, est.probe_transitions, est.min_adv_scale, est.min_label_frac,
-                                est.min_healthy_frac, est.seed, est.checkpoint)
+                                est.min_healthy_frac, est.seed, est.checkpoint, est.signal_keep)
     model, suite, ppo, _ = load_checkpoint(sel.checkpoint)
     with console.status(f"collecting {est.transitions_per_task:,} transitions per task with theta* (step {sel.step:,})"):
         c = collect(model, suite, ppo, est.transitions_per_task, est.collect_envs_per_task, est.heldout_frac, est.seed + 1)

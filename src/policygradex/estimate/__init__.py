@@ -1,1 +1,2 @@
-"""Estimation of task affinities: per-subset performance estimates ``f`` to the affinity ``U``."""
+"""Estimation of task affinities (METHOD.md stages 2-4): gradient features, random projection,
+subset sampling, batched surrogate fits, evaluators of ``f(S, i)`` and the affinity ``U``."""
