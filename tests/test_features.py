@@ -24,15 +24,6 @@ from policygradex.rl.networks import ActorCritic
 IN_DIM = 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small networks on a shared machine run far faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_actor(space: gym.Space, seed: int = 0) -> torch.nn.Module:
     """An actor whose parameters are all of order one (PPO's 0.01 output gain would make most
     gradients tiny and the comparisons below less telling)."""

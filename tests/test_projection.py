@@ -11,15 +11,6 @@ from policygradex.errors import UserError
 from policygradex.estimate.projection import GaussianProjector, Projector, block_seed, projector_from_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matmuls on a shared machine run far faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def materialize(proj: Projector) -> torch.Tensor:
     """P as a [p, d] matrix, read through the public interface (P = project(I_p))."""
     return proj.project(torch.eye(proj.p, dtype=proj.dtype))
