@@ -109,3 +109,28 @@ def test_missing_checkpoint_is_named(planted_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(src, out)
     assert_user_error(run_cli("run", *SMALL, "--checkpoint", "7", "--out", str(out)), "--checkpoint 7", "available steps")
+
+
+def test_rollout_return_evaluator_uses_common_random_numbers(planted_run):
+    import numpy as np
+    import torch
+
+    from policygradex.estimate.features import FeatureStore
+    from policygradex.estimate.rollout_eval import rollout_return
+    from policygradex.rl.checkpoint import load_checkpoint
+
+    out, _ = planted_run
+    meta = json.loads((out / "collect" / "meta_policy.json").read_text())
+    model, suite, _, _ = load_checkpoint(out / "train" / "checkpoints" / meta["checkpoint"])
+    store = FeatureStore.load(out / "features")
+    members = np.zeros((3, suite.n), dtype=bool)
+    members[0, :4] = members[1, :4] = True
+    members[2, 4:] = True
+    u = torch.zeros(3, store.d, dtype=torch.float64)
+    u[2] = torch.randn(store.d, dtype=torch.float64) * 50
+    f = rollout_return(model, suite, store.projector, u, members, episodes=2, seed=3)
+    assert np.isnan(f[0, 4:]).all() and np.isfinite(f[0, :4]).all() and np.isfinite(f[2, 4:]).all()
+    assert np.array_equal(f[0, :4], f[1, :4])  # same parameters, same seeds -> same returns
+    ev_zero = rollout_return(model, suite, store.projector, torch.zeros(1, store.d, dtype=torch.float64),
+                             members[2:], episodes=2, seed=3)
+    assert not np.array_equal(ev_zero[0, 4:], f[2, 4:])  # a large step changes the returns

@@ -83,3 +83,11 @@ def test_tensorboard_logging_uses_cleanrl_names(tmp_path):
     acc.Reload()
     tags = acc.Tags()["scalars"]
     assert "charts/SPS" in tags and "losses/value_loss" in tags
+
+
+def test_continuous_actions_train_with_gaussian_head(tmp_path):
+    suite = load_suite("env:Pendulum-v1")
+    res = train(suite, small_cfg(total_steps=512, envs_per_task=2, num_steps=128), tmp_path)
+    assert res.model.kind == "gaussian" and res.global_step == 512
+    ev = evaluate_policy(res.model, suite, episodes=1)
+    assert ev["Pendulum-v1"]["mean"] < 0  # Pendulum returns are negative
