@@ -91,3 +91,48 @@ def test_continuous_actions_train_with_gaussian_head(tmp_path):
     assert res.model.kind == "gaussian" and res.global_step == 512
     ev = evaluate_policy(res.model, suite, episodes=1)
     assert ev["Pendulum-v1"]["mean"] < 0  # Pendulum returns are negative
+
+
+def test_evaluation_uses_common_random_numbers_across_task_subsets():
+    suite = load_suite("cartpole", 4)
+    torch.manual_seed(0)
+    from policygradex.rl.checkpoint import build_model
+
+    model = build_model(suite, small_cfg())
+    full = evaluate_policy(model, suite, episodes=3, deterministic=False, seed=5)
+    part = evaluate_policy(model, suite, episodes=3, deterministic=False, seed=5, tasks=[2, 0])
+    assert set(part) == {"cartpole-00", "cartpole-02"}
+    for name in part:
+        assert part[name]["returns"] == full[name]["returns"]
+    other = evaluate_policy(model, suite, episodes=3, deterministic=False, seed=6, tasks=[0])
+    assert other["cartpole-00"]["returns"] != full["cartpole-00"]["returns"]
+
+
+def test_sampling_from_noise_matches_the_policy_distribution():
+    from policygradex.rl.networks import ActorCritic, sample_with_noise
+    import gymnasium as gym
+
+    torch.manual_seed(1)
+    model = ActorCritic(3, gym.spaces.Discrete(3))
+    with torch.no_grad():
+        model.actor.net[-1].weight.mul_(100)
+    x = torch.randn(1, 3).expand(20000, 3)
+    a = sample_with_noise(model.actor, x, torch.rand(20000))
+    freq = torch.bincount(a, minlength=3).float() / 20000
+    probs = torch.softmax(model.actor(x[:1]), -1)[0]
+    assert torch.allclose(freq, probs, atol=0.02)
+
+
+def test_finetune_on_a_subset_keeps_one_hot_width_and_moves_parameters(tmp_path):
+    from policygradex.rl.ppo import finetune
+
+    suite = load_suite("cartpole", 3)
+    res = train(suite, small_cfg(total_steps=768), tmp_path)
+    ft = finetune(res.model, suite, [0, 2], small_cfg(), total_steps=512, seed=1)
+    assert ft.model.actor.net[0].in_features == 4 + 3
+    assert ft.env_steps == 512 and len(ft.snapshots) == 2
+    moved = [not torch.equal(a, b) for a, b in zip(res.model.actor.parameters(), ft.model.actor.parameters())]
+    assert any(moved)
+    # theta* itself is untouched
+    _, _, _, ckpt = load_checkpoint(res.checkpoints[-1])
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in res.model.state_dict().items())

@@ -36,7 +36,8 @@ def rollout_return(model, suite: TaskSuite, projector: Projector, U: torch.Tenso
             with torch.no_grad():
                 for name, p in probe.actor.named_parameters():
                     p.copy_(params[name])
-            ev = evaluate_policy(probe, suite, episodes=episodes, deterministic=False, seed=seed)
+            ev = evaluate_policy(probe, suite, episodes=episodes, deterministic=False, seed=seed,
+                                 tasks=np.flatnonzero(members[s]).tolist())
             for i in np.flatnonzero(members[s]):
                 f[s, i] = ev[suite.names[i]]["mean"]
             bar.advance(1)

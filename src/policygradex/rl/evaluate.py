@@ -6,16 +6,19 @@ import numpy as np
 import torch
 
 from ..tasks import TaskSuite
-from .networks import ActorCritic
+from .networks import ActorCritic, env_action, sample_with_noise
 from .rollout import MultiTaskEnv, policy_input
-from .networks import env_action
 
 
-def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, deterministic: bool = True, seed: int = 12345) -> dict[str, dict]:
-    """Run ``episodes`` episodes of every task (all in parallel); returns {task: {mean, std, returns}}."""
-    env = MultiTaskEnv(suite, episodes, seed)
+def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, deterministic: bool = True, seed: int = 12345,
+                    tasks: list[int] | None = None) -> dict[str, dict]:
+    """Run ``episodes`` episodes of every task (or of ``tasks``), all in parallel; returns
+    {task: {mean, std, returns}}.  The same seed gives the same environment seeds and action
+    noise (common random numbers across policies)."""
+    env = MultiTaskEnv(suite, episodes, seed, tasks)
     obs = env.reset()
-    gen = torch.Generator().manual_seed(seed)
+    # one noise stream per (task, episode): the same seed gives every policy the same noise
+    streams = [np.random.default_rng([seed, int(t), int(c)]) for t, c in zip(env.task_ids, env.copy_ids)]
     E = env.num_envs
     ret = np.zeros(E)
     final = np.full(E, np.nan)
@@ -23,7 +26,13 @@ def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, de
     model.eval()
     while np.isnan(final).any():
         x = policy_input(obs, env.task_ids, suite.n)
-        a, _, _ = model.act(x, deterministic=deterministic, generator=gen)
+        if deterministic:
+            a = model.actor.mode(x).detach()
+        elif model.kind == "categorical":
+            a = sample_with_noise(model.actor, x, torch.as_tensor(np.array([r.random() for r in streams])))
+        else:
+            noise = np.stack([r.standard_normal(model.actor.act_dim) for r in streams])
+            a = sample_with_noise(model.actor, x, torch.as_tensor(noise, dtype=torch.float32))
         obs, r, term, trunc, _ = env.step(env_action(model.kind, a, space))
         live = np.isnan(final)
         ret[live] += r[live]
@@ -31,7 +40,8 @@ def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, de
         final[done] = ret[done]
     env.close()
     out = {}
-    for i, name in enumerate(suite.names):
+    for i in sorted(set(env.task_ids.tolist())):
+        name = suite.names[i]
         rs = final[env.task_ids == i]
         out[name] = {"mean": float(rs.mean()), "std": float(rs.std()), "returns": rs.tolist()}
     return out

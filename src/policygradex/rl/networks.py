@@ -112,6 +112,18 @@ class ActorCritic(nn.Module):
         return a, dist.log_prob(a), self.value(x)
 
 
+def sample_with_noise(actor: Actor, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Sample actions from given noise (common random numbers): ``noise`` is uniform in [0, 1)
+    with shape [B] for a categorical actor (inverse CDF) and standard normal [B, act] for a
+    Gaussian one (mean + std * noise)."""
+    with torch.no_grad():
+        out = actor.net(x)
+        if actor.kind == "categorical":
+            cdf = torch.softmax(out, dim=-1).cumsum(-1)
+            return torch.searchsorted(cdf, noise.to(cdf.dtype).unsqueeze(-1)).squeeze(-1).clamp_max(out.shape[-1] - 1)
+        return out + actor.log_std.exp() * noise.to(out.dtype)
+
+
 def env_action(kind: str, a: torch.Tensor, space: gym.Space) -> np.ndarray:
     """Convert network actions to what the env accepts (clip Gaussian actions to the Box)."""
     arr = a.cpu().numpy()

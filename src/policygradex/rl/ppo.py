@@ -96,6 +96,53 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
     return {k: float(np.mean(v)) for k, v in stats.items()}
 
 
+def ppo_iteration(model: ActorCritic, optimizer: torch.optim.Optimizer, collector: RolloutCollector, cfg: PPOConfig,
+                  n_tasks: int, lr: float, gen: torch.Generator) -> tuple[Rollout, dict[str, float]]:
+    """One PPO iteration: collect ``cfg.num_steps`` steps from every env, then update."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    model.eval()
+    ro = collector.collect(model, cfg.num_steps)
+    model.train()
+    stats = ppo_update(model, optimizer, ro, cfg, n_tasks, cfg.clip_coef, gen)
+    model.eval()
+    return ro, stats
+
+
+@dataclass
+class FinetuneResult:
+    model: ActorCritic
+    snapshots: list[tuple[int, dict[str, torch.Tensor]]]  # (env steps, actor state) after each iteration
+    env_steps: int
+    wall_s: float
+
+
+def finetune(model: ActorCritic, suite: TaskSuite, tasks: list[int], cfg: PPOConfig, total_steps: int, seed: int) -> FinetuneResult:
+    """Continue PPO from ``model`` (copied, fresh optimizer) on the suite's ``tasks`` only.
+
+    The one-hot width stays the suite's, so the result is comparable with theta*.  The
+    learning rate is constant (``cfg.learning_rate``).  The actor's state after every
+    iteration is kept, so callers can study the adaptation path.
+    """
+    import copy
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    gen = torch.Generator().manual_seed(seed)
+    env = MultiTaskEnv(suite, cfg.envs_per_task, seed, tasks)
+    collector = RolloutCollector(env, gen)
+    batch = env.num_envs * cfg.num_steps
+    steps, snapshots = 0, []
+    while steps + batch <= max(total_steps, batch):
+        ppo_iteration(model, optimizer, collector, cfg, suite.n, cfg.learning_rate, gen)
+        steps += batch
+        snapshots.append((steps, {k: v.detach().clone() for k, v in model.actor.state_dict().items()}))
+    env.close()
+    return FinetuneResult(model, snapshots, steps, time.perf_counter() - t0)
+
+
 def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> dict | None:
     ckpts = list_checkpoints(out_dir / "checkpoints")
     if not ckpts:
@@ -143,15 +190,10 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
     for update in range(start_update + 1, num_updates + 1):
         frac = 1.0 - (update - 1) / num_updates
         lr = cfg.learning_rate * frac if cfg.anneal_lr else cfg.learning_rate
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        model.eval()
-        ro = collector.collect(model, cfg.num_steps)
+        ro, stats = ppo_iteration(model, optimizer, collector, cfg, suite.n, lr, gen)
         global_step += batch
         for i, rets in enumerate(ro.episode_returns):
             recent[i].extend(rets)
-        model.train()
-        stats = ppo_update(model, optimizer, ro, cfg, suite.n, cfg.clip_coef, gen)
         returns = {name: (float(np.mean(recent[i])) if recent[i] else None) for i, name in enumerate(suite.names)}
         sps = (global_step - steps0) / max(time.perf_counter() - t0, 1e-9)
         if writer is not None:

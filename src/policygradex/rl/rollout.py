@@ -28,21 +28,28 @@ def policy_input(obs: np.ndarray | torch.Tensor, task_ids: np.ndarray | torch.Te
 
 
 class MultiTaskEnv:
-    """``envs_per_task`` copies of every task in one SyncVectorEnv."""
+    """``envs_per_task`` copies of every task (or of the tasks listed in ``tasks``) in one
+    SyncVectorEnv.  Task ids and the one-hot width always refer to the whole suite, so a
+    policy trained on all tasks can be fine-tuned or evaluated on a subset."""
 
-    def __init__(self, suite: TaskSuite, envs_per_task: int, seed: int):
+    def __init__(self, suite: TaskSuite, envs_per_task: int, seed: int, tasks: list[int] | None = None):
         self.suite = suite
         self.n_tasks = suite.n
-        self.task_ids = np.repeat(np.arange(suite.n), envs_per_task)
-        fns = [(lambda t=task: t.make()) for task in suite.tasks for _ in range(envs_per_task)]
+        chosen = list(range(suite.n)) if tasks is None else [int(i) for i in tasks]
+        self.task_ids = np.repeat(np.array(chosen, dtype=np.int64), envs_per_task)
+        fns = [(lambda t=suite.tasks[i]: t.make()) for i in chosen for _ in range(envs_per_task)]
         self.envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.num_envs = len(fns)
+        # copy number of each env within its task: seeds depend on (task, copy), not on the
+        # env's position, so a task sees the same seeds whichever other tasks run beside it
+        self.copy_ids = np.tile(np.arange(envs_per_task), len(chosen))
         self.seed = seed
         self.obs: np.ndarray | None = None
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         try:
-            obs, _ = self.envs.reset(seed=[(self.seed if seed is None else seed) * 100_003 + e for e in range(self.num_envs)])
+            base = (self.seed if seed is None else seed) * 100_003
+            obs, _ = self.envs.reset(seed=[base + int(t) * 1_009 + int(c) for t, c in zip(self.task_ids, self.copy_ids)])
         except UserError:
             raise
         except Exception as exc:
