@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,19 @@ def train_meta_policy(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, ten
         return train(suite, cfg, out_dir, tensorboard, on_update)
 
 
+def stage_seconds(run_dir: str | Path) -> dict[str, float]:
+    """Wall time of every finished stage of a run, from the manifests."""
+    out = {}
+    for name in STAGES:
+        m = art.read_manifest(run_dir, name)
+        if m is not None:
+            out[name] = float(m.get("extra", {}).get("seconds", float("nan")))
+    return out
+
+
+STAGES = ("train", "collect", "features", "subsets", "surrogate", "evaluate", "group")
+
+
 @dataclass
 class RunResult:
     out_dir: Path
@@ -59,13 +73,15 @@ class _Stage:
 
     def __init__(self, run_dir: Path, name: str, key: str):
         self.run_dir, self.name, self.key = run_dir, name, key
+        self.t0 = time.perf_counter()
 
     @property
     def current(self) -> bool:
         return art.stage_is_current(self.run_dir, self.name, self.key)
 
     def done(self, files: list[str], extra: dict | None = None) -> None:
-        art.write_manifest(self.run_dir, self.name, self.key, files, extra)
+        """Record the stage's files, and its wall time (``extra.seconds``) for speedup accounting."""
+        art.write_manifest(self.run_dir, self.name, self.key, files, {"seconds": time.perf_counter() - self.t0, **(extra or {})})
 
     @property
     def digest(self) -> str:
