@@ -123,3 +123,25 @@ class RunConfig(Strict):
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     group: GroupConfig = Field(default_factory=GroupConfig)
+
+
+class ValidateConfig(Strict):
+    """``policygradex validate``: real fine-tuning on the run's subsets and the comparisons (docs/validation.md)."""
+
+    finetune_steps: int = Field(2048, ge=1, description="PPO environment steps of real fine-tuning per subset (whole iterations, at least one)")
+    finetune_seed: int = Field(0, description="seed of the fine-tuning (the same for every subset: common random numbers)")
+    episodes: int = Field(32, ge=1, description="evaluation episodes per task and subset for f_true (sampled actions)")
+    eval_seed: int = Field(12345, description="seed of the evaluation rollouts (the same for every subset: common random numbers)")
+    buckets: tuple[float, ...] = Field((0.001, 0.005, 0.01, 0.05), description="relative distances at which the first-order error is reported")
+    hessian_probes: int = Field(32, ge=1, description="Rademacher probes of the Hutchinson Hessian-trace estimate")
+    hessian_subsets: int = Field(3, ge=0, description="adapted theta_S (first subsets) at which the Hessian trace is estimated, besides theta*")
+    hessian_seed: int = Field(0, description="seed of the Hutchinson probes")
+    random_draws: int = Field(200, ge=1, description="random groupings (same group sizes) for the NMI floor")
+    random_seed: int = Field(0, description="seed of the random groupings")
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not (0 < b < 1) for b in v):
+            raise ValueError("buckets must be a non-empty list of relative distances in (0, 1)")
+        return tuple(sorted(v))

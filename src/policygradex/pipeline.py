@@ -242,8 +242,10 @@ def _collect_stage(run_dir: Path, checkpoints: list[Path], cfg: RunConfig) -> No
         sel = select_checkpoint(checkpoints, est.probe_transitions, est.min_adv_scale, est.min_label_frac,
                                 est.min_healthy_frac, est.seed, est.checkpoint, est.signal_keep)
     model, suite, ppo, _ = load_checkpoint(sel.checkpoint)
-    with console.status(f"collecting {est.transitions_per_task:,} transitions per task with theta* (step {sel.step:,})"):
-        c = collect(model, suite, ppo, est.transitions_per_task, est.collect_envs_per_task, est.heldout_frac, est.seed + 1)
+    steps = math.ceil(est.transitions_per_task / est.collect_envs_per_task) * est.collect_envs_per_task * suite.n
+    with progress_bar(steps, f"collect with theta* (step {sel.step:,})") as bar:
+        c = collect(model, suite, ppo, est.transitions_per_task, est.collect_envs_per_task, est.heldout_frac, est.seed + 1,
+                    on_step=bar.advance)
     health = c.per_task_health(suite.n, est.min_adv_scale, est.min_label_frac)
     ep = {name: (float(np.mean(r)) if r else None) for name, r in zip(suite.names, c.episode_returns)}
     finite = [v for v in ep.values() if v is not None]

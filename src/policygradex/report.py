@@ -50,6 +50,10 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
         trust.append("the advantage signal of theta* is collapsed (see below): the affinity is likely noise")
     if not groups["distinguishable_from_noise"]:
         trust.append(f"the groups are NOT distinguishable from noise (null test p = {groups['null_p']:.3f} >= {cfg.group.alpha})")
+        perms = groups["null_statistic"]["permutations"]
+        if 1 / (perms + 1) >= cfg.group.alpha:
+            trust.append(f"with {perms} permutations the smallest attainable p is {1 / (perms + 1):.3f} >= {cfg.group.alpha}: "
+                         f"use --null-permutations {int(1 / cfg.group.alpha)} or more")
     d = groups["delta"]
     if d["median"] > 0.05:
         trust.append(f"median relative distance {d['median']:.2%} is beyond the first-order regime (~1%)")
@@ -91,3 +95,59 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
               f"delta median {d['median']:.3%}, min {d['min']:.3%}, max {d['max']:.3%}. "
               f"{int(conv.sum())}/{len(conv)} subset fits converged.", ""]
     art.write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
+
+
+def approx_error_plot(points: list[dict], buckets, path: Path) -> None:
+    """Log-log scatter of the first-order relative error against the relative distance delta:
+    real fine-tuning snapshots (filled) and points rescaled along the paths (open), with the
+    median per bucket."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ok = [p for p in points if np.isfinite(p["error"]) and p["error"] > 0 and p["delta"] > 0]
+    real = [p for p in ok if p["kind"] == "real"]
+    scaled = [p for p in ok if p["kind"] != "real"]
+    if real:
+        ax.scatter([p["delta"] for p in real], [p["error"] for p in real], s=14, alpha=0.6, label="fine-tuning snapshots")
+    if scaled:
+        ax.scatter([p["delta"] for p in scaled], [p["error"] for p in scaled], s=22, facecolors="none", edgecolors="C1",
+                   label="rescaled along the path")
+    fac = np.sqrt(2.0)
+    med = []
+    for b in buckets:
+        e = [p["error"] for p in ok if b / fac <= p["delta"] < b * fac]
+        if e:
+            med.append((b, float(np.median(e))))
+    if med:
+        ax.plot([m[0] for m in med], [m[1] for m in med], "k-o", lw=1.5, ms=5, label="bucket median")
+    ax.axhline(0.021, color="gray", ls=":", lw=1, label="2.1% (paper, delta <= 1%)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("relative distance  ||theta - theta*|| / ||theta*||")
+    ax.set_ylabel("relative first-order error")
+    ax.set_title("first-order approximation of log pi along real fine-tuning")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_png(fig, path)
+
+
+def estimated_vs_true_plot(z_est: np.ndarray, z_true: np.ndarray, members: np.ndarray, names: list[str], labels,
+                           spearman: float, path: Path) -> None:
+    """Scatter of the per-task standardized estimate f against the standardized f_true, one
+    point per (subset, task), coloured by the task's ground-truth group."""
+    labels = np.asarray(labels)
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    for g in np.unique(labels):
+        cols = np.flatnonzero(labels == g)
+        m = members[:, cols]
+        ax.scatter(z_est[:, cols][m], z_true[:, cols][m], s=16, alpha=0.7, label=f"ground-truth group {g + 1}")
+    lim = float(np.nanmax(np.abs(np.concatenate([z_est[members], z_true[members]])))) if members.any() else 1.0
+    lim = max(lim, 1e-6) * 1.05
+    ax.plot([-lim, lim], [-lim, lim], color="gray", ls=":", lw=1)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel("estimated f(S, i), standardized per task")
+    ax.set_ylabel("real fine-tuning f_true(S, i), standardized per task")
+    rho = "nan" if spearman is None or not np.isfinite(spearman) else f"{spearman:.3f}"
+    ax.set_title(f"estimate vs real fine-tuning (Spearman {rho})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_png(fig, path)

@@ -93,12 +93,12 @@ class Collected:
 
 
 def collect(model, suite: TaskSuite, cfg: PPOConfig, transitions_per_task: int, envs_per_task: int,
-            heldout_frac: float, seed: int) -> Collected:
+            heldout_frac: float, seed: int, on_step=None) -> Collected:
     steps = math.ceil(transitions_per_task / envs_per_task)
     env = MultiTaskEnv(suite, envs_per_task, seed)
     gen = torch.Generator().manual_seed(seed)
     model.eval()
-    ro = RolloutCollector(env, gen).collect(model, steps)
+    ro = RolloutCollector(env, gen).collect(model, steps, on_step)
     env.close()
     adv, ret = ro.advantages(cfg.gamma, cfg.gae_lambda)
     T, E = adv.shape

@@ -109,25 +109,37 @@ from torch import Tensor
 __all__ = ["SurrogateFit", "choose_lambda", "fit_subsets", "relative_distance"]
 
 _DTYPE = torch.float64
-# Hessian-vector products (the bulk of the work) only steer the CG direction, so they run in
-# float32; gradients, margins and objective values stay in float64.
-_HVP_DTYPE = torch.float32
-# The exact preconditioner (per-task Gram matrices, per-subset Cholesky factors) likewise.
+# Data products (margins, gradients, Hessian-vector products) run in float32 when tol >= this
+# (errors of the gradient about 1e-8 to 1e-7 of ||grad at 0||, see the module docstring), in
+# float64 otherwise.
+_FAST_TOL = 1e-6
+_F32 = torch.float32
+# The Gram matrices, the H0 products and the exact preconditioner run in float32: they only
+# choose search directions.
 _PRECOND_DTYPE = torch.float32
 # Jacobi preconditioning when trace(C_S) <= this * lam (then cond(H0_S) <= 1 + this).
 _JACOBI_TRACE_RATIO = 2.0
+# Newton steps (data Hessian): CG forcing term min(_ETA_MAX, ||g|| / ||g_0||).
 _ETA_MAX = 0.01
-# CG tolerance of the first Newton step from u = 0 (cheap Gram-based products, exact Hessian).
-_ETA_FIRST = 1e-4
-# With tol >= this, the margins of a Newton direction are accumulated from the float32
-# products of CG (relative rounding 1e-7 to 1e-6, at or below the tolerance); below it they
-# are recomputed in float64 (one more pass over the data per Newton step).
-_F32_MARGINS_TOL = 1e-6
+# Majorization (H0) steps: CG tolerance of the first step from u = 0, and of the later ones
+# _MM_ETA_SAFETY * tol * ||g_0|| / ||g|| clamped to [_MM_ETA_MIN, _MM_ETA_MAX] (H0 products are
+# cheap, so these solves aim at the final tolerance in one step).
+_MM_ETA_FIRST = 3e-5
+_MM_ETA_SAFETY = 0.3
+_MM_ETA_MIN = 1e-6
+_MM_ETA_MAX = 0.01
+# A subset switches from majorization steps to Newton steps once a majorization step reduces
+# its gradient norm by less than this factor (the first step from u = 0, an exact Newton step,
+# by less than _RHO_SWITCH_FIRST).
+_RHO_SWITCH = 0.2
+_RHO_SWITCH_FIRST = 0.2
 # Preconditioners of one chunk of subsets take at most this many bytes (m_chunk * d * d * 4).
 _PRECOND_BYTES = 2**28
 _MAX_CHUNK = 256
 _ARMIJO_C = 1e-4
 _MAX_BACKTRACK = 40
+import os as _os
+_DEBUG = bool(_os.environ.get('SURR_DEBUG'))
 
 
 @dataclass
@@ -272,53 +284,74 @@ def _validate_data(
 class _TaskBlocks:
     """Training rows grouped by task, with the statistics every fit of a run reuses.
 
-    Per task ``i``: ``G_i`` ``[N_i, d]`` (float64, and a float32 copy for Hessian-vector
-    products), ``y_i``, ``w_i``, ``b_i = G_i^T (w_i y_i)`` (so the gradient at 0 is
-    ``-sum_{i in S} b_i / (2 |D_S|)``), and on first use the per-task Gram matrices
-    ``Gamma_i = G_i^T diag(w_i) G_i`` of the preconditioner.
+    The training rows are ordered by task (a view of ``G`` when they already are, a copy
+    otherwise).  Per task ``i`` the data products use ``Gy_i = diag(y_i) G_i`` (margins:
+    ``y_t g_t^T u = (Gy_i u)_t``) and ``Gwy_i = diag(w_i y_i) G_i`` (gradients and
+    Hessian-vector products), in float32 (built once) or float64 (built on first use, for
+    tight tolerances).  Also ``b_i = G_i^T (w_i y_i)`` in float64 (the gradient at 0 is
+    ``-sum_{i in S} b_i / (2 |D_S|)``) and, on first use, the per-task Gram matrices
+    ``Gamma_i = G_i^T diag(w_i) G_i = Gy_i^T Gwy_i`` (float32).
     """
 
     def __init__(self, G: Tensor, y: Tensor, w: Tensor, task: Tensor, train_mask: Tensor, n: int):
         self.d = G.shape[1]
         self.device = G.device
-        self.G: list[Tensor] = []
-        self.G_hvp: list[Tensor] = []  # G_i in _HVP_DTYPE, for the Hessian-vector products
-        self.y: list[Tensor] = []
-        self.w: list[Tensor] = []
-        self.wy: list[Tensor] = []
-        self.counts = torch.zeros(n, dtype=_DTYPE, device=self.device)
+        keyed = torch.where(train_mask, task, n)  # held-out rows sort last
+        counts = torch.bincount(keyed, minlength=n + 1)[:n]
+        n_train = int(counts.sum())
+        order = torch.argsort(keyed, stable=True)[:n_train]
+        if bool((order == torch.arange(n_train, device=self.device)).all()):
+            self._G = G[:n_train]  # already grouped by task: no copy
+        else:
+            self._G = G.index_select(0, order)
+        self.y, self.w = y[order], w[order]
+        self.wy = self.w * self.y
+        self.counts = counts.to(_DTYPE)
+        bounds = [0, *torch.cumsum(counts, 0).tolist()]
+        self.rows = [slice(bounds[i], bounds[i + 1]) for i in range(n)]
+        self.sizes = [bounds[i + 1] - bounds[i] for i in range(n)]
         self.b = torch.zeros(n, self.d, dtype=_DTYPE, device=self.device)
-        self.gram_diag = torch.zeros(n, self.d, dtype=_DTYPE, device=self.device)  # diag(Gamma_i)
-        for i in range(n):
-            idx = torch.nonzero((task == i) & train_mask).flatten()
-            Gi = G.index_select(0, idx).contiguous()
-            yi, wi = y[idx].contiguous(), w[idx].contiguous()
-            self.G.append(Gi)
-            self.G_hvp.append(Gi if _HVP_DTYPE == _DTYPE else Gi.to(_HVP_DTYPE))
-            self.y.append(yi)
-            self.w.append(wi)
-            self.wy.append(wi * yi)
-            self.counts[i] = idx.numel()
-            if idx.numel():
-                self.b[i] = Gi.T @ (wi * yi)
-                self.gram_diag[i] = wi @ Gi.square()
+        for i, r in enumerate(self.rows):
+            if self.sizes[i]:
+                self.b[i] = self.wy[r] @ self._G[r]
+        gy = self._G.to(_F32)  # a copy, scaled in place
+        gy.mul_(self.y.to(_F32)[:, None])
+        self._Gy = {_F32: gy}
+        self._Gwy = {_F32: gy * self.w.to(_F32)[:, None]}
         self._gram: Tensor | None = None
 
     @property
     def n(self) -> int:
-        return len(self.G)
+        return len(self.rows)
+
+    def _blocks(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if dtype not in self._Gy:
+            gy = self._G * self.y[:, None]
+            self._Gy[dtype] = gy.to(dtype)
+            self._Gwy[dtype] = (gy * self.w[:, None]).to(dtype)
+        return self._Gy[dtype], self._Gwy[dtype]
+
+    def Gy(self, i: int, dtype: torch.dtype) -> Tensor:
+        return self._blocks(dtype)[0][self.rows[i]]
+
+    def Gwy(self, i: int, dtype: torch.dtype) -> Tensor:
+        return self._blocks(dtype)[1][self.rows[i]]
 
     @property
     def gram(self) -> Tensor:
         """``[n, d, d]`` in ``_PRECOND_DTYPE``: ``Gamma_i = G_i^T diag(w_i) G_i``."""
         if self._gram is None:
             gram = torch.zeros(self.n, self.d, self.d, dtype=_PRECOND_DTYPE, device=self.device)
-            for i, Gi in enumerate(self.G_hvp):
-                if Gi.shape[0]:
-                    Gi = Gi.to(_PRECOND_DTYPE)
-                    gram[i] = Gi.T @ (self.w[i].to(_PRECOND_DTYPE)[:, None] * Gi)
+            for i in range(self.n):
+                if self.sizes[i]:
+                    torch.mm(self.Gy(i, _PRECOND_DTYPE).T, self.Gwy(i, _PRECOND_DTYPE), out=gram[i])
             self._gram = gram
         return self._gram
+
+    @property
+    def gram_diag(self) -> Tensor:
+        """``[n, d]`` float64: the diagonals of the Gram matrices."""
+        return self.gram.diagonal(dim1=1, dim2=2).to(_DTYPE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,7 +360,7 @@ class _TaskBlocks:
 
 
 class _Preconditioner:
-    """Preconditioner for the Newton systems of a chunk: ``H0_S`` or its diagonal.
+    """Preconditioner for the linear systems of a chunk: ``H0_S`` or its diagonal.
 
     ``H0_S = C_S + lam I`` with ``C_S = sum_{i in S} Gamma_i / (4 |D_S|)``.  When
     ``trace(C_S) <= _JACOBI_TRACE_RATIO * lam`` for every subset of the chunk, the condition
@@ -384,110 +417,138 @@ def _cholesky(H: Tensor) -> Tensor:
 # the batched solver for one chunk of subsets
 # --------------------------------------------------------------------------------------------
 
+# Per task block: the block-local positions of the selected subsets (None: all of them) and
+# their chunk-local indices.
+_Sel = "dict[int, tuple[Tensor | None, Tensor]]"
+
 
 class _Chunk:
     """Batched objective, gradient and Hessian-vector products for a chunk of subsets.
 
     Margins ``a_t = y_t g_t^T u_S`` are kept per task block as ``[m_i, N_i]`` matrices (``m_i``
-    the subsets of the chunk that contain task ``i``).
+    the subsets of the chunk that contain task ``i``), in the data dtype ``dt`` (float32 when
+    ``fast``, float64 otherwise).
     """
 
-    def __init__(self, data: _TaskBlocks, members: Tensor, lam: float):
+    def __init__(self, data: _TaskBlocks, members: Tensor, lam: float, fast: bool):
         self.data = data
         self.lam = lam
+        self.dt = _F32 if fast else _DTYPE
         self.m = members.shape[0]
         mf = members.to(_DTYPE)
         self.n_rows = mf @ data.counts  # [m]
         self.inv_n = 1.0 / self.n_rows
         # per task: the (chunk-local) indices of the subsets that contain it
         self.subs: list[Tensor] = [torch.nonzero(members[:, i]).flatten() for i in range(data.n)]
-        self.tasks = [i for i in range(data.n) if self.subs[i].numel() and data.G[i].shape[0]]
-        self.inv_n_sub = {i: self.inv_n.index_select(0, self.subs[i])[:, None] for i in self.tasks}
+        self.tasks = [i for i in range(data.n) if self.subs[i].numel() and data.sizes[i]]
+        self.Gy = {i: data.Gy(i, self.dt) for i in self.tasks}
+        self.Gwy = {i: data.Gwy(i, self.dt) for i in self.tasks}
         self.grad0 = -(mf @ data.b) * (0.5 * self.inv_n)[:, None]
 
-    def margins(self, U: Tensor, dtype: torch.dtype = _DTYPE) -> dict[int, Tensor]:
-        """``y_t g_t^T u_S`` (float64) for every task block and every subset containing it.
-
-        With ``dtype=_HVP_DTYPE`` the product runs in float32 (the result is float64).
-        """
-        d = self.data
-        if dtype == _DTYPE:
-            return {i: d.y[i] * (U.index_select(0, self.subs[i]) @ d.G[i].T) for i in self.tasks}
-        Uh = U.to(dtype)
-        return {i: d.y[i] * (Uh.index_select(0, self.subs[i]) @ d.G_hvp[i].T).to(_DTYPE) for i in self.tasks}
-
-    def loss(self, A: dict[int, Tensor], U: Tensor) -> Tensor:
-        """Objective ``[m]`` at ``U`` given its margins ``A``."""
-        out = 0.5 * self.lam * (U * U).sum(dim=1)
+    def select(self, mask: Tensor) -> _Sel:  # type: ignore[valid-type]
+        """Per task block, the subsets of ``mask`` that contain the task (blocks with none omitted)."""
+        if bool(mask.all()):
+            return {i: (None, self.subs[i]) for i in self.tasks}
+        out = {}
         for i in self.tasks:
-            li = torch.nn.functional.softplus(-A[i]) @ self.data.w[i]
-            out.index_add_(0, self.subs[i], li * self.inv_n_sub[i][:, 0])
+            keep = torch.nonzero(mask.index_select(0, self.subs[i])).flatten()
+            if keep.numel():
+                out[i] = (keep, self.subs[i].index_select(0, keep))
         return out
 
-    def loss_at(self, A: dict[int, Tensor], Zp: dict[int, Tensor], t: Tensor, U: Tensor, P: Tensor) -> Tensor:
-        """Objective at ``U + t P`` given the margins ``A`` of ``U`` and ``Zp`` of ``P``."""
+    def zeros(self) -> dict[int, Tensor]:
+        return {
+            i: torch.zeros(self.subs[i].numel(), self.data.sizes[i], dtype=self.dt, device=self.data.device)
+            for i in self.tasks
+        }
+
+    def margins(self, V: Tensor, sel: _Sel) -> dict[int, Tensor]:  # type: ignore[valid-type]
+        """``y_t g_t^T v_S`` for the selected subsets: full ``[m_i, N_i]`` blocks, zero elsewhere."""
+        Vd = V.to(self.dt)
+        out = {}
+        for i in self.tasks:
+            if i not in sel:
+                out[i] = torch.zeros(self.subs[i].numel(), self.data.sizes[i], dtype=self.dt, device=V.device)
+                continue
+            keep, sub = sel[i]
+            Z = Vd.index_select(0, sub) @ self.Gy[i].T
+            if keep is not None:
+                Z = torch.zeros(self.subs[i].numel(), Z.shape[1], dtype=self.dt, device=V.device).index_copy_(0, keep, Z)
+            out[i] = Z
+        return out
+
+    def gradient(self, A: dict[int, Tensor], U: Tensor, sel: _Sel) -> Tensor:  # type: ignore[valid-type]
+        """Gradient ``[m, d]`` (float64) on the selected subsets (other rows: ``g0 + lam u``).
+
+        ``grad = g0 + lam u + G^T (w y (sigmoid(a) - 1/2)) / |D_S|``: only the last term, whose
+        coefficients are ``w |a| / 4`` at most, needs a pass over the data.
+        """
+        grad = self.grad0 + self.lam * U
+        for i, (keep, sub) in sel.items():
+            a = A[i] if keep is None else A[i].index_select(0, keep)
+            e = torch.sigmoid(a).sub_(0.5)
+            grad.index_add_(0, sub, (e @ self.Gwy[i]).to(_DTYPE) * self.inv_n.index_select(0, sub)[:, None])
+        return grad
+
+    def curvature(self, A: dict[int, Tensor]) -> dict[int, Tensor]:
+        """``s (1 - s)`` (``s = sigmoid(a)``) for every row of every block."""
+        out = {}
+        for i in self.tasks:
+            s = torch.sigmoid(A[i])
+            out[i] = s.mul_(1.0 - s)
+        return out
+
+    def line_blocks(
+        self, A: dict[int, Tensor], Zp: dict[int, Tensor], sel: _Sel  # type: ignore[valid-type]
+    ) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Float64 margins of the selected subsets' rows and of a direction, for :meth:`loss_at`."""
+        out = []
+        for i, (keep, sub) in sel.items():
+            a = A[i] if keep is None else A[i].index_select(0, keep)
+            z = Zp[i] if keep is None else Zp[i].index_select(0, keep)
+            out.append((sub, a.to(_DTYPE), z.to(_DTYPE), self.data.w[self.data.rows[i]]))
+        return out
+
+    def loss_at(self, blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]], t: Tensor, U: Tensor, P: Tensor) -> Tensor:
+        """Objective (float64) at ``U + t P`` on the subsets of ``blocks`` (other rows: penalty only)."""
         Ut = U + t[:, None] * P
         out = 0.5 * self.lam * (Ut * Ut).sum(dim=1)
-        for i in self.tasks:
-            ti = t.index_select(0, self.subs[i])[:, None]
-            li = torch.nn.functional.softplus(-(A[i] + ti * Zp[i])) @ self.data.w[i]
-            out.index_add_(0, self.subs[i], li * self.inv_n_sub[i][:, 0])
+        for sub, a, z, w in blocks:
+            ts = t.index_select(0, sub)[:, None]
+            li = torch.nn.functional.softplus(-(a + ts * z) if bool((ts != 0).any()) else -a) @ w
+            out.index_add_(0, sub, li * self.inv_n.index_select(0, sub))
         return out
 
-    def grad_and_curvature(self, A: dict[int, Tensor], U: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
-        """Gradient ``[m, d]`` and the Hessian's per-row weights ``w s (1 - s) / |D_S|``."""
-        grad = self.lam * U
-        D: dict[int, Tensor] = {}
-        for i in self.tasks:
-            sneg = torch.sigmoid(-A[i])  # 1 - s
-            coef = -(self.data.wy[i] * sneg) * self.inv_n_sub[i]
-            grad.index_add_(0, self.subs[i], coef @ self.data.G[i])
-            D[i] = ((self.data.w[i] * sneg * (1.0 - sneg)) * self.inv_n_sub[i]).to(_HVP_DTYPE)
-        return grad, D
-
-    def curvature_at_zero(self) -> dict[int, Tensor]:
-        return {i: ((0.25 * self.data.w[i]) * self.inv_n_sub[i]).to(_HVP_DTYPE) for i in self.tasks}
-
-    def hvp_at_zero(self, V: Tensor, active: Tensor) -> tuple[Tensor, dict[int, tuple[Tensor | None, Tensor]]]:
+    def hvp_gram(self, V: Tensor, active: Tensor) -> tuple[Tensor, dict[int, tuple[Tensor | None, Tensor]]]:
         """``H0_S v_S = sum_{i in S} Gamma_i v_S / (4 |D_S|) + lam v_S`` from the Gram matrices.
 
-        The exact Hessian at ``u = 0``, for ``d^2`` instead of ``2 N_i d`` multiply-adds per task
-        and subset.  Computed in ``_PRECOND_DTYPE``; returns no data products.
+        ``d^2`` instead of ``2 N_i d`` multiply-adds per task and subset, in ``_PRECOND_DTYPE``;
+        returns no data products.
         """
         out = self.lam * V * active[:, None]
         gram = self.data.gram
         Vh = V.to(_PRECOND_DTYPE)
-        for i in self.tasks:
-            sub = self.subs[i]
-            sub = sub.index_select(0, torch.nonzero(active.index_select(0, sub)).flatten())
-            if sub.numel() == 0:
-                continue
+        for i, (_, sub) in self.select(active).items():
             scale = (0.25 * self.inv_n.index_select(0, sub)).to(_PRECOND_DTYPE)[:, None]
             out.index_add_(0, sub, ((Vh.index_select(0, sub) @ gram[i]) * scale).to(_DTYPE))
         return out, {}
 
-    def hvp(
-        self, D: dict[int, Tensor], V: Tensor, active: Tensor
+    def hvp_data(
+        self, S: dict[int, Tensor], V: Tensor, active: Tensor
     ) -> tuple[Tensor, dict[int, tuple[Tensor | None, Tensor]]]:
-        """``H_S v_S`` on the active subsets (zero rows elsewhere), computed in ``_HVP_DTYPE``.
+        """``H_S v_S`` on the active subsets (zero rows elsewhere), in the data dtype.
 
-        Also returns, per task block, ``(rows, G_i v)``: the products for the active subsets
-        (``rows`` indexes the block's subsets; ``None`` means all of them).
+        ``S`` holds ``s (1 - s)`` per block (:meth:`curvature`).  Also returns, per task block,
+        ``(rows, y * G_i v)``: the products for the active subsets (``rows`` indexes the
+        block's subsets; ``None`` means all of them).
         """
         out = self.lam * V * active[:, None]
         products: dict[int, tuple[Tensor | None, Tensor]] = {}
-        all_active = bool(active.all())
-        Vh = V.to(_HVP_DTYPE)
-        for i in self.tasks:
-            sub, Gi, Di = self.subs[i], self.data.G_hvp[i], D[i]
-            keep = None
-            if not all_active:
-                keep = torch.nonzero(active.index_select(0, sub)).flatten()
-                if keep.numel() == 0:
-                    continue
-                sub, Di = sub.index_select(0, keep), Di.index_select(0, keep)
-            Z = Vh.index_select(0, sub) @ Gi.T
-            out.index_add_(0, sub, ((Di * Z) @ Gi).to(_DTYPE))
+        Vd = V.to(self.dt)
+        for i, (keep, sub) in self.select(active).items():
+            Si = S[i] if keep is None else S[i].index_select(0, keep)
+            Z = Vd.index_select(0, sub) @ self.Gy[i].T
+            out.index_add_(0, sub, ((Si * Z) @ self.Gwy[i]).to(_DTYPE) * self.inv_n.index_select(0, sub)[:, None])
             products[i] = (keep, Z)
         return out, products
 
@@ -503,39 +564,39 @@ def _pcg(
     active: Tensor,
     eta: Tensor,
     max_cg: int,
-) -> tuple[Tensor, dict[int, Tensor], int]:
+    products: bool = False,
+) -> tuple[Tensor, dict[int, Tensor] | None, int]:
     """Batched preconditioned CG for ``H_S p = rhs_S`` on the active subsets.
 
     Each subset stops once its residual is below ``eta`` times the initial one (or stays at
-    zero when inactive).  Returns the solution ``P``, the products ``G_i p`` per task block
-    (float32, accumulated from the products the Hessian-vector products return; meaningful
-    only for the data-based ``_Chunk.hvp``) and the number of batched iterations.
+    zero when inactive).  Returns the solution ``P``, with ``products`` the margins
+    ``y_t g_t^T p`` per task block (accumulated from the products the data Hessian-vector
+    products return; zero on the rows of inactive subsets), and the number of batched
+    iterations.
     """
     P = torch.zeros_like(rhs)
-    GP = {
-        i: torch.zeros(chunk.subs[i].numel(), chunk.data.G[i].shape[0], dtype=_HVP_DTYPE, device=rhs.device)
-        for i in chunk.tasks
-    }
+    GP = chunk.zeros() if products else None
     R = rhs * active[:, None]
     Z = precond.apply(R)
     Dir = Z.clone()
     rz = (R * Z).sum(dim=1)
     r0 = R.norm(dim=1)
-    live = active.clone()
+    live = active & (r0 > 0)
     iters = 0
-    for _ in range(max_cg):
-        Hd, products = hvp(Dir, live)
+    while iters < max_cg and bool(live.any()):
+        Hd, prods = hvp(Dir, live)
         iters += 1
         dHd = (Dir * Hd).sum(dim=1)
         pos = dHd > 0
         alpha = torch.where(live & pos, rz / torch.where(pos, dHd, 1.0), 0.0)
         P.add_(alpha[:, None] * Dir)
-        for i, (keep, Z) in products.items():
-            a = alpha.index_select(0, chunk.subs[i]).to(_HVP_DTYPE)
-            if keep is None:
-                GP[i].add_(a[:, None] * Z)
-            else:
-                GP[i].index_add_(0, keep, a.index_select(0, keep)[:, None] * Z)
+        if GP is not None:
+            for i, (keep, Zi) in prods.items():
+                a = alpha.index_select(0, chunk.subs[i]).to(chunk.dt)
+                if keep is None:
+                    GP[i].add_(a[:, None] * Zi)
+                else:
+                    GP[i].index_add_(0, keep, a.index_select(0, keep)[:, None] * Zi)
         R.sub_(alpha[:, None] * Hd)
         live = live & pos & (R.norm(dim=1) > eta * r0)
         if not bool(live.any()):
@@ -558,68 +619,97 @@ def _fit_chunk(
     max_iter: int,
     max_cg: int,
 ) -> SurrogateFit:
-    chunk = _Chunk(data, members, lam)
+    fast = tol >= _FAST_TOL
+    chunk = _Chunk(data, members, lam, fast)
     precond = _Preconditioner(data, members, chunk.inv_n, lam)
     m, d, dev = chunk.m, data.d, data.device
     g0norm = chunk.grad0.norm(dim=1)
     if u0 is None or not bool((u0 != 0).any()):
         U = torch.zeros(m, d, dtype=_DTYPE, device=dev)
-        A = {i: torch.zeros(chunk.subs[i].numel(), data.G[i].shape[0], dtype=_DTYPE, device=dev) for i in chunk.tasks}
-        grad, D = chunk.grad0.clone(), chunk.curvature_at_zero()
+        A = chunk.zeros()
+        grad = chunk.grad0.clone()
+        at_zero = True
     else:
         U = u0.to(device=dev, dtype=_DTYPE).clone()
         U[g0norm == 0] = 0.0  # no signal: u = 0 is the exact solution
-        A = chunk.margins(U)
-        grad, D = chunk.grad_and_curvature(A, U)
-    f_cur = chunk.loss(A, U)
+        every = chunk.select(torch.ones(m, dtype=torch.bool, device=dev))
+        A = chunk.margins(U, every)
+        grad = chunk.gradient(A, U, every)
+        at_zero = False
+    gnorm = grad.norm(dim=1)
     iterations = torch.zeros(m, dtype=torch.int64, device=dev)
     stalled = torch.zeros(m, dtype=torch.bool, device=dev)
+    newton = torch.zeros(m, dtype=torch.bool, device=dev)
     cg_total = 0
     eps = torch.finfo(_DTYPE).eps
-    at_zero = bool((U == 0).all())
     while True:
-        gnorm = grad.norm(dim=1)
         converged = gnorm <= tol * g0norm
         active = ~converged & ~stalled & (iterations < max_iter)
         if not bool(active.any()):
             break
         iterations += active.to(torch.int64)
         rel = torch.where(g0norm > 0, gnorm / torch.where(g0norm > 0, g0norm, 1.0), 0.0)
-        if at_zero:
-            # Newton step from u = 0: the Hessian is H0 exactly, and its products come from the
-            # Gram matrices at a fraction of the cost of a pass over the data, so solve tightly.
-            eta = torch.full_like(rel, _ETA_FIRST)
-            P, _, k = _pcg(chunk, precond, chunk.hvp_at_zero, -grad, active, eta, max_cg)
-            Zp = chunk.margins(P) if tol < _F32_MARGINS_TOL else chunk.margins(P, dtype=_HVP_DTYPE)
-            at_zero = False
-        else:
+        mm, nt = active & ~newton, active & newton
+        P = torch.zeros(m, d, dtype=_DTYPE, device=dev)
+        GP = None
+        if bool(mm.any()):
+            # majorization step: H0 >= the Hessian everywhere, so the full step decreases the
+            # objective (no line search); from u = 0 it is the exact Newton step
+            if at_zero:
+                eta = torch.full_like(rel, _MM_ETA_FIRST)
+            else:
+                eta = (_MM_ETA_SAFETY * tol / rel.clamp_min(1e-300)).clamp(_MM_ETA_MIN, _MM_ETA_MAX)
+            Pm, _, k = _pcg(chunk, precond, chunk.hvp_gram, -grad, mm, eta, max_cg)
+            P.add_(Pm)
+            cg_total += k
+        if bool(nt.any()):
+            S = chunk.curvature(A)
             eta = torch.clamp(rel, max=_ETA_MAX)  # forcing term: quadratic convergence near the optimum
-            P, GP, k = _pcg(chunk, precond, lambda V, live: chunk.hvp(D, V, live), -grad, active, eta, max_cg)
-            if tol >= _F32_MARGINS_TOL:  # margins of the direction from CG's float32 products
-                Zp = {i: data.y[i] * GP[i].to(_DTYPE) for i in chunk.tasks}
-            else:  # recomputed in float64, so that the margins of the iterate stay exact
-                Zp = chunk.margins(P)
-        cg_total += k
-        # per-subset Armijo backtracking on the exact objective (elementwise work only)
-        f0 = f_cur
-        slope = (grad * P).sum(dim=1)
+            Pn, GP, k = _pcg(
+                chunk, precond, lambda V, live: chunk.hvp_data(S, V, live), -grad, nt, eta, max_cg, products=fast
+            )
+            P.add_(Pn)
+            cg_total += k
+        # margins of the direction: one pass over the data, except for Newton steps in fast
+        # mode (accumulated from CG's products)
+        need = mm if fast else active
+        Zp = chunk.margins(P, chunk.select(need))
+        if GP is not None:
+            for i in chunk.tasks:
+                Zp[i].add_(GP[i])
         t = active.to(_DTYPE)
-        accepted = ~active
-        slack = 16 * eps * f0.abs()  # round-off allowance near the optimum
-        for _ in range(_MAX_BACKTRACK):
-            ft = chunk.loss_at(A, Zp, t, U, P)
-            accepted = accepted | (ft <= f0 + _ARMIJO_C * t * slope + slack)
-            if bool(accepted.all()):
-                break
-            t = torch.where(accepted, t, 0.5 * t)
-        failed = ~accepted
-        t = torch.where(failed, 0.0, t)
-        f_cur = torch.where(failed, f0, ft)
-        stalled |= failed
+        if bool(nt.any()):
+            # per-subset Armijo backtracking for the Newton steps (elementwise work only)
+            blocks = chunk.line_blocks(A, Zp, chunk.select(nt))
+            f0 = chunk.loss_at(blocks, torch.zeros_like(t), U, P)
+            slope = (grad * P).sum(dim=1)
+            accepted = ~nt
+            slack = 16 * eps * f0.abs()  # round-off allowance near the optimum
+            for _ in range(_MAX_BACKTRACK):
+                ft = chunk.loss_at(blocks, t, U, P)
+                accepted = accepted | (ft <= f0 + _ARMIJO_C * t * slope + slack)
+                if bool(accepted.all()):
+                    break
+                t = torch.where(accepted, t, 0.5 * t)
+            failed = ~accepted
+            t = torch.where(failed, 0.0, t)
+            stalled |= failed
         U = U + t[:, None] * P
+        unit = bool((t[active] == 1).all())
         for i in chunk.tasks:
-            A[i].add_(t.index_select(0, chunk.subs[i])[:, None] * Zp[i])
-        grad, D = chunk.grad_and_curvature(A, U)
+            if unit:  # Zp is zero on the inactive subsets' rows
+                A[i].add_(Zp[i])
+            else:
+                A[i].add_(t.index_select(0, chunk.subs[i]).to(chunk.dt)[:, None] * Zp[i])
+        grad = torch.where(active[:, None], chunk.gradient(A, U, chunk.select(active)), grad)
+        gnorm_new = grad.norm(dim=1)
+        ratio = gnorm_new / torch.where(gnorm > 0, gnorm, 1.0)
+        limit = _RHO_SWITCH_FIRST if at_zero else _RHO_SWITCH
+        newton |= mm & (gnorm_new > tol * g0norm) & (ratio > limit)
+        if _DEBUG:
+            print(f"it mm={int(mm.sum())} nt={int(nt.sum())} cg={cg_total} rel max {float((gnorm_new/g0norm.clamp_min(1e-300))[active].max()):.2e} ratio max {float(ratio[active].max()):.2e} t min {float(t[active].min()):.3f}")
+        gnorm = gnorm_new
+        at_zero = False
     return SurrogateFit(
         u=U,
         lam=lam,

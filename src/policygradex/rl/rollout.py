@@ -10,6 +10,7 @@ task's name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -108,7 +109,8 @@ class RolloutCollector:
         if env.obs is None:
             env.reset()
 
-    def collect(self, model: ActorCritic, num_steps: int) -> Rollout:
+    def collect(self, model: ActorCritic, num_steps: int, on_step: Callable[[int], None] | None = None) -> Rollout:
+        """Step every env ``num_steps`` times; ``on_step(num_envs)`` after each vector step."""
         env, n, E = self.env, self.env.n_tasks, self.env.num_envs
         space = env.envs.single_action_space
         xs, acts, logps, vals, rews, nvals, terms, dones = [], [], [], [], [], [], [], []
@@ -131,6 +133,8 @@ class RolloutCollector:
             xs.append(x); acts.append(a); logps.append(logp); vals.append(v)
             rews.append(torch.as_tensor(r, dtype=torch.float32)); nvals.append(nv)
             terms.append(torch.as_tensor(term)); dones.append(torch.as_tensor(done))
+            if on_step is not None:
+                on_step(E)
         values = torch.stack(vals)
         with torch.no_grad():
             last_v = model.value(policy_input(env.obs, env.task_ids, n))

@@ -25,7 +25,7 @@ from .base import Task, TaskSuite
 CARTPOLE_PPO = dict(envs_per_task=8, num_steps=32, minibatch_size=256, update_epochs=20, learning_rate=1e-3,
                     gamma=0.98, gae_lambda=0.8, ent_coef=0.0, clip_coef=0.2)
 LUNAR_PPO = dict(envs_per_task=16, num_steps=1024, minibatch_size=64, update_epochs=4, learning_rate=3e-4,
-                 gamma=0.999, gae_lambda=0.98, ent_coef=0.01, clip_coef=0.2)
+                 gamma=0.999, gae_lambda=0.98, ent_coef=0.01, clip_coef=0.2, checkpoint_every=2)
 
 
 def _r(x: float) -> float:

@@ -1,0 +1,536 @@
+"""Validation of a PolicyGradEx run against real fine-tuning (METHOD.md, "Validation").
+
+``policygradex run`` estimates, for every sampled subset S, how theta* would move if it were
+trained on S (theta_S = theta* + P u_S) and how well every task of S would then do (f(S, i)),
+all from first-order gradient features.  This module does the expensive thing the estimate
+replaces, on the *same* subsets, and measures how far the estimate is from it:
+
+1. **Real adaptation.**  theta* is fine-tuned with PPO on each subset's tasks
+   (:func:`policygradex.rl.ppo.finetune`, ``finetune_steps`` environment steps, one fixed seed
+   for every subset) and evaluated by rollouts with sampled actions and common random numbers
+   (the same environment seeds and action noise for every subset):
+   ``f_true(S, i)`` = mean return of theta_S on task i.
+2. **First-order approximation error.**  Along each real adaptation path (the actor after
+   every PPO iteration) and at points rescaled along it to hit target relative distances,
+   ``Delta_true = log pi_theta(a|s) - log pi_theta*(a|s)`` is compared on the subset's
+   held-out transitions with the exact first-order prediction ``Delta_lin = g^T (theta -
+   theta*)`` (a forward-mode ``torch.func.jvp``, no projection):
+   ``err = ||Delta_true - Delta_lin||_2 / ||Delta_true||_2``.
+3. **Ground truth.**  The affinity of ``f_true`` on the same subsets, grouped by the same code
+   and settings as the run; NMI / ARI of the run's groups against it, a random-grouping
+   floor, Spearman correlation of the standardized f against the standardized f_true.
+4. **Speedup.**  Wall time of the real route (fine-tuning + evaluation of every subset) over
+   the PolicyGradEx route (collect + features + surrogate + evaluate stages).
+5. **Generalization measure.**  A Hutchinson estimate of the trace of the Hessian of the
+   policy loss ``L(theta) = -mean_t A_t log pi_theta(a_t|s_t)`` at theta* and at a few
+   theta_S (Hessian-vector products by forward-over-reverse ``torch.func``), next to the
+   measured gap between held-out and training rows.
+
+The fine-tuning results are cached in ``DIR/validate/finetune.pt`` with a manifest keyed by
+the run's artifacts and the validation options; the analysis in ``DIR/validation.json`` with
+a manifest keyed by the fine-tuning digest, the run's estimates and the analysis options.
+The formulas are in ``docs/validation.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from . import artifacts as art
+from .config import RunConfig, ValidateConfig
+from .errors import UserError
+from .tasks import TaskSuite
+
+__all__ = [
+    "logprob_change",
+    "relative_error",
+    "policy_loss_fn",
+    "hvp_fn",
+    "hutchinson_trace",
+    "exact_hessian_trace",
+    "finetune_subsets",
+    "bucket_label",
+    "validate",
+]
+
+
+# ============================================================================ functional actor
+
+
+class _LogProb(nn.Module):
+    """``functional_call`` target whose forward is ``actor.log_prob(x, a)``."""
+
+    def __init__(self, actor: nn.Module) -> None:
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self.actor.log_prob(x, a)
+
+
+def _functional_logprob(actor: nn.Module, x: torch.Tensor, a: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``vec -> log pi_vec(a_t | x_t)`` for all rows, ``vec`` the flat actor parameters [p].
+
+    Computed in the dtype of ``actor`` (the caller passes a float64 copy for exactness);
+    the actor is used in eval mode, its own parameters are never changed.
+    """
+    from .estimate.features import unflatten
+
+    wrapper = _LogProb(actor).eval()
+    dtype = next(actor.parameters()).dtype
+    x = x.to(dtype)
+    a = a.long() if getattr(actor, "kind", None) == "categorical" else a.to(dtype)
+    buffers = {f"actor.{k}": b for k, b in actor.named_buffers()}
+
+    def logp(vec: torch.Tensor) -> torch.Tensor:
+        params = {f"actor.{k}": v for k, v in unflatten(vec, actor).items()}
+        return functional_call(wrapper, (params, buffers), (x, a))
+
+    return logp
+
+
+def _double(actor: nn.Module) -> nn.Module:
+    return copy.deepcopy(actor).double().eval()
+
+
+# ============================================================================ first-order error
+
+
+def logprob_change(actor: nn.Module, theta_star: torch.Tensor, theta: torch.Tensor, x: torch.Tensor,
+                   a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Delta_true, Delta_lin)`` per row, in float64.
+
+    ``Delta_true_t = log pi_theta(a_t|x_t) - log pi_theta*(a_t|x_t)`` and ``Delta_lin_t =
+    g_t^T (theta - theta*)`` with ``g_t = grad_theta log pi_theta*(a_t|x_t)``, computed
+    exactly (no projection) as a Jacobian-vector product: one forward-mode pass in the
+    direction ``theta - theta*`` gives all rows' directional derivatives at once.
+
+    Args:
+        actor: an actor module (its architecture; its parameter values are not used).
+        theta_star, theta: flat parameter vectors [p] (``flat_params`` order).
+        x: inputs [N, in]; a: actions [N] or [N, act].
+    """
+    act64 = _double(actor)
+    f = _functional_logprob(act64, x, a)
+    ts = theta_star.detach().to(torch.float64)
+    th = theta.detach().to(torch.float64)
+    with torch.no_grad():
+        logp_star, d_lin = jvp(f, (ts,), (th - ts,))
+        d_true = f(th) - logp_star
+    return d_true, d_lin
+
+
+def relative_error(delta_true: torch.Tensor, delta_lin: torch.Tensor) -> float:
+    """``||Delta_true - Delta_lin||_2 / ||Delta_true||_2`` over the rows (NaN if Delta_true = 0)."""
+    num = torch.linalg.vector_norm((delta_true - delta_lin).double())
+    den = torch.linalg.vector_norm(delta_true.double())
+    return float(num / den) if float(den) > 0 else float("nan")
+
+
+def bucket_label(delta: float) -> str:
+    """``0.001 -> "0.1%"``, ``0.05 -> "5%"``."""
+    return f"{100 * delta:g}%"
+
+
+#: A point belongs to the bucket of target delta_b when delta_b / sqrt(2) <= delta < delta_b * sqrt(2).
+BUCKET_FACTOR = math.sqrt(2.0)
+
+
+def _path_points(theta_star: torch.Tensor, path: torch.Tensor, targets: Sequence[float]) -> list[dict]:
+    """The real snapshots of one adaptation path, and for every target delta the point
+    ``theta* + t (theta_k - theta*)`` with ``t = target / delta_k``, ``theta_k`` the first snapshot
+    at or beyond the target (the last one if the path stays below it)."""
+    norm = float(theta_star.norm())
+    deltas = [float((p - theta_star).norm()) / norm for p in path]
+    pts = [{"kind": "real", "snapshot": k, "t": 1.0, "theta": path[k]} for k in range(len(path))]
+    for target in targets:
+        k = next((j for j, d in enumerate(deltas) if d >= target), len(deltas) - 1)
+        if deltas[k] <= 0:
+            continue
+        t = target / deltas[k]
+        pts.append({"kind": "scaled", "snapshot": k, "t": t, "target": target,
+                    "theta": theta_star + t * (path[k] - theta_star)})
+    return pts
+
+
+def _bucket_stats(points: list[dict], targets: Sequence[float]) -> dict[str, dict]:
+    out = {}
+    for target in targets:
+        inb = [p for p in points if target / BUCKET_FACTOR <= p["delta"] < target * BUCKET_FACTOR and math.isfinite(p["error"])]
+        errs = np.array([p["error"] for p in inb])
+        real = np.array([p["error"] for p in inb if p["kind"] == "real"])
+        out[bucket_label(target)] = {
+            "delta": target, "n": int(errs.size), "n_real": int(real.size),
+            "median": float(np.median(errs)) if errs.size else None,
+            "mean": float(errs.mean()) if errs.size else None,
+            "max": float(errs.max()) if errs.size else None,
+            "median_real": float(np.median(real)) if real.size else None,
+        }
+    return out
+
+
+# ============================================================================ Hessian trace
+
+
+def policy_loss_fn(actor: nn.Module, x: torch.Tensor, a: torch.Tensor, adv: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``vec -> L(vec) = -mean_t A_t log pi_vec(a_t | x_t)`` (in the actor's dtype)."""
+    logp = _functional_logprob(actor, x, a)
+    w = adv.detach().to(next(actor.parameters()).dtype)
+
+    def loss(vec: torch.Tensor) -> torch.Tensor:
+        return -(w * logp(vec)).mean()
+
+    return loss
+
+
+def hvp_fn(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> H v`` with ``H`` the Hessian of ``loss`` at ``theta`` (forward-over-reverse:
+    ``jvp`` of ``grad``, one pass costs a few gradient evaluations, ``H`` is never formed)."""
+    g = grad(loss)
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        return jvp(g, (theta,), (v,))[1]
+
+    return hvp
+
+
+def hutchinson_trace(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, probes: int, seed: int = 0,
+                     batch: int = 8) -> dict:
+    """Hutchinson estimate ``tr H ~ (1/K) sum_k v_k^T H v_k`` with ``K = probes`` Rademacher
+    vectors ``v_k`` (entries +-1, seeded).  Probes are evaluated ``batch`` at a time under
+    ``vmap``.  Returns ``{trace, stderr, probes, samples}``; ``stderr`` is the sample standard
+    deviation over probes divided by sqrt(K) (NaN for K = 1)."""
+    if probes < 1:
+        raise ValueError(f"probes must be >= 1, got {probes}")
+    theta = theta.detach()
+    gen = torch.Generator().manual_seed(int(seed))
+    hvp = hvp_fn(loss, theta)
+    batched = vmap(hvp)
+    samples = []
+    done = 0
+    while done < probes:
+        b = min(batch, probes - done)
+        V = (torch.randint(0, 2, (b, theta.numel()), generator=gen) * 2 - 1).to(theta.dtype)
+        HV = batched(V) if b > 1 else hvp(V[0]).unsqueeze(0)
+        samples.append((V * HV).sum(dim=1).detach())
+        done += b
+    s = torch.cat(samples).double()
+    return {"trace": float(s.mean()), "stderr": float(s.std() / math.sqrt(probes)) if probes > 1 else float("nan"),
+            "probes": int(probes), "samples": s.tolist()}
+
+
+def exact_hessian_trace(loss: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """``(tr H, H)`` with the full Hessian from ``torch.func.hessian`` (tests; small p only)."""
+    H = torch.func.hessian(loss)(theta.detach())
+    return float(torch.diagonal(H).sum()), H
+
+
+# ============================================================================ real fine-tuning
+
+
+def _effective_steps(n_sub_tasks: int, cfg, total: int) -> int:
+    batch = n_sub_tasks * cfg.envs_per_task * cfg.num_steps
+    return max(total, batch) // batch * batch
+
+
+def finetune_subsets(model, suite: TaskSuite, members: np.ndarray, ppo_cfg, vcfg: ValidateConfig,
+                     progress: Callable[[int, str], None] | None = None) -> dict:
+    """Fine-tune theta* (``model``) on every subset and evaluate it: the real route.
+
+    Every subset uses the same fine-tuning seed and the same evaluation seed (common random
+    numbers), so subsets differ only in their tasks.  Returns a dict with ``f_true`` [m, n]
+    (NaN outside the subsets), ``paths`` (per subset a [K, p] float32 tensor of the actor after
+    each PPO iteration), ``steps`` (env steps at each snapshot), ``returns`` (per subset the
+    evaluation returns per task), ``finetune_s`` / ``eval_s`` (wall time per subset) and
+    ``theta_star_returns`` (theta* evaluated the same way on every task).
+    """
+    from .estimate.features import flat_params
+    from .rl.evaluate import evaluate_policy
+    from .rl.ppo import finetune
+
+    m, n = members.shape
+    f_true = np.full((m, n), np.nan)
+    paths, steps, returns, ft_s, ev_s = [], [], [], [], []
+    base = evaluate_policy(model, suite, episodes=vcfg.episodes, deterministic=False, seed=vcfg.eval_seed)
+    for s in range(m):
+        tasks = np.flatnonzero(members[s]).tolist()
+        res = finetune(model, suite, tasks, ppo_cfg, vcfg.finetune_steps, vcfg.finetune_seed)
+        t0 = time.perf_counter()
+        ev = evaluate_policy(res.model, suite, episodes=vcfg.episodes, deterministic=False, seed=vcfg.eval_seed, tasks=tasks)
+        ev_s.append(time.perf_counter() - t0)
+        ft_s.append(res.wall_s)
+        for i in tasks:
+            f_true[s, i] = ev[suite.names[i]]["mean"]
+        probe = copy.deepcopy(model.actor)
+        path = []
+        for _, state in res.snapshots:
+            probe.load_state_dict(state)
+            path.append(flat_params(probe).to(torch.float32))
+        paths.append(torch.stack(path))
+        steps.append([int(k) for k, _ in res.snapshots])
+        returns.append({suite.names[i]: ev[suite.names[i]]["returns"] for i in tasks})
+        if progress is not None:
+            progress(res.env_steps, f"subset {s + 1}/{m}")
+    return {"f_true": f_true, "paths": paths, "steps": steps, "returns": returns, "finetune_s": ft_s, "eval_s": ev_s,
+            "theta_star_returns": {k: v["returns"] for k, v in base.items()}}
+
+
+# ============================================================================ the validation
+
+
+def _stage_digest(run_dir: Path, stages: Sequence[str]) -> str:
+    """Hash of the keys and file checksums of finished run stages (what they depend on and made)."""
+    parts = []
+    for stage in stages:
+        mf = art.read_manifest(run_dir, stage)
+        if mf is None:
+            raise UserError(f"{run_dir} has no finished {stage} stage; run `policygradex run --out {run_dir}` first")
+        parts.append([mf.get("key"), mf.get("files")])
+    return art.config_hash(parts)
+
+
+def _check_run(run_dir: Path, suite: TaskSuite, cfg: RunConfig) -> None:
+    needed = ["config.json", "subsets.json", "collect/meta_policy.json", "collect/rollouts.pt", "f_table.csv", "groups.json"]
+    missing = [p for p in needed if not (run_dir / p).is_file()]
+    if missing:
+        raise UserError(f"{run_dir} is not a finished run (missing {missing[0]}); run `policygradex run --out {run_dir}` first")
+    conf = art.read_json(run_dir / "config.json")
+    if conf.get("suite") != suite.to_dict() or conf.get("config") != cfg.model_dump(mode="json"):
+        raise UserError(f"{run_dir} holds a run of another suite or config; validate with the same options as the run")
+
+
+def _standardized(f: np.ndarray, members: np.ndarray) -> np.ndarray:
+    from .estimate.affinity import standardize_per_task
+
+    return standardize_per_task(f, members)[0]
+
+
+def _finetune_stage(run_dir: Path, vdir: Path, model, suite: TaskSuite, members: np.ndarray, cfg: RunConfig,
+                    vcfg: ValidateConfig) -> tuple[dict, str]:
+    from .ui import progress_bar
+
+    ft_fields = vcfg.model_dump(mode="json", include={"finetune_steps", "finetune_seed", "episodes", "eval_seed"})
+    key = art.config_hash([_stage_digest(run_dir, ("train", "collect", "subsets")), cfg.ppo.model_dump(mode="json"), ft_fields])
+    if not art.stage_is_current(run_dir, "validate_finetune", key):
+        t0 = time.perf_counter()
+        total = sum(_effective_steps(int(r.sum()), cfg.ppo, vcfg.finetune_steps) for r in members)
+        with progress_bar(total, f"fine-tune {members.shape[0]} subsets", unit="steps") as bar:
+            res = finetune_subsets(model, suite, members, cfg.ppo, vcfg, progress=lambda k, text: bar.advance(k, text))
+        res["tasks"] = suite.names
+        res["members"] = torch.as_tensor(members)
+        art.save_torch(vdir / "finetune.pt", res)
+        art.write_manifest(run_dir, "validate_finetune", key, ["validate/finetune.pt"], {"seconds": time.perf_counter() - t0})
+    res = torch.load(vdir / "finetune.pt", weights_only=False)
+    mf = art.read_manifest(run_dir, "validate_finetune")
+    return res, art.config_hash([key, mf["files"]])
+
+
+def _approx_error(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, paths: list[torch.Tensor],
+                  steps: list[list[int]], targets: Sequence[float]) -> tuple[dict, list[dict]]:
+    norm = float(theta_star.norm())
+    points = []
+    for s, path in enumerate(paths):
+        tasks = torch.as_tensor(np.flatnonzero(members[s]))
+        rows = torch.isin(ro["task"], tasks) & ro["heldout"]
+        x, a = ro["x"][rows], ro["actions"][rows]
+        for p in _path_points(theta_star, path.to(theta_star.dtype), targets):
+            d_true, d_lin = logprob_change(model.actor, theta_star, p["theta"], x, a)
+            delta = float((p["theta"].double() - theta_star.double()).norm()) / norm
+            points.append({"subset": s, "kind": p["kind"], "steps": steps[s][p["snapshot"]], "t": p["t"], "delta": delta,
+                           "error": relative_error(d_true, d_lin), "rows": int(rows.sum()),
+                           "rms_delta_logp": float(d_true.pow(2).mean().sqrt())})
+    return _bucket_stats(points, targets), points
+
+
+def _hessian(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, paths: list[torch.Tensor],
+             vcfg: ValidateConfig, names: list[str]) -> list[dict]:
+    act64 = _double(model.actor)
+    out = []
+    points = [("theta*", theta_star, np.ones(members.shape[1], dtype=bool))]
+    for s in range(min(vcfg.hessian_subsets, len(paths))):
+        points.append((f"subset {s}", paths[s][-1].to(theta_star.dtype), members[s]))
+    for label, theta, tasks_mask in points:
+        tasks = torch.as_tensor(np.flatnonzero(tasks_mask))
+        in_tasks = torch.isin(ro["task"], tasks)
+        tr_rows, ho_rows = in_tasks & ~ro["heldout"], in_tasks & ro["heldout"]
+        th = theta.detach().to(torch.float64)
+        t0 = time.perf_counter()
+        loss_tr = policy_loss_fn(act64, ro["x"][tr_rows], ro["actions"][tr_rows], ro["adv"][tr_rows])
+        loss_ho = policy_loss_fn(act64, ro["x"][ho_rows], ro["actions"][ho_rows], ro["adv"][ho_rows])
+        est = hutchinson_trace(loss_tr, th, vcfg.hessian_probes, seed=vcfg.hessian_seed)
+        with torch.no_grad():
+            l_tr, l_ho = float(loss_tr(th)), float(loss_ho(th))
+        out.append({"theta": label, "tasks": [names[i] for i in tasks.tolist()],
+                    "delta": float((th - theta_star.double()).norm() / theta_star.double().norm()),
+                    "trace": est["trace"], "stderr": est["stderr"], "probes": est["probes"], "rows": int(tr_rows.sum()),
+                    "loss_train": l_tr, "loss_heldout": l_ho, "generalization_gap": l_ho - l_tr,
+                    "seconds": time.perf_counter() - t0})
+    return out
+
+
+def _grouping(f: np.ndarray, members: np.ndarray, grp) -> tuple:
+    from .estimate.affinity import build_affinity
+    from .group.null import null_test
+    from .group.sdp import group_tasks
+
+    aff = build_affinity(f, members)
+    nt = null_test(f, members, k=grp.k, penalty_scale=grp.penalty_scale, n_perm=grp.null_permutations,
+                   seed=grp.null_seed, solver=grp.solver)
+    g = nt.grouping
+    if grp.penalty is not None and grp.k is None:  # as in the run: an explicit price per group overrides the rule
+        g = group_tasks(aff.U, penalty=grp.penalty, solver=grp.solver)
+    return aff, g, nt
+
+
+def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: ValidateConfig | None = None) -> dict:
+    """Validate the finished run in ``run_dir`` (made by :func:`policygradex.pipeline.run` with
+    ``suite`` and ``cfg``) against real fine-tuning on the same subsets.
+
+    Writes ``validation.json``, ``approx_error.png``, ``estimated_vs_true.png`` and
+    ``validate/`` (``finetune.pt``, ``f_true.csv``, manifests) under ``run_dir``; returns the
+    content of ``validation.json``.  Reruns reuse the cached fine-tuning and analysis.
+    """
+    from scipy.stats import spearmanr
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from .estimate.features import flat_params
+    from .group.sdp import random_grouping
+    from .pipeline import _read_table, _write_table, stage_seconds
+    from .report import approx_error_plot, estimated_vs_true_plot
+    from .rl.checkpoint import load_checkpoint
+    from .ui import console
+
+    vcfg = vcfg or ValidateConfig()
+    run_dir = Path(run_dir)
+    vdir = run_dir / "validate"
+    _check_run(run_dir, suite, cfg)
+    torch.set_num_threads(cfg.ppo.threads)
+    t_start = time.perf_counter()
+
+    sub = art.read_json(run_dir / "subsets.json")
+    members = np.array([[name in s for name in suite.names] for s in sub["subsets"]], dtype=bool)
+    meta = art.read_json(run_dir / "collect" / "meta_policy.json")
+    model, _, _, _ = load_checkpoint(run_dir / "train" / "checkpoints" / meta["checkpoint"])
+
+    ft, ft_digest = _finetune_stage(run_dir, vdir, model, suite, members, cfg, vcfg)
+
+    an_fields = vcfg.model_dump(mode="json", exclude={"finetune_steps", "finetune_seed", "episodes", "eval_seed"})
+    an_key = art.config_hash([ft_digest, _stage_digest(run_dir, ("collect", "evaluate", "group")), cfg.group.model_dump(mode="json"),
+                              an_fields])
+    if art.stage_is_current(run_dir, "validate", an_key):
+        return art.read_json(run_dir / "validation.json")
+
+    t0 = time.perf_counter()
+    f_true = np.asarray(ft["f_true"], dtype=float)
+    _write_table(vdir / "f_true.csv", f_true, suite.names)
+    theta_star = flat_params(model.actor).to(torch.float64)
+    ro = torch.load(run_dir / "collect" / "rollouts.pt", weights_only=False)
+    n = suite.n
+
+    # 2. first-order approximation error along the real paths
+    with console.status("first-order approximation error along the fine-tuning paths"):
+        buckets, points = _approx_error(model, theta_star, ro, members, ft["paths"], ft["steps"], vcfg.buckets)
+    t_approx = time.perf_counter() - t0
+
+    # 3. ground truth and agreement
+    t1 = time.perf_counter()
+    with console.status(f"ground-truth grouping: SDP + null test ({cfg.group.null_permutations} permutations)"):
+        aff_true, g_true, nt_true = _grouping(f_true, members, cfg.group)
+    groups = art.read_json(run_dir / "groups.json")
+    est_labels = np.asarray(groups["labels"])
+    nmi = float(normalized_mutual_info_score(g_true.labels, est_labels))
+    ari = float(adjusted_rand_score(g_true.labels, est_labels))
+    sizes = np.bincount(est_labels).tolist()
+    rnd = [random_grouping(sizes, n, seed=vcfg.random_seed + d) for d in range(vcfg.random_draws)]
+    rnd_nmi = np.array([normalized_mutual_info_score(g_true.labels, r) for r in rnd])
+    rnd_ari = np.array([adjusted_rand_score(g_true.labels, r) for r in rnd])
+    f_est = _read_table(run_dir / "f_table.csv")
+    z_est, z_true = _standardized(f_est, members), _standardized(f_true, members)
+    rho = spearmanr(z_est[members], z_true[members]).statistic
+    per_task = {}
+    for i, name in enumerate(suite.names):
+        col = members[:, i]
+        r = spearmanr(f_est[col, i], f_true[col, i]).statistic if col.sum() > 2 else float("nan")
+        per_task[name] = None if not np.isfinite(r) else float(r)
+    U_est = _read_table(run_dir / "affinity.csv", index=True)
+    iu = np.triu_indices(n, k=1)
+    rho_aff = spearmanr(U_est[iu], aff_true.U[iu]).statistic if n > 2 else float("nan")
+    t_truth = time.perf_counter() - t1
+
+    # 5. Hessian trace and generalization gap
+    t2 = time.perf_counter()
+    with console.status(f"Hessian trace (Hutchinson, {vcfg.hessian_probes} probes) at theta* and {vcfg.hessian_subsets} theta_S"):
+        hess = _hessian(model, theta_star, ro, members, ft["paths"], vcfg, suite.names)
+    t_hess = time.perf_counter() - t2
+
+    # 4. speedup
+    st = stage_seconds(run_dir)
+    pgx_stages = {k: st.get(k, float("nan")) for k in ("collect", "features", "surrogate", "evaluate")}
+    pgx_total = float(sum(pgx_stages.values()))
+    ft_total, ev_total = float(sum(ft["finetune_s"])), float(sum(ft["eval_s"]))
+    real_total = ft_total + ev_total
+
+    def nz(x: float) -> float | None:
+        return float(x) if x is not None and np.isfinite(x) else None
+
+    final_delta = [float((p[-1].double() - theta_star).norm() / theta_star.norm()) for p in ft["paths"]]
+    gt = {"groups": [[suite.names[i] for i in g] for g in g_true.groups], "labels": [int(x) for x in g_true.labels],
+          "k": int(g_true.k), "penalty": g_true.penalty, "null_p": float(nt_true.p_value),
+          "distinguishable_from_noise": bool(nt_true.p_value < cfg.group.alpha),
+          "constant_tasks": [suite.names[i] for i in aff_true.constant_tasks]}
+    result = {
+        "suite": suite.name,
+        "tasks": suite.names,
+        "options": vcfg.model_dump(mode="json"),
+        "subsets": {"m": int(members.shape[0]), "size": int(members[0].sum())},
+        "approx_error": buckets,
+        "approx_error_definition": "||dlogp_true - g^T(theta - theta*)|| / ||dlogp_true|| over the subset's held-out rows",
+        "approx_error_points": points,
+        "nmi": nmi,
+        "ari": ari,
+        "random_nmi": float(rnd_nmi.mean()),
+        "random_nmi_q95": float(np.quantile(rnd_nmi, 0.95)),
+        "random_ari": float(rnd_ari.mean()),
+        "random_draws": int(vcfg.random_draws),
+        "spearman": nz(rho),
+        "spearman_per_task": per_task,
+        "affinity_spearman": nz(rho_aff),
+        "speedup": real_total / pgx_total if pgx_total > 0 else None,
+        "speedup_breakdown": {
+            "policygradex_s": {**pgx_stages, "total": pgx_total},
+            "real_s": {"finetune": ft_total, "evaluate": ev_total, "total": real_total,
+                       "finetune_per_subset_mean": ft_total / len(ft["finetune_s"]),
+                       "evaluate_per_subset_mean": ev_total / len(ft["eval_s"])},
+            "shared_not_counted_s": {k: st.get(k) for k in ("train", "subsets", "group")},
+        },
+        "hessian_trace": hess,
+        "ground_truth": gt,
+        "estimated": {"groups": groups["groups"], "labels": groups["labels"], "k": groups["k"], "null_p": groups["null_p"]},
+        "finetune": {"env_steps_per_subset": [s[-1] for s in ft["steps"]], "iterations_per_subset": [len(s) for s in ft["steps"]],
+                     "final_delta": final_delta, "final_delta_median": float(np.median(final_delta)),
+                     "theta_star_mean_return": {k: float(np.mean(v)) for k, v in ft["theta_star_returns"].items()},
+                     "f_true_mean_return": float(np.nanmean(f_true))},
+        "timings_s": {"finetune": ft["finetune_s"], "evaluate": ft["eval_s"], "approx_error": t_approx,
+                      "ground_truth": t_truth, "hessian": t_hess},
+    }
+    if suite.true_labels() is not None:
+        result["ground_truth"]["nmi_vs_true_partition"] = float(normalized_mutual_info_score(suite.true_labels(), g_true.labels))
+        result["estimated"]["nmi_vs_true_partition"] = float(normalized_mutual_info_score(suite.true_labels(), est_labels))
+
+    approx_error_plot(points, vcfg.buckets, run_dir / "approx_error.png")
+    estimated_vs_true_plot(z_est, z_true, members, suite.names, g_true.labels, rho, run_dir / "estimated_vs_true.png")
+    result["timings_s"]["analysis_total"] = time.perf_counter() - t0
+    result["timings_s"]["validate_call"] = time.perf_counter() - t_start
+    art.write_json(run_dir / "validation.json", result)
+    art.write_manifest(run_dir, "validate", an_key, ["validation.json", "approx_error.png", "estimated_vs_true.png",
+                                                     "validate/f_true.csv"], {"seconds": time.perf_counter() - t0})
+    return result
