@@ -134,3 +134,17 @@ def test_rollout_return_evaluator_uses_common_random_numbers(planted_run):
     ev_zero = rollout_return(model, suite, store.projector, torch.zeros(1, store.d, dtype=torch.float64),
                              members[2:], episodes=2, seed=3)
     assert not np.array_equal(ev_zero[0, 4:], f[2, 4:])  # a large step changes the returns
+
+
+def test_python_api_reuses_a_cli_run(planted_run, tmp_path):
+    import policygradex as pgx
+
+    src, _ = planted_run
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    res = pgx.run(pgx.load_suite("cartpole-planted"), pgx.RunConfig.model_validate(cfg), out)
+    assert res.groups == json.loads((src / "groups.json").read_text())
+    assert res.affinity.shape == (8, 8) and res.task_names == res.groups["tasks"]
+    with pytest.raises(AttributeError):
+        pgx.no_such_thing
