@@ -18,6 +18,7 @@ _API = {
     "PPOConfig": ("policygradex.config", "PPOConfig"),
     "EstimateConfig": ("policygradex.config", "EstimateConfig"),
     "GroupConfig": ("policygradex.config", "GroupConfig"),
+    "ValidateConfig": ("policygradex.config", "ValidateConfig"),
     "run": ("policygradex.pipeline", "run"),
     "train_meta_policy": ("policygradex.pipeline", "train_meta_policy"),
 }

@@ -173,6 +173,107 @@ def run(
               f"outputs: {out_dir}/groups.json, affinity.csv, affinity.png, report.md")
 
 
+def _validate_run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
+                         target_delta, evaluator, checkpoint, min_return, null_permutations):
+    """The RunConfig that `run` builds from the same options (validate must reuse the same run)."""
+    from .config import RunConfig, parse
+    from .runfile import read_section
+
+    ppo = _ppo_config(s, steps, seed, threads, None, None, None, None, config)
+    est = read_section(config, "estimate") if config else {}
+    grp = read_section(config, "group") if config else {}
+    est.update({k_: v for k_, v in dict(d=d, transitions_per_task=transitions, subset_size=subset_size, min_pair_coverage=coverage,
+                                        subsets=subsets, target_delta=target_delta, evaluator=evaluator, checkpoint=checkpoint,
+                                        min_return=min_return).items() if v is not None})
+    est.setdefault("seed", seed); est.setdefault("projector_seed", seed); est.setdefault("subset_seed", seed)
+    grp.update({k_: v for k_, v in dict(k=k, penalty_scale=penalty_scale, null_permutations=null_permutations).items() if v is not None})
+    grp.setdefault("null_seed", seed)
+    flags = {"estimate.d": "--d", "estimate.transitions_per_task": "--transitions", "estimate.subset_size": "--subset-size",
+             "estimate.min_pair_coverage": "--coverage", "estimate.subsets": "--subsets", "estimate.target_delta": "--target-delta",
+             "estimate.evaluator": "--evaluator", "estimate.checkpoint": "--checkpoint", "group.k": "--k",
+             "group.penalty_scale": "--penalty-scale", "group.null_permutations": "--null-permutations"}
+    return parse(RunConfig, {"ppo": ppo.model_dump(), "estimate": est, "group": grp}, "options", flags)
+
+
+@app.command()
+def validate(
+    suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
+    out_dir: Path = typer.Option(Path("runs/default"), "--out", help="run directory: the run is made (or reused) there, then validated"),
+    finetune_steps: Optional[int] = typer.Option(None, "--finetune-steps", help="PPO environment steps of real fine-tuning per subset (default 8192)"),
+    episodes: Optional[int] = typer.Option(None, "--episodes", help="evaluation episodes per task and subset for f_true (default 16)"),
+    finetune_seeds: Optional[int] = typer.Option(None, "--finetune-seeds", help="fine-tuning repeats (seeds) averaged per subset (default 3)"),
+    probes: Optional[int] = typer.Option(None, "--probes", help="Rademacher probes of the Hessian-trace estimate (default 32)"),
+    hessian_subsets: Optional[int] = typer.Option(None, "--hessian-subsets", help="adapted theta_S at which the Hessian trace is estimated (default 3)"),
+    random_draws: Optional[int] = typer.Option(None, "--random-draws", help="random groupings for the NMI floor (default 200)"),
+    tasks: Optional[int] = typer.Option(None, "--tasks", help="number of tasks for a built-in suite"),
+    suite_seed: int = typer.Option(0, "--suite-seed", help="seed of the built-in suite's task generator"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="meta-training environment steps over all tasks"),
+    seed: int = typer.Option(0, "--seed", help="seed of the run, and of fine-tuning and evaluation"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with [ppo], [estimate] and [group] tables"),
+    k: Optional[int] = typer.Option(None, "--k", help="fixed number of groups (default: chosen automatically)"),
+    penalty_scale: Optional[float] = typer.Option(None, "--penalty-scale", help="auto-k price per group, in units of mean |U|"),
+    d: Optional[int] = typer.Option(None, "--d", help="projection dimension (default 400)"),
+    transitions: Optional[int] = typer.Option(None, "--transitions", help="transitions of theta* per task (default 8192)"),
+    subset_size: Optional[int] = typer.Option(None, "--subset-size", help="tasks per subset (default about n/2)"),
+    coverage: Optional[int] = typer.Option(None, "--coverage", help="minimum subsets per pair of tasks (default 3)"),
+    subsets: Optional[int] = typer.Option(None, "--subsets", help="number of subsets m (raised if coverage needs more)"),
+    target_delta: Optional[float] = typer.Option(None, "--target-delta", help="target relative distance of the surrogate solutions (default 0.01)"),
+    evaluator: Optional[str] = typer.Option(None, "--evaluator", help="first_order_ppo, surrogate_loss or rollout_return"),
+    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="pin theta* to the checkpoint of this step"),
+    min_return: Optional[float] = typer.Option(None, "--min-return", help="refuse a meta-policy whose mean return is below this"),
+    null_permutations: Optional[int] = typer.Option(None, "--null-permutations", help="permutations of the null tests (default 200)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default 1)"),
+):
+    """Check a run against real fine-tuning on the same subsets: first-order error, ground-truth NMI, speedup."""
+    from .config import ValidateConfig, parse
+    from .pipeline import run as run_pipeline
+    from .tasks import load_suite
+    from .validate import validate as run_validation
+
+    s = load_suite(suite, tasks, suite_seed)
+    cfg = _validate_run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
+                               target_delta, evaluator, checkpoint, min_return, null_permutations)
+    vopts = dict(finetune_steps=finetune_steps, episodes=episodes, finetune_seeds=finetune_seeds, hessian_probes=probes,
+                 hessian_subsets=hessian_subsets, random_draws=random_draws)
+    vdata = {k_: v for k_, v in vopts.items() if v is not None}
+    vdata.update(finetune_seed=seed, eval_seed=12345 + seed, hessian_seed=seed, random_seed=seed)
+    vflags = {"finetune_steps": "--finetune-steps", "episodes": "--episodes", "finetune_seeds": "--finetune-seeds",
+              "hessian_probes": "--probes", "hessian_subsets": "--hessian-subsets", "random_draws": "--random-draws"}
+    vcfg = parse(ValidateConfig, vdata, "options", vflags)
+    run_pipeline(s, cfg, out_dir)
+    r = run_validation(out_dir, s, cfg, vcfg)
+
+    t = Table(title=f"{s.name}: PolicyGradEx vs real fine-tuning ({r['subsets']['m']} subsets, "
+                    f"{r['finetune']['env_steps_per_subset'][0]:,} steps each)")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for label, b in r["approx_error"].items():
+        t.add_row(f"first-order error at delta {label}", "-" if b["median"] is None else f"{b['median']:.2%} (n = {b['n']})")
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+    t.add_row("NMI estimated vs ground truth", f"{r['nmi']:.3f} (random {r['random_nmi']:.3f})")
+    t.add_row("ARI estimated vs ground truth", f"{r['ari']:.3f} (random {r['random_ari']:.3f})")
+    t.add_row("Spearman f vs f_true (standardized)", num(r["spearman"], ".3f"))
+    t.add_row("ground truth: k, null p", f"{r['ground_truth']['k']}, {r['ground_truth']['null_p']:.3f}")
+    if "nmi_vs_true_partition" in r["ground_truth"]:
+        t.add_row("NMI vs known partition: estimated / ground truth",
+                  f"{r['estimated']['nmi_vs_true_partition']:.3f} / {r['ground_truth']['nmi_vs_true_partition']:.3f}")
+    sb = r["speedup_breakdown"]
+    t.add_row("speedup (real route / PolicyGradEx route)",
+              f"{num(r['speedup'], '.1f')}x ({sb['real_s']['total']:.0f} s / {sb['policygradex_s']['total']:.0f} s)")
+    h0 = r["hessian_trace"][0] if r["hessian_trace"] else None
+    if h0 is not None:
+        t.add_row("Hessian trace at theta* (Hutchinson)", f"{h0['trace']:.3g} ± {h0['stderr']:.2g}")
+    out.print(t)
+    if not r["ground_truth"]["distinguishable_from_noise"]:
+        rel = r["f_true_reliability"]["mean_between_seeds"]
+        out.print("[bold red]warning:[/] the ground truth is weak: its grouping is not distinguishable from noise (null p "
+                  f"{r['ground_truth']['null_p']:.3f}"
+                  + (f", seed-to-seed Spearman of f_true {rel:.2f}" if rel is not None else "")
+                  + "); read NMI and ARI against it with caution (more --finetune-seeds averages the noise down)")
+    out.print(f"outputs: {out_dir}/validation.json, approx_error.png, estimated_vs_true.png, validate/")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, standalone_mode=False)

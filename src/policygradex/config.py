@@ -128,14 +128,17 @@ class RunConfig(Strict):
 class ValidateConfig(Strict):
     """``policygradex validate``: real fine-tuning on the run's subsets and the comparisons (docs/validation.md)."""
 
-    finetune_steps: int = Field(2048, ge=1, description="PPO environment steps of real fine-tuning per subset (whole iterations, at least one)")
+    finetune_steps: int = Field(8192, ge=1, description="PPO environment steps of real fine-tuning per subset (whole iterations, at least one)")
     finetune_seed: int = Field(0, description="seed of the fine-tuning (the same for every subset: common random numbers)")
-    episodes: int = Field(32, ge=1, description="evaluation episodes per task and subset for f_true (sampled actions)")
+    finetune_seeds: int = Field(3, ge=1, description="fine-tuning repeats per subset (seeds finetune_seed, +1, ...); f_true averages them")
+    episodes: int = Field(16, ge=1, description="evaluation episodes per task and subset for f_true (sampled actions)")
     eval_seed: int = Field(12345, description="seed of the evaluation rollouts (the same for every subset: common random numbers)")
     buckets: tuple[float, ...] = Field((0.001, 0.005, 0.01, 0.05), description="relative distances at which the first-order error is reported")
+    approx_snapshots: int = Field(8, ge=2, description="fine-tuning snapshots per path where the first-order error is measured (iterations 1, 2, 4, ... and the last)")
     hessian_probes: int = Field(32, ge=1, description="Rademacher probes of the Hutchinson Hessian-trace estimate")
     hessian_subsets: int = Field(3, ge=0, description="adapted theta_S (first subsets) at which the Hessian trace is estimated, besides theta*")
-    hessian_seed: int = Field(0, description="seed of the Hutchinson probes")
+    hessian_rows: int = Field(8192, ge=1, description="training rows (random sample) in the loss whose Hessian trace is estimated")
+    hessian_seed: int = Field(0, description="seed of the Hutchinson probes, the row sample and the random-direction control")
     random_draws: int = Field(200, ge=1, description="random groupings (same group sizes) for the NMI floor")
     random_seed: int = Field(0, description="seed of the random groupings")
 

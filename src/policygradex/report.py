@@ -99,12 +99,16 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
 
 def approx_error_plot(points: list[dict], buckets, path: Path) -> None:
     """Log-log scatter of the first-order relative error against the relative distance delta:
-    real fine-tuning snapshots (filled) and points rescaled along the paths (open), with the
-    median per bucket."""
+    real fine-tuning snapshots (filled), points rescaled along the paths (open) and random
+    directions at the same distances (crosses, a control), with the median per bucket (paths)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ok = [p for p in points if np.isfinite(p["error"]) and p["error"] > 0 and p["delta"] > 0]
     real = [p for p in ok if p["kind"] == "real"]
-    scaled = [p for p in ok if p["kind"] != "real"]
+    scaled = [p for p in ok if p["kind"] == "scaled"]
+    rnd = [p for p in ok if p["kind"] == "random"]
+    if rnd:
+        ax.scatter([p["delta"] for p in rnd], [p["error"] for p in rnd], s=10, marker="x", color="gray", alpha=0.6,
+                   label="random direction (control)")
     if real:
         ax.scatter([p["delta"] for p in real], [p["error"] for p in real], s=14, alpha=0.6, label="fine-tuning snapshots")
     if scaled:
@@ -113,7 +117,7 @@ def approx_error_plot(points: list[dict], buckets, path: Path) -> None:
     fac = np.sqrt(2.0)
     med = []
     for b in buckets:
-        e = [p["error"] for p in ok if b / fac <= p["delta"] < b * fac]
+        e = [p["error"] for p in ok if p["kind"] != "random" and b / fac <= p["delta"] < b * fac]
         if e:
             med.append((b, float(np.median(e))))
     if med:

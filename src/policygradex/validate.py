@@ -119,14 +119,19 @@ def logprob_change(actor: nn.Module, theta_star: torch.Tensor, theta: torch.Tens
         theta_star, theta: flat parameter vectors [p] (``flat_params`` order).
         x: inputs [N, in]; a: actions [N] or [N, act].
     """
-    act64 = _double(actor)
-    f = _functional_logprob(act64, x, a)
+    d_true, d_lin, _ = _logprob_change(_functional_logprob(_double(actor), x, a), theta_star, theta)
+    return d_true, d_lin
+
+
+def _logprob_change(f: Callable[[torch.Tensor], torch.Tensor], theta_star: torch.Tensor,
+                    theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Delta_true, Delta_lin, log pi_theta)`` for a float64 functional log-prob ``f``."""
     ts = theta_star.detach().to(torch.float64)
     th = theta.detach().to(torch.float64)
     with torch.no_grad():
         logp_star, d_lin = jvp(f, (ts,), (th - ts,))
-        d_true = f(th) - logp_star
-    return d_true, d_lin
+        logp = f(th)
+    return logp - logp_star, d_lin, logp
 
 
 def relative_error(delta_true: torch.Tensor, delta_lin: torch.Tensor) -> float:
@@ -145,13 +150,24 @@ def bucket_label(delta: float) -> str:
 BUCKET_FACTOR = math.sqrt(2.0)
 
 
-def _path_points(theta_star: torch.Tensor, path: torch.Tensor, targets: Sequence[float]) -> list[dict]:
-    """The real snapshots of one adaptation path, and for every target delta the point
+def _thin(k: int, keep: int) -> list[int]:
+    """At most ``keep`` snapshot indices out of ``k``: iterations 1, 2, 4, 8, ... and the last one
+    (the error changes smoothly with the distance; early iterations move the most)."""
+    if k <= keep:
+        return list(range(k))
+    idx = sorted({min(k - 1, 2**j - 1) for j in range(keep - 1)} | {k - 1})
+    return idx[:keep - 1] + [k - 1] if len(idx) > keep else idx
+
+
+def _path_points(theta_star: torch.Tensor, path: torch.Tensor, targets: Sequence[float],
+                 random_dir: torch.Tensor | None = None, max_real: int = 8) -> list[dict]:
+    """The real snapshots of one adaptation path (at most ``max_real``, see :func:`_thin`), and
+    for every target delta the point
     ``theta* + t (theta_k - theta*)`` with ``t = target / delta_k``, ``theta_k`` the first snapshot
     at or beyond the target (the last one if the path stays below it)."""
     norm = float(theta_star.norm())
     deltas = [float((p - theta_star).norm()) / norm for p in path]
-    pts = [{"kind": "real", "snapshot": k, "t": 1.0, "theta": path[k]} for k in range(len(path))]
+    pts = [{"kind": "real", "snapshot": k, "t": 1.0, "theta": path[k]} for k in _thin(len(path), max_real)]
     for target in targets:
         k = next((j for j, d in enumerate(deltas) if d >= target), len(deltas) - 1)
         if deltas[k] <= 0:
@@ -159,21 +175,29 @@ def _path_points(theta_star: torch.Tensor, path: torch.Tensor, targets: Sequence
         t = target / deltas[k]
         pts.append({"kind": "scaled", "snapshot": k, "t": t, "target": target,
                     "theta": theta_star + t * (path[k] - theta_star)})
+        if random_dir is not None:  # control: the same distance in a random direction
+            pts.append({"kind": "random", "snapshot": 0, "t": float("nan"), "target": target,
+                        "theta": theta_star + target * norm * random_dir / random_dir.norm()})
     return pts
 
 
 def _bucket_stats(points: list[dict], targets: Sequence[float]) -> dict[str, dict]:
     out = {}
     for target in targets:
-        inb = [p for p in points if target / BUCKET_FACTOR <= p["delta"] < target * BUCKET_FACTOR and math.isfinite(p["error"])]
+        near = [p for p in points if target / BUCKET_FACTOR <= p["delta"] < target * BUCKET_FACTOR and math.isfinite(p["error"])]
+        inb = [p for p in near if p["kind"] != "random"]
+        rnd = np.array([p["error"] for p in near if p["kind"] == "random"])
         errs = np.array([p["error"] for p in inb])
         real = np.array([p["error"] for p in inb if p["kind"] == "real"])
+        vs_logp = np.array([p["error_vs_logp"] for p in inb])
         out[bucket_label(target)] = {
             "delta": target, "n": int(errs.size), "n_real": int(real.size),
             "median": float(np.median(errs)) if errs.size else None,
             "mean": float(errs.mean()) if errs.size else None,
             "max": float(errs.max()) if errs.size else None,
             "median_real": float(np.median(real)) if real.size else None,
+            "median_vs_logp": float(np.median(vs_logp)) if vs_logp.size else None,
+            "median_random_direction": float(np.median(rnd)) if rnd.size else None,
         }
     return out
 
@@ -246,42 +270,53 @@ def finetune_subsets(model, suite: TaskSuite, members: np.ndarray, ppo_cfg, vcfg
                      progress: Callable[[int, str], None] | None = None) -> dict:
     """Fine-tune theta* (``model``) on every subset and evaluate it: the real route.
 
-    Every subset uses the same fine-tuning seed and the same evaluation seed (common random
-    numbers), so subsets differ only in their tasks.  Returns a dict with ``f_true`` [m, n]
-    (NaN outside the subsets), ``paths`` (per subset a [K, p] float32 tensor of the actor after
-    each PPO iteration), ``steps`` (env steps at each snapshot), ``returns`` (per subset the
-    evaluation returns per task), ``finetune_s`` / ``eval_s`` (wall time per subset) and
-    ``theta_star_returns`` (theta* evaluated the same way on every task).
+    Every subset uses the same fine-tuning seeds and the same evaluation seed (common random
+    numbers), so subsets differ only in their tasks.  With ``vcfg.finetune_seeds = r`` each
+    subset is fine-tuned ``r`` times (seeds ``finetune_seed + j``) and ``f_true`` is the mean of
+    the ``r`` evaluations.  Returns a dict with ``f_true`` [m, n] (NaN outside the subsets),
+    ``f_true_repeats`` [r, m, n], ``paths`` (per subset a [K, p] float32 tensor: the actor after
+    each PPO iteration of the first repeat), ``steps`` (env steps at each snapshot),
+    ``returns`` (per subset, per task, the episode returns of every repeat), ``finetune_s`` /
+    ``eval_s`` (wall time per subset, all repeats) and ``theta_star_returns`` (theta*
+    evaluated the same way on every task).
     """
     from .estimate.features import flat_params
     from .rl.evaluate import evaluate_policy
     from .rl.ppo import finetune
 
     m, n = members.shape
-    f_true = np.full((m, n), np.nan)
+    reps = vcfg.finetune_seeds
+    f_rep = np.full((reps, m, n), np.nan)
     paths, steps, returns, ft_s, ev_s = [], [], [], [], []
     base = evaluate_policy(model, suite, episodes=vcfg.episodes, deterministic=False, seed=vcfg.eval_seed)
+    probe = copy.deepcopy(model.actor)
     for s in range(m):
         tasks = np.flatnonzero(members[s]).tolist()
-        res = finetune(model, suite, tasks, ppo_cfg, vcfg.finetune_steps, vcfg.finetune_seed)
-        t0 = time.perf_counter()
-        ev = evaluate_policy(res.model, suite, episodes=vcfg.episodes, deterministic=False, seed=vcfg.eval_seed, tasks=tasks)
-        ev_s.append(time.perf_counter() - t0)
-        ft_s.append(res.wall_s)
-        for i in tasks:
-            f_true[s, i] = ev[suite.names[i]]["mean"]
-        probe = copy.deepcopy(model.actor)
-        path = []
-        for _, state in res.snapshots:
-            probe.load_state_dict(state)
-            path.append(flat_params(probe).to(torch.float32))
-        paths.append(torch.stack(path))
-        steps.append([int(k) for k, _ in res.snapshots])
-        returns.append({suite.names[i]: ev[suite.names[i]]["returns"] for i in tasks})
-        if progress is not None:
-            progress(res.env_steps, f"subset {s + 1}/{m}")
-    return {"f_true": f_true, "paths": paths, "steps": steps, "returns": returns, "finetune_s": ft_s, "eval_s": ev_s,
-            "theta_star_returns": {k: v["returns"] for k, v in base.items()}}
+        rets: dict[str, list[float]] = {suite.names[i]: [] for i in tasks}
+        t_ft = t_ev = 0.0
+        for j in range(reps):
+            res = finetune(model, suite, tasks, ppo_cfg, vcfg.finetune_steps, vcfg.finetune_seed + j)
+            t0 = time.perf_counter()
+            ev = evaluate_policy(res.model, suite, episodes=vcfg.episodes, deterministic=False, seed=vcfg.eval_seed, tasks=tasks)
+            t_ev += time.perf_counter() - t0
+            t_ft += res.wall_s
+            for i in tasks:
+                f_rep[j, s, i] = ev[suite.names[i]]["mean"]
+                rets[suite.names[i]] += ev[suite.names[i]]["returns"]
+            if j == 0:
+                path = []
+                for _, state in res.snapshots:
+                    probe.load_state_dict(state)
+                    path.append(flat_params(probe).to(torch.float32))
+                paths.append(torch.stack(path))
+                steps.append([int(k) for k, _ in res.snapshots])
+            if progress is not None:
+                progress(res.env_steps, f"subset {s + 1}/{m}" + (f" seed {j + 1}/{reps}" if reps > 1 else ""))
+        ft_s.append(t_ft)
+        ev_s.append(t_ev)
+        returns.append(rets)
+    return {"f_true": f_rep.mean(axis=0), "f_true_repeats": f_rep, "paths": paths, "steps": steps, "returns": returns,
+            "finetune_s": ft_s, "eval_s": ev_s, "theta_star_returns": {k: v["returns"] for k, v in base.items()}}
 
 
 # ============================================================================ the validation
@@ -318,11 +353,11 @@ def _finetune_stage(run_dir: Path, vdir: Path, model, suite: TaskSuite, members:
                     vcfg: ValidateConfig) -> tuple[dict, str]:
     from .ui import progress_bar
 
-    ft_fields = vcfg.model_dump(mode="json", include={"finetune_steps", "finetune_seed", "episodes", "eval_seed"})
+    ft_fields = vcfg.model_dump(mode="json", include={"finetune_steps", "finetune_seed", "finetune_seeds", "episodes", "eval_seed"})
     key = art.config_hash([_stage_digest(run_dir, ("train", "collect", "subsets")), cfg.ppo.model_dump(mode="json"), ft_fields])
     if not art.stage_is_current(run_dir, "validate_finetune", key):
         t0 = time.perf_counter()
-        total = sum(_effective_steps(int(r.sum()), cfg.ppo, vcfg.finetune_steps) for r in members)
+        total = vcfg.finetune_seeds * sum(_effective_steps(int(r.sum()), cfg.ppo, vcfg.finetune_steps) for r in members)
         with progress_bar(total, f"fine-tune {members.shape[0]} subsets", unit="steps") as bar:
             res = finetune_subsets(model, suite, members, cfg.ppo, vcfg, progress=lambda k, text: bar.advance(k, text))
         res["tasks"] = suite.names
@@ -335,25 +370,38 @@ def _finetune_stage(run_dir: Path, vdir: Path, model, suite: TaskSuite, members:
 
 
 def _approx_error(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, paths: list[torch.Tensor],
-                  steps: list[list[int]], targets: Sequence[float]) -> tuple[dict, list[dict]]:
+                  steps: list[list[int]], targets: Sequence[float], seed: int = 0,
+                  max_real: int = 8) -> tuple[dict, list[dict]]:
     norm = float(theta_star.norm())
+    act64 = _double(model.actor)
+    gen = torch.Generator().manual_seed(seed)
     points = []
     for s, path in enumerate(paths):
+        random_dir = torch.randn(theta_star.shape, generator=gen, dtype=torch.float64)
         tasks = torch.as_tensor(np.flatnonzero(members[s]))
         rows = torch.isin(ro["task"], tasks) & ro["heldout"]
-        x, a = ro["x"][rows], ro["actions"][rows]
-        for p in _path_points(theta_star, path.to(theta_star.dtype), targets):
-            d_true, d_lin = logprob_change(model.actor, theta_star, p["theta"], x, a)
+        f = _functional_logprob(act64, ro["x"][rows], ro["actions"][rows])
+        for p in _path_points(theta_star, path.to(theta_star.dtype), targets, random_dir, max_real):
+            d_true, d_lin, logp = _logprob_change(f, theta_star, p["theta"])
             delta = float((p["theta"].double() - theta_star.double()).norm()) / norm
             points.append({"subset": s, "kind": p["kind"], "steps": steps[s][p["snapshot"]], "t": p["t"], "delta": delta,
-                           "error": relative_error(d_true, d_lin), "rows": int(rows.sum()),
-                           "rms_delta_logp": float(d_true.pow(2).mean().sqrt())})
+                           "error": relative_error(d_true, d_lin), "error_vs_logp": relative_error(logp, logp - d_true + d_lin),
+                           "rows": int(rows.sum()), "rms_delta_logp": float(d_true.pow(2).mean().sqrt())})
     return _bucket_stats(points, targets), points
 
 
 def _hessian(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, paths: list[torch.Tensor],
              vcfg: ValidateConfig, names: list[str]) -> list[dict]:
+    """Hutchinson trace of the Hessian of the training-rows policy loss, and the loss gap.
+
+    At theta* the rows of every task, at theta_S (the end of subset S's fine-tuning, for the
+    first ``hessian_subsets`` subsets) the rows of S's tasks.  The trace is estimated on at
+    most ``hessian_rows`` training rows drawn at random (seeded; an unbiased estimate of the
+    all-rows trace), in float32; the losses use all rows, in float64.
+    """
+    act32 = copy.deepcopy(model.actor).float().eval()
     act64 = _double(model.actor)
+    gen = torch.Generator().manual_seed(vcfg.hessian_seed)
     out = []
     points = [("theta*", theta_star, np.ones(members.shape[1], dtype=bool))]
     for s in range(min(vcfg.hessian_subsets, len(paths))):
@@ -361,17 +409,19 @@ def _hessian(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, pat
     for label, theta, tasks_mask in points:
         tasks = torch.as_tensor(np.flatnonzero(tasks_mask))
         in_tasks = torch.isin(ro["task"], tasks)
-        tr_rows, ho_rows = in_tasks & ~ro["heldout"], in_tasks & ro["heldout"]
-        th = theta.detach().to(torch.float64)
+        tr_idx = torch.nonzero(in_tasks & ~ro["heldout"]).flatten()
+        ho_idx = torch.nonzero(in_tasks & ro["heldout"]).flatten()
+        sample = tr_idx if tr_idx.numel() <= vcfg.hessian_rows else tr_idx[torch.randperm(tr_idx.numel(), generator=gen)[:vcfg.hessian_rows]]
         t0 = time.perf_counter()
-        loss_tr = policy_loss_fn(act64, ro["x"][tr_rows], ro["actions"][tr_rows], ro["adv"][tr_rows])
-        loss_ho = policy_loss_fn(act64, ro["x"][ho_rows], ro["actions"][ho_rows], ro["adv"][ho_rows])
-        est = hutchinson_trace(loss_tr, th, vcfg.hessian_probes, seed=vcfg.hessian_seed)
+        loss_h = policy_loss_fn(act32, ro["x"][sample], ro["actions"][sample], ro["adv"][sample])
+        est = hutchinson_trace(loss_h, theta.detach().to(torch.float32), vcfg.hessian_probes, seed=vcfg.hessian_seed)
+        th = theta.detach().to(torch.float64)
         with torch.no_grad():
-            l_tr, l_ho = float(loss_tr(th)), float(loss_ho(th))
+            l_tr = float(policy_loss_fn(act64, ro["x"][tr_idx], ro["actions"][tr_idx], ro["adv"][tr_idx])(th))
+            l_ho = float(policy_loss_fn(act64, ro["x"][ho_idx], ro["actions"][ho_idx], ro["adv"][ho_idx])(th))
         out.append({"theta": label, "tasks": [names[i] for i in tasks.tolist()],
                     "delta": float((th - theta_star.double()).norm() / theta_star.double().norm()),
-                    "trace": est["trace"], "stderr": est["stderr"], "probes": est["probes"], "rows": int(tr_rows.sum()),
+                    "trace": est["trace"], "stderr": est["stderr"], "probes": est["probes"], "rows": int(sample.numel()),
                     "loss_train": l_tr, "loss_heldout": l_ho, "generalization_gap": l_ho - l_tr,
                     "seconds": time.perf_counter() - t0})
     return out
@@ -423,7 +473,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
 
     ft, ft_digest = _finetune_stage(run_dir, vdir, model, suite, members, cfg, vcfg)
 
-    an_fields = vcfg.model_dump(mode="json", exclude={"finetune_steps", "finetune_seed", "episodes", "eval_seed"})
+    an_fields = vcfg.model_dump(mode="json", exclude={"finetune_steps", "finetune_seed", "finetune_seeds", "episodes", "eval_seed"})
     an_key = art.config_hash([ft_digest, _stage_digest(run_dir, ("collect", "evaluate", "group")), cfg.group.model_dump(mode="json"),
                               an_fields])
     if art.stage_is_current(run_dir, "validate", an_key):
@@ -438,7 +488,8 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
 
     # 2. first-order approximation error along the real paths
     with console.status("first-order approximation error along the fine-tuning paths"):
-        buckets, points = _approx_error(model, theta_star, ro, members, ft["paths"], ft["steps"], vcfg.buckets)
+        buckets, points = _approx_error(model, theta_star, ro, members, ft["paths"], ft["steps"], vcfg.buckets,
+                                       vcfg.hessian_seed, vcfg.approx_snapshots)
     t_approx = time.perf_counter() - t0
 
     # 3. ground truth and agreement
@@ -461,6 +512,12 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
         col = members[:, i]
         r = spearmanr(f_est[col, i], f_true[col, i]).statistic if col.sum() > 2 else float("nan")
         per_task[name] = None if not np.isfinite(r) else float(r)
+    reps = np.asarray(ft["f_true_repeats"])
+    z_reps = [_standardized(r_, members)[members] for r_ in reps]
+    rho_reps = [float(spearmanr(z_est[members], z).statistic) for z in z_reps]
+    pair = [float(spearmanr(z_reps[a], z_reps[b]).statistic) for a in range(len(z_reps)) for b in range(a + 1, len(z_reps))]
+    rel1 = float(np.mean(pair)) if pair else None
+    rel_mean = (len(z_reps) * rel1 / (1 + (len(z_reps) - 1) * rel1)) if rel1 is not None and rel1 > -1 / max(len(z_reps) - 1, 1) else None
     U_est = _read_table(run_dir / "affinity.csv", index=True)
     iu = np.triu_indices(n, k=1)
     rho_aff = spearmanr(U_est[iu], aff_true.U[iu]).statistic if n > 2 else float("nan")
@@ -504,6 +561,8 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
         "spearman": nz(rho),
         "spearman_per_task": per_task,
         "affinity_spearman": nz(rho_aff),
+        "f_true_reliability": {"seeds": len(z_reps), "spearman_between_seeds": pair, "mean_between_seeds": rel1,
+                               "spearman_brown_of_mean": rel_mean, "spearman_estimate_vs_each_seed": rho_reps},
         "speedup": real_total / pgx_total if pgx_total > 0 else None,
         "speedup_breakdown": {
             "policygradex_s": {**pgx_stages, "total": pgx_total},

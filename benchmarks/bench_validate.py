@@ -1,0 +1,106 @@
+"""`policygradex validate` on the planted family: PolicyGradEx against real fine-tuning.
+
+  python benchmarks/bench_validate.py [--out DIR] [--seed 0] [-- extra validate options]
+  python benchmarks/bench_validate.py budget [--out DIR]
+      the same run validated with 2,048 / 8,192 / 16,384 fine-tuning steps (3 seeds each):
+      how reproducible the ground truth is (seed-to-seed Spearman of f_true), and how well it
+      agrees with the estimate; saves benchmarks/results/validate_budget.json.
+
+Runs `policygradex validate --suite cartpole-planted --out DIR` (defaults: 200k meta-training
+steps, 8,192 fine-tuning steps x 3 seeds per subset, 16 evaluation episodes) in a fresh
+directory (a temporary one unless --out is given), so that both routes are timed in the same
+session, and saves benchmarks/results/validate_planted.json: the first-order error per
+distance bucket, NMI / ARI against the ground truth and the random floor, Spearman, the
+reliability of the ground truth, the speedup with its stage breakdown, and the Hessian traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save  # noqa: E402
+
+
+def validate_cli(*args: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "policygradex.cli", "validate", *args], check=True,
+                   env={**os.environ, "POLICYGRADEX_QUIET": "1"}, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def budget(out: Path | None, seed: int, steps_list: list[int]) -> dict:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = out or Path(tmp) / "val_planted"
+        for steps in steps_list:
+            args = ["--suite", "cartpole-planted", "--seed", str(seed), "--finetune-steps", str(steps), "--out", str(d)]
+            wall = validate_cli(*args)
+            r = json.loads((d / "validation.json").read_text())
+            rel = r["f_true_reliability"]
+            rows.append({"finetune_steps": steps, "seeds": rel["seeds"], "seed_to_seed_spearman": rel["spearman_between_seeds"],
+                         "seed_to_seed_mean": rel["mean_between_seeds"], "estimate_vs_each_seed": rel["spearman_estimate_vs_each_seed"],
+                         "spearman": r["spearman"], "nmi": r["nmi"], "ari": r["ari"], "random_nmi": r["random_nmi"],
+                         "ground_truth_k": r["ground_truth"]["k"], "ground_truth_null_p": r["ground_truth"]["null_p"],
+                         "ground_truth_nmi_vs_planted": r["ground_truth"].get("nmi_vs_true_partition"),
+                         "f_true_mean_return": r["finetune"]["f_true_mean_return"],
+                         "final_delta_median": r["finetune"]["final_delta_median"], "speedup": r["speedup"],
+                         "real_route_s": r["speedup_breakdown"]["real_s"]["total"], "wall_s_incremental": round(wall, 1)})
+            print(rows[-1], flush=True)
+    return {"suite": "cartpole-planted", "seed": seed, "rows": rows}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "budget":
+        ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("part", choices=["budget"])
+        ap.add_argument("--out", type=Path, default=None)
+        ap.add_argument("--seed", type=int, default=0)
+        a = ap.parse_args()
+        print(save("validate_budget", budget(a.out, a.seed, [2048, 8192, 16384])))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None, help="run directory (default: a fresh temporary one)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("extra", nargs="*", help="further `policygradex validate` options (after --)")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = a.out or Path(tmp) / "val_planted"
+        cmd = ["validate", "--suite", "cartpole-planted", "--seed", str(a.seed), "--out", str(out), *a.extra]
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "policygradex.cli", *cmd], check=True,
+                       env={**os.environ, "POLICYGRADEX_QUIET": "1"})
+        wall = time.perf_counter() - t0
+        r = json.loads((out / "validation.json").read_text())
+        groups = json.loads((out / "groups.json").read_text())
+    summary = {
+        "cli": "policygradex " + " ".join(cmd),
+        "wall_s": round(wall, 1),
+        "options": r["options"],
+        "subsets": r["subsets"],
+        "approx_error": r["approx_error"],
+        "nmi": r["nmi"], "ari": r["ari"], "random_nmi": r["random_nmi"], "random_nmi_q95": r["random_nmi_q95"],
+        "random_ari": r["random_ari"],
+        "spearman": r["spearman"], "spearman_per_task": r["spearman_per_task"], "affinity_spearman": r["affinity_spearman"],
+        "f_true_reliability": r["f_true_reliability"],
+        "ground_truth": r["ground_truth"], "estimated": r["estimated"],
+        "estimated_null_p": groups["null_p"], "theta_star_step": groups["meta_policy"]["step"],
+        "delta_median_of_surrogates": groups["delta"]["median"],
+        "speedup": r["speedup"], "speedup_breakdown": r["speedup_breakdown"],
+        "hessian_trace": r["hessian_trace"],
+        "finetune": {k: r["finetune"][k] for k in ("final_delta_median", "theta_star_mean_return", "f_true_mean_return")},
+        "timings_s": {k: v for k, v in r["timings_s"].items() if not isinstance(v, list)},
+    }
+    print(json.dumps({k: summary[k] for k in ("nmi", "ari", "random_nmi", "spearman", "speedup")}, indent=2))
+    print(save("validate_planted", summary))
+
+
+if __name__ == "__main__":
+    main()
