@@ -49,7 +49,13 @@ def _gradient(G, y, w, rows, lam, u):
 
 @pytest.mark.parametrize(
     ("d", "lam", "preconditioner"),
-    [(20, 1e-3, "cholesky"), (30, 0.1, "cholesky"), (50, 10.0, "cholesky"), (40, 100.0, "jacobi")],
+    [
+        (20, 1e-3, "cholesky"),
+        (30, 0.1, "cholesky"),
+        (50, 1.0, "cholesky"),
+        (50, 10.0, "jacobi"),
+        (40, 100.0, "jacobi"),
+    ],
 )
 def test_matches_sklearn(d, lam, preconditioner):
     G, y, w, task = _data(N=2000, d=d, n=6, seed=d)
@@ -58,6 +64,8 @@ def test_matches_sklearn(d, lam, preconditioner):
     fit = fit_subsets(*_tensors(G, y, w, task), torch.tensor(members), lam)
     assert isinstance(fit, SurrogateFit)
     assert fit.preconditioner == preconditioner  # both preconditioner paths are checked
+    # (jacobi: majorization steps only, or lam dominates H0; cholesky: Newton steps with an
+    # ill-conditioned H0)
     assert fit.u.dtype == torch.float64 and fit.u.shape == (members.shape[0], d)
     assert bool(fit.converged.all())
     for s in range(members.shape[0]):
@@ -144,6 +152,66 @@ def test_max_iter_reports_non_convergence():
     assert (fit.grad_norm > 1e-12 * fit.grad_norm0).all()
 
 
+@pytest.mark.parametrize("lam", [30.0, 1.0, 1e-3])
+def test_converged_flag_holds_for_an_independent_float64_gradient(lam):
+    # tol >= 1e-6 runs the data products in float32: the gradient they give must still meet
+    # the tolerance in exact arithmetic (majorization steps at large lam, Newton steps at small)
+    G, y, w, task = _data(N=3000, d=40, n=6, seed=21)
+    members = sample_subsets(6, 3, 2, seed=21)
+    fit = fit_subsets(*_tensors(G, y, w, task), torch.tensor(members), lam, tol=1e-6)
+    assert bool(fit.converged.all())
+    for s in range(members.shape[0]):
+        rows = members[s][task]
+        g = _gradient(G, y, w, rows, lam, fit.u[s].numpy())
+        assert np.linalg.norm(g) <= 1.2e-6 * float(fit.grad_norm0[s])
+
+
+def test_near_quadratic_regime_takes_few_majorization_steps():
+    # small margins (large lam): the first step (exact Newton from 0) and one lengthened
+    # majorization step reach tol = 1e-6, with no Newton step on the data Hessian
+    G, y, w, task = _data(N=4000, d=60, n=8, seed=22)
+    members = torch.tensor(sample_subsets(8, 4, 2, seed=22))
+    fit = fit_subsets(*_tensors(G, y, w, task), members, 50.0)
+    assert bool(fit.converged.all()) and fit.preconditioner == "jacobi"
+    assert int(fit.iterations.max()) <= 3
+
+
+def test_row_order_gram_precision_and_empty_tasks_do_not_change_the_solution(monkeypatch):
+    from policygradex.estimate import surrogate
+
+    G, y, w, task = _data(N=1500, d=20, seed=23)
+    task = np.where(task == 5, 4, task)  # task 5 has no rows; subsets with it still have others
+    members = torch.tensor(sample_subsets(6, 3, 2, seed=23))
+    ref = fit_subsets(*_tensors(G, y, w, task), members, 0.3, tol=1e-9)
+    order = np.argsort(task, kind="stable")  # rows grouped by task: views instead of copies
+    grouped = fit_subsets(*_tensors(G[order], y[order], w[order], task[order]), members, 0.3, tol=1e-9)
+    monkeypatch.setattr(surrogate, "_fast_bf16", lambda device: False)  # float32 Gram matrices only
+    f32_gram = fit_subsets(*_tensors(G, y, w, task), members, 0.3, tol=1e-9)
+    for other in (grouped, f32_gram):
+        assert bool(other.converged.all())
+        assert ((other.u - ref.u).norm(dim=1) / ref.u.norm(dim=1)).max() < 1e-7
+
+
+def test_float32_rounding_floor_falls_back_to_float64(monkeypatch):
+    from policygradex.estimate import surrogate
+
+    G, y, w, task = _data(N=1500, d=20, seed=24)
+    members = torch.tensor(sample_subsets(6, 3, 2, seed=24))
+    ref = fit_subsets(*_tensors(G, y, w, task), members, 0.05, tol=1e-9)
+    exact_gradient = surrogate._Chunk.gradient
+
+    def noisy(self, A, U, sel):  # a float32 gradient far worse than the real one
+        grad = exact_gradient(self, A, U, sel)
+        if self.dt == torch.float32:
+            grad = grad + 1e-5 * self.grad0.norm(dim=1, keepdim=True) * torch.randn_like(grad) / grad.shape[1] ** 0.5
+        return grad
+
+    monkeypatch.setattr(surrogate._Chunk, "gradient", noisy)
+    fit = fit_subsets(*_tensors(G, y, w, task), members, 0.05, tol=1e-6)
+    assert bool(fit.converged.all())
+    assert ((fit.u - ref.u).norm(dim=1) / ref.u.norm(dim=1)).max() < 1e-5
+
+
 @pytest.mark.parametrize(
     ("change", "name"),
     [
@@ -214,6 +282,20 @@ def test_choose_lambda_hits_the_target_median_delta(target):
     assert bool(fit.converged.all())
     again = fit_subsets(*_tensors(G, y, w, task), members, lam, train_mask=train, tol=1e-9)
     assert ((again.u - fit.u).norm(dim=1) / again.u.norm(dim=1)).max() < 1e-4
+
+
+def test_choose_lambda_starts_from_the_quadratic_model(monkeypatch):
+    # near-quadratic regime: the model's lam is within rtol, so a single real fit is needed
+    from policygradex.estimate import surrogate
+
+    G, y, w, task = _data(N=3000, d=30, n=6, seed=25)
+    members = torch.tensor(sample_subsets(6, 3, 2, seed=25))
+    fits = []
+    real_fit = surrogate._fit_prepared
+    monkeypatch.setattr(surrogate, "_fit_prepared", lambda *a: fits.append(a[2]) or real_fit(*a))
+    lam, fit, deltas = choose_lambda(*_tensors(G, y, w, task), members, None, _projection_gram(30), 40.0, 0.003)
+    assert abs(float(np.median(deltas.numpy())) / 0.003 - 1) <= 0.05
+    assert len(fits) == 1 and fits[0] == lam
 
 
 def test_choose_lambda_one_class_subsets_reach_any_target():
