@@ -135,26 +135,12 @@ def run(
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="TensorBoard logs of meta-training"),
 ):
     """Train theta*, estimate task affinities with PolicyGradEx, and group the tasks."""
-    from .config import RunConfig, parse
     from .pipeline import run as run_pipeline
-    from .runfile import read_section
     from .tasks import load_suite
 
     s = load_suite(suite, tasks, suite_seed)
-    ppo = _ppo_config(s, steps, seed, threads, None, None, None, None, config)
-    est = read_section(config, "estimate") if config else {}
-    grp = read_section(config, "group") if config else {}
-    est.update({k_: v for k_, v in dict(d=d, transitions_per_task=transitions, subset_size=subset_size, min_pair_coverage=coverage,
-                                        subsets=subsets, target_delta=target_delta, evaluator=evaluator, checkpoint=checkpoint,
-                                        min_return=min_return).items() if v is not None})
-    est.setdefault("seed", seed); est.setdefault("projector_seed", seed); est.setdefault("subset_seed", seed)
-    grp.update({k_: v for k_, v in dict(k=k, penalty_scale=penalty_scale, null_permutations=null_permutations).items() if v is not None})
-    grp.setdefault("null_seed", seed)
-    flags = {"estimate.d": "--d", "estimate.transitions_per_task": "--transitions", "estimate.subset_size": "--subset-size",
-             "estimate.min_pair_coverage": "--coverage", "estimate.subsets": "--subsets", "estimate.target_delta": "--target-delta",
-             "estimate.evaluator": "--evaluator", "estimate.checkpoint": "--checkpoint", "group.k": "--k",
-             "group.penalty_scale": "--penalty-scale", "group.null_permutations": "--null-permutations"}
-    cfg = parse(RunConfig, {"ppo": ppo.model_dump(), "estimate": est, "group": grp}, "options", flags)
+    cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
+                      target_delta, evaluator, checkpoint, min_return, null_permutations)
     res = run_pipeline(s, cfg, out_dir, tensorboard)
     g = res.groups
     t = Table(title=f"{s.name}: k = {g['k']} groups (null test p = {g['null_p']:.3f})")
@@ -173,9 +159,9 @@ def run(
               f"outputs: {out_dir}/groups.json, affinity.csv, affinity.png, report.md")
 
 
-def _validate_run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
+def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
                          target_delta, evaluator, checkpoint, min_return, null_permutations):
-    """The RunConfig that `run` builds from the same options (validate must reuse the same run)."""
+    """The RunConfig of `run` and `validate` (validate must reuse exactly the run that `run` makes)."""
     from .config import RunConfig, parse
     from .runfile import read_section
 
@@ -231,7 +217,7 @@ def validate(
     from .validate import validate as run_validation
 
     s = load_suite(suite, tasks, suite_seed)
-    cfg = _validate_run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
+    cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
                                target_delta, evaluator, checkpoint, min_return, null_permutations)
     vopts = dict(finetune_steps=finetune_steps, episodes=episodes, finetune_seeds=finetune_seeds, hessian_probes=probes,
                  hessian_subsets=hessian_subsets, random_draws=random_draws)

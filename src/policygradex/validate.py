@@ -66,24 +66,13 @@ __all__ = [
 # ============================================================================ functional actor
 
 
-class _LogProb(nn.Module):
-    """``functional_call`` target whose forward is ``actor.log_prob(x, a)``."""
-
-    def __init__(self, actor: nn.Module) -> None:
-        super().__init__()
-        self.actor = actor
-
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return self.actor.log_prob(x, a)
-
-
 def _functional_logprob(actor: nn.Module, x: torch.Tensor, a: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``vec -> log pi_vec(a_t | x_t)`` for all rows, ``vec`` the flat actor parameters [p].
 
     Computed in the dtype of ``actor`` (the caller passes a float64 copy for exactness);
     the actor is used in eval mode, its own parameters are never changed.
     """
-    from .estimate.features import unflatten
+    from .estimate.features import _LogProb, unflatten
 
     wrapper = _LogProb(actor).eval()
     dtype = next(actor.parameters()).dtype
