@@ -30,6 +30,8 @@ def test_planted_partition_is_recovered(planted_run):
         assert len({name.split("-")[0] for name in grp}) == 1
     assert 0.005 < g["delta"]["median"] < 0.02 and g["delta"]["lam"] > 0
     assert "NMI vs the suite's known partition: 1.000" in proc.stdout
+    assert g["stability"]["mean_ari"] > 0.5 and min(g["stability"]["per_task"].values()) > 0.5
+    assert 0 < g["approx_error_at_delta"]["median"] < 0.2
 
 
 def test_output_files(planted_run):

@@ -117,6 +117,9 @@ class GroupConfig(Strict):
     null_permutations: int = Field(200, ge=1, description="permutations of the null test")
     null_seed: int = Field(0, description="seed of the null test")
     alpha: float = Field(0.05, gt=0, lt=1, description="groups are reported as distinguishable from noise when null p < alpha")
+    bootstrap: int = Field(50, ge=1, description="bootstrap resamples of the subsets for each task's group stability")
+    min_stability: float = Field(0.8, ge=0, le=1, description="the report flags tasks whose bootstrap stability is below this")
+    max_approx_error: float = Field(0.1, gt=0, description="the report flags a first-order error above this at the surrogate's delta")
 
 
 class RunConfig(Strict):

@@ -194,6 +194,11 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
             from .group.sdp import group_tasks
 
             g = group_tasks(aff.U, penalty=grp.penalty, solver=grp.solver)
+        from .group.stability import bootstrap_stability
+
+        with console.status(f"self-check: bootstrap stability ({grp.bootstrap} resamples), first-order error at the surrogate's delta"):
+            stab = bootstrap_stability(f, members, g.labels, grp.k, grp.penalty_scale, grp.solver, grp.bootstrap, grp.null_seed)
+            approx = _approx_error_at_surrogate(run_dir, model, store, members, sur["u"])
         deltas = sur["deltas"].numpy()
         groups = {
             "tasks": suite.names,
@@ -214,6 +219,9 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
             "signal_collapsed": not meta["healthy"],
             "meta_policy": {"checkpoint": meta["checkpoint"], "step": meta["step"], "mean_return": meta["mean_return"]},
             "subsets": {"m": int(members.shape[0]), "size": size, "min_pair_count": int(aff.min_pair_count)},
+            "stability": {"per_task": dict(zip(suite.names, stab["per_task"])), "mean_ari": stab["mean_ari"],
+                          "resamples": stab["n_boot"]},
+            "approx_error_at_delta": approx,
         }
         if suite.true_labels() is not None:
             from sklearn.metrics import normalized_mutual_info_score
@@ -227,6 +235,25 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
     U = _read_table(run_dir / "affinity.csv", index=True)
     write_report(run_dir, suite, cfg, meta, groups, sur)
     return RunResult(run_dir, groups, U, suite.names)
+
+
+def _approx_error_at_surrogate(run_dir: Path, model, store, members: np.ndarray, U: torch.Tensor, max_subsets: int = 5) -> dict:
+    """First-order error ||dlogp_true - g^T Delta|| / ||dlogp_true|| along the surrogate's own steps
+    Delta = P u_S (held-out rows of each subset's tasks), for the first ``max_subsets`` subsets."""
+    from .estimate.features import flat_params
+    from .validate import logprob_change, relative_error
+
+    c = torch.load(run_dir / "collect" / "rollouts.pt", weights_only=False)
+    theta = flat_params(model.actor).double()
+    errors, deltas = [], []
+    for s in range(min(max_subsets, members.shape[0])):
+        rows = c["heldout"] & torch.as_tensor(members[s])[c["task"]]
+        step = store.projector.map_back(U[s].to(store.projector.dtype)).double()
+        d_true, d_lin = logprob_change(model.actor, theta, theta + step, c["x"][rows], c["actions"][rows])
+        errors.append(relative_error(d_true, d_lin))
+        deltas.append(float(step.norm() / theta.norm()))
+    return {"median": float(np.median(errors)), "max": float(np.max(errors)), "subsets": len(errors),
+            "delta_median": float(np.median(deltas))}
 
 
 def _collect_stage(run_dir: Path, checkpoints: list[Path], cfg: RunConfig) -> None:

@@ -57,11 +57,21 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
     d = groups["delta"]
     if d["median"] > 0.05:
         trust.append(f"median relative distance {d['median']:.2%} is beyond the first-order regime (~1%)")
+    stab = groups.get("stability")
+    if stab is not None:
+        shaky = [t for t, v in stab["per_task"].items() if v < cfg.group.min_stability]
+        if shaky:
+            trust.append(f"unstable under a bootstrap over subsets (stability < {cfg.group.min_stability}): {', '.join(shaky)}")
+    ae = groups.get("approx_error_at_delta")
+    if ae is not None and ae["median"] > cfg.group.max_approx_error:
+        trust.append(f"the first-order approximation is off by {ae['median']:.1%} (median) at the surrogate's delta "
+                     f"(> {cfg.group.max_approx_error:.0%}): lower --target-delta")
     lines += ["## Verdict", ""]
     if trust:
         lines += ["**Do not trust these groups as they stand:**", ""] + [f"- {t}" for t in trust]
     else:
-        lines += [f"The groups are distinguishable from noise (null test p = {groups['null_p']:.3f}) and theta*'s advantage signal is healthy."]
+        lines += [f"The groups are distinguishable from noise (null test p = {groups['null_p']:.3f}), stable under a bootstrap over "
+                  f"subsets, the first-order approximation holds at the surrogate's step, and theta*'s advantage signal is healthy."]
     lines += ["", "## Groups", "", f"k = {groups['k']} (penalty {groups['penalty']}, solver {groups['solver']})", ""]
     for i, g in enumerate(groups["groups"]):
         lines.append(f"{i + 1}. {', '.join(g)}")
@@ -73,6 +83,13 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
               f"Observed {groups['null_statistic']['observed']:.3f}; under the null (f permuted among each task's subsets, "
               f"{groups['null_statistic']['permutations']} permutations) mean {groups['null_statistic']['null_mean']:.3f}, "
               f"95th percentile {groups['null_statistic']['null_q95']:.3f}; p = {groups['null_p']:.4f}.", "",
+              "## Self-check", "",
+              f"Bootstrap over subsets ({stab['resamples'] if stab else 0} resamples): mean ARI against the reported grouping "
+              f"{stab['mean_ari'] if stab else float('nan'):.2f}; per-task stability (fraction of partners kept): "
+              + (", ".join(f"{t} {v:.2f}" for t, v in stab["per_task"].items()) if stab else "-") + ".", "",
+              (f"First-order approximation error along the surrogate's own steps (median delta {ae['delta_median']:.2%}, "
+               f"{ae['subsets']} subsets, held-out rows): median {ae['median']:.2%}, max {ae['max']:.2%}. "
+               "`policygradex validate` measures it along real fine-tuning paths." if ae else ""), "",
               "## Meta-policy theta*", "",
               f"Checkpoint `{meta['checkpoint']}` (step {meta['step']:,}), mean per-task return {meta['mean_return']:.1f} "
               f"over the collection episodes.", "",
