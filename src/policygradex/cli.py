@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -22,6 +22,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console()
 
 SUITE_HELP = "built-in suite (cartpole, cartpole-planted, lunarlander), a suite .toml file, or env:<gymnasium id>"
+
+
+# Options shared by `run` and `validate` (validate must be able to name the same run).
+TasksOpt = Annotated[Optional[int], typer.Option("--tasks", help="number of tasks for a built-in suite")]
+SuiteSeedOpt = Annotated[int, typer.Option("--suite-seed", help="seed of the built-in suite's task generator")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="meta-training environment steps over all tasks")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file with \\[ppo], \\[estimate] and \\[group] tables")]
+KOpt = Annotated[Optional[int], typer.Option("--k", help="fixed number of groups (default: chosen automatically)")]
+PenaltyScaleOpt = Annotated[Optional[float], typer.Option("--penalty-scale", help="auto-k price per group, in units of mean |U|")]
+DOpt = Annotated[Optional[int], typer.Option("--d", help="projection dimension (default 400)")]
+TransitionsOpt = Annotated[Optional[int], typer.Option("--transitions", help="transitions of theta* per task (default 8192)")]
+SubsetSizeOpt = Annotated[Optional[int], typer.Option("--subset-size", help="tasks per subset (default about n/2)")]
+CoverageOpt = Annotated[Optional[int], typer.Option("--coverage", help="minimum subsets per pair of tasks (default 3)")]
+SubsetsOpt = Annotated[Optional[int], typer.Option("--subsets", help="number of subsets m (raised if coverage needs more)")]
+TargetDeltaOpt = Annotated[Optional[float], typer.Option("--target-delta", help="target relative distance of the surrogate solutions (default 0.01)")]
+EvaluatorOpt = Annotated[Optional[str], typer.Option("--evaluator", help="first_order_ppo, surrogate_loss or rollout_return")]
+CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="pin theta* to the checkpoint of this step")]
+MinReturnOpt = Annotated[Optional[float], typer.Option("--min-return", help="refuse a meta-policy whose mean return is below this")]
+NullPermutationsOpt = Annotated[Optional[int], typer.Option("--null-permutations", help="permutations of the null test (default 200)")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default 1)")]
 
 
 def _hidden(text: Optional[str]) -> Optional[tuple[int, ...]]:
@@ -73,7 +93,7 @@ def train(
     hidden: Optional[str] = typer.Option(None, "--hidden", help="hidden widths, e.g. 64,64,64"),
     norm_adv: Optional[str] = typer.Option(None, "--norm-adv", help="advantage normalization: batch, task or none"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="updates between checkpoints"),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a [ppo] table of PPO options"),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a \\[ppo] table of PPO options"),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard logs to this directory"),
     eval_episodes: int = typer.Option(10, "--eval-episodes", help="evaluation episodes per task after training"),
 ):
@@ -114,24 +134,24 @@ def evaluate(
 def run(
     suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
     out_dir: Path = typer.Option(Path("runs/default"), "--out", help="run directory (artifacts, report.md)"),
-    tasks: Optional[int] = typer.Option(None, "--tasks", help="number of tasks for a built-in suite"),
-    suite_seed: int = typer.Option(0, "--suite-seed", help="seed of the built-in suite's task generator"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="meta-training environment steps over all tasks"),
+    tasks: TasksOpt = None,
+    suite_seed: SuiteSeedOpt = 0,
+    steps: StepsOpt = None,
     seed: int = typer.Option(0, "--seed", help="seed of training, collection, projection, subsets and null test"),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with [ppo], [estimate] and [group] tables"),
-    k: Optional[int] = typer.Option(None, "--k", help="fixed number of groups (default: chosen automatically)"),
-    penalty_scale: Optional[float] = typer.Option(None, "--penalty-scale", help="auto-k price per group, in units of mean |U|"),
-    d: Optional[int] = typer.Option(None, "--d", help="projection dimension (default 400)"),
-    transitions: Optional[int] = typer.Option(None, "--transitions", help="transitions of theta* per task (default 8192)"),
-    subset_size: Optional[int] = typer.Option(None, "--subset-size", help="tasks per subset (default about n/2)"),
-    coverage: Optional[int] = typer.Option(None, "--coverage", help="minimum subsets per pair of tasks (default 3)"),
-    subsets: Optional[int] = typer.Option(None, "--subsets", help="number of subsets m (raised if coverage needs more)"),
-    target_delta: Optional[float] = typer.Option(None, "--target-delta", help="target relative distance of the surrogate solutions (default 0.01)"),
-    evaluator: Optional[str] = typer.Option(None, "--evaluator", help="first_order_ppo, surrogate_loss or rollout_return"),
-    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="pin theta* to the checkpoint of this step"),
-    min_return: Optional[float] = typer.Option(None, "--min-return", help="refuse a meta-policy whose mean return is below this"),
-    null_permutations: Optional[int] = typer.Option(None, "--null-permutations", help="permutations of the null test (default 200)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default 1)"),
+    config: ConfigOpt = None,
+    k: KOpt = None,
+    penalty_scale: PenaltyScaleOpt = None,
+    d: DOpt = None,
+    transitions: TransitionsOpt = None,
+    subset_size: SubsetSizeOpt = None,
+    coverage: CoverageOpt = None,
+    subsets: SubsetsOpt = None,
+    target_delta: TargetDeltaOpt = None,
+    evaluator: EvaluatorOpt = None,
+    checkpoint: CheckpointOpt = None,
+    min_return: MinReturnOpt = None,
+    null_permutations: NullPermutationsOpt = None,
+    threads: ThreadsOpt = None,
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="TensorBoard logs of meta-training"),
 ):
     """Train theta*, estimate task affinities with PolicyGradEx, and group the tasks."""
@@ -191,24 +211,24 @@ def validate(
     probes: Optional[int] = typer.Option(None, "--probes", help="Rademacher probes of the Hessian-trace estimate (default 32)"),
     hessian_subsets: Optional[int] = typer.Option(None, "--hessian-subsets", help="adapted theta_S at which the Hessian trace is estimated (default 3)"),
     random_draws: Optional[int] = typer.Option(None, "--random-draws", help="random groupings for the NMI floor (default 200)"),
-    tasks: Optional[int] = typer.Option(None, "--tasks", help="number of tasks for a built-in suite"),
-    suite_seed: int = typer.Option(0, "--suite-seed", help="seed of the built-in suite's task generator"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="meta-training environment steps over all tasks"),
+    tasks: TasksOpt = None,
+    suite_seed: SuiteSeedOpt = 0,
+    steps: StepsOpt = None,
     seed: int = typer.Option(0, "--seed", help="seed of the run, and of fine-tuning and evaluation"),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with [ppo], [estimate] and [group] tables"),
-    k: Optional[int] = typer.Option(None, "--k", help="fixed number of groups (default: chosen automatically)"),
-    penalty_scale: Optional[float] = typer.Option(None, "--penalty-scale", help="auto-k price per group, in units of mean |U|"),
-    d: Optional[int] = typer.Option(None, "--d", help="projection dimension (default 400)"),
-    transitions: Optional[int] = typer.Option(None, "--transitions", help="transitions of theta* per task (default 8192)"),
-    subset_size: Optional[int] = typer.Option(None, "--subset-size", help="tasks per subset (default about n/2)"),
-    coverage: Optional[int] = typer.Option(None, "--coverage", help="minimum subsets per pair of tasks (default 3)"),
-    subsets: Optional[int] = typer.Option(None, "--subsets", help="number of subsets m (raised if coverage needs more)"),
-    target_delta: Optional[float] = typer.Option(None, "--target-delta", help="target relative distance of the surrogate solutions (default 0.01)"),
-    evaluator: Optional[str] = typer.Option(None, "--evaluator", help="first_order_ppo, surrogate_loss or rollout_return"),
-    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="pin theta* to the checkpoint of this step"),
-    min_return: Optional[float] = typer.Option(None, "--min-return", help="refuse a meta-policy whose mean return is below this"),
-    null_permutations: Optional[int] = typer.Option(None, "--null-permutations", help="permutations of the null tests (default 200)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default 1)"),
+    config: ConfigOpt = None,
+    k: KOpt = None,
+    penalty_scale: PenaltyScaleOpt = None,
+    d: DOpt = None,
+    transitions: TransitionsOpt = None,
+    subset_size: SubsetSizeOpt = None,
+    coverage: CoverageOpt = None,
+    subsets: SubsetsOpt = None,
+    target_delta: TargetDeltaOpt = None,
+    evaluator: EvaluatorOpt = None,
+    checkpoint: CheckpointOpt = None,
+    min_return: MinReturnOpt = None,
+    null_permutations: NullPermutationsOpt = None,
+    threads: ThreadsOpt = None,
 ):
     """Check a run against real fine-tuning on the same subsets: first-order error, ground-truth NMI, speedup."""
     from .config import ValidateConfig, parse
