@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -28,7 +27,7 @@ from common import save  # noqa: E402
 from policygradex.config import PPOConfig  # noqa: E402
 from policygradex.rl.evaluate import evaluate_policy  # noqa: E402
 from policygradex.rl.ppo import train  # noqa: E402
-from policygradex.tasks import Task, TaskSuite, load_suite  # noqa: E402
+from policygradex.tasks import TaskSuite, load_suite  # noqa: E402
 
 torch.set_num_threads(1)
 

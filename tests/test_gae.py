@@ -1,6 +1,5 @@
 import gymnasium as gym
 import numpy as np
-import pytest
 import torch
 
 from policygradex.rl.gae import gae

@@ -11,6 +11,7 @@ were truncated or corrupted.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -127,13 +129,13 @@ def manifest_path(run_dir: str | Path, stage: str) -> Path:
 
 
 def write_manifest(run_dir: str | Path, stage: str, key: str, files: list[str | Path], extra: dict | None = None) -> None:
-    """Record that ``stage`` finished with config hash ``key`` and produced ``files``."""
+    """Record that ``stage`` finished with config hash ``key`` and produced ``files`` (relative to ``run_dir``)."""
     run_dir = Path(run_dir)
     entry = {
         "stage": stage,
         "key": key,
         "versions": versions(),
-        "files": {str(Path(f).relative_to(run_dir)) if Path(f).is_absolute() else str(f): sha256_file(run_dir / f if not Path(f).is_absolute() else f) for f in files},
+        "files": {str(f): sha256_file(run_dir / f) for f in files},  # paths relative to run_dir
     }
     if extra:
         entry["extra"] = extra
@@ -177,3 +179,60 @@ def read_json(path: str | Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is unreadable or corrupted ({type(exc).__name__}); delete it and rerun") from None
+
+
+def stage_digest(run_dir: str | Path, stage: str) -> str:
+    """Hash of a finished stage's key and file checksums: what it depended on and what it made.
+    Downstream keys built from it change whenever the stage's content does."""
+    m = read_manifest(run_dir, stage)
+    if m is None:
+        raise UserError(f"{run_dir} has no finished {stage} stage; run `policygradex run --out {run_dir}` first")
+    return config_hash([m.get("key"), m.get("files")])
+
+
+class Stage:
+    """Skip-or-run bookkeeping for one stage of a run directory::
+
+        st = Stage(run_dir, "features", key)
+        if not st.current:
+            ...compute and write files...
+            st.done(["features/manifest.json", ...])   # records checksums and wall time
+        downstream_key = config_hash([st.digest, ...])
+    """
+
+    def __init__(self, run_dir: str | Path, name: str, key: str):
+        self.run_dir, self.name, self.key = Path(run_dir), name, key
+        self.t0 = time.perf_counter()
+
+    @property
+    def current(self) -> bool:
+        return stage_is_current(self.run_dir, self.name, self.key)
+
+    def done(self, files: list[str], extra: dict | None = None) -> None:
+        """Record the stage's files, and its wall time (``extra.seconds``) for speedup accounting."""
+        write_manifest(self.run_dir, self.name, self.key, files, {"seconds": time.perf_counter() - self.t0, **(extra or {})})
+
+    @property
+    def digest(self) -> str:
+        return stage_digest(self.run_dir, self.name)
+
+
+def write_table(path: str | Path, a, columns: list[str], index: list[str] | None = None) -> None:
+    """A float matrix as CSV (header = ``columns``, optional row labels); NaN as an empty cell."""
+    import math
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(([""] if index is not None else []) + list(columns))
+    for r, row in enumerate(a):
+        cells = ["" if not math.isfinite(v) else repr(float(v)) for v in row]
+        w.writerow(([index[r]] if index is not None else []) + cells)
+    write_text(path, buf.getvalue())
+
+
+def read_table(path: str | Path, index: bool = False):
+    """The matrix written by :func:`write_table` (empty cells as NaN)."""
+    import numpy as np
+
+    rows = list(csv.reader(io.StringIO(Path(path).read_text())))[1:]
+    return np.array([[float(c) if c else float("nan") for c in (r[1:] if index else r)] for r in rows], dtype=float)

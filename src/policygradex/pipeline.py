@@ -16,10 +16,7 @@ and a changed option recomputes only what depends on it.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +26,7 @@ import torch
 from . import artifacts as art
 from .config import PPOConfig, RunConfig
 from .errors import UserError
+from .estimate.collect import load_rollouts
 from .rl.checkpoint import list_checkpoints, load_checkpoint
 from .rl.ppo import TrainResult, train
 from .tasks import TaskSuite
@@ -68,27 +66,6 @@ class RunResult:
     task_names: list[str]
 
 
-class _Stage:
-    """Skip-or-run bookkeeping for one stage."""
-
-    def __init__(self, run_dir: Path, name: str, key: str):
-        self.run_dir, self.name, self.key = run_dir, name, key
-        self.t0 = time.perf_counter()
-
-    @property
-    def current(self) -> bool:
-        return art.stage_is_current(self.run_dir, self.name, self.key)
-
-    def done(self, files: list[str], extra: dict | None = None) -> None:
-        """Record the stage's files, and its wall time (``extra.seconds``) for speedup accounting."""
-        art.write_manifest(self.run_dir, self.name, self.key, files, {"seconds": time.perf_counter() - self.t0, **(extra or {})})
-
-    @property
-    def digest(self) -> str:
-        """Hash of what the stage produced: downstream keys depend on content, not only config."""
-        return art.config_hash([self.key, art.read_manifest(self.run_dir, self.name)["files"]])
-
-
 def _key(*parts) -> str:
     return art.config_hash([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts])
 
@@ -115,7 +92,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
 
     # 1. meta-policy
     k_train = _key(suite.to_dict(), cfg.ppo)
-    st = _Stage(run_dir, "train", k_train)
+    st = art.Stage(run_dir, "train", k_train)
     if not st.current:
         res = train_meta_policy(suite, cfg.ppo, run_dir / "train", tensorboard)
         st.done([str(p.relative_to(run_dir)) for p in res.checkpoints] + ["train/train_history.json"])
@@ -126,7 +103,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
                                              "min_healthy_frac", "signal_keep", "transitions_per_task", "collect_envs_per_task",
                                              "heldout_frac", "seed"})
     k_collect = _key(st.digest, collect_fields)
-    st = _Stage(run_dir, "collect", k_collect)
+    st = art.Stage(run_dir, "collect", k_collect)
     if not st.current:
         _collect_stage(run_dir, checkpoints, cfg)
         st.done(["collect/rollouts.pt", "collect/meta_policy.json"])
@@ -138,7 +115,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
 
     # 3. projected gradient features
     k_feat = _key(st.digest, est.model_dump(include={"adv_scaling", "projector", "d", "projector_seed"}))
-    st = _Stage(run_dir, "features", k_feat)
+    st = art.Stage(run_dir, "features", k_feat)
     if not st.current:
         _features_stage(run_dir, model, suite, cfg)
         st.done(sorted(str(p.relative_to(run_dir)) for p in (run_dir / "features").iterdir() if not p.name.startswith(".")))
@@ -149,7 +126,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
     # 4. subsets
     d_feat = st.digest
     k_sub = _key(suite.n, size, est.model_dump(include={"min_pair_coverage", "subsets", "subset_seed"}))
-    st = _Stage(run_dir, "subsets", k_sub)
+    st = art.Stage(run_dir, "subsets", k_sub)
     if not st.current:
         members = sample_subsets(suite.n, size, est.min_pair_coverage, est.subsets, est.subset_seed)
         art.write_json(run_dir / "subsets.json", {"tasks": suite.names, "size": size,
@@ -160,7 +137,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
 
     # 5. surrogate per subset
     k_sur = _key(d_feat, st.digest, est.target_delta)
-    st = _Stage(run_dir, "surrogate", k_sur)
+    st = art.Stage(run_dir, "surrogate", k_sur)
     if not st.current:
         _surrogate_stage(run_dir, store, members, est.target_delta)
         st.done(["surrogate.pt"])
@@ -168,7 +145,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
 
     # 6. f(S, i)
     k_eval = _key(st.digest, est.evaluator, est.rollout_episodes if est.evaluator == "rollout_return" else None)
-    st = _Stage(run_dir, "evaluate", k_eval)
+    st = art.Stage(run_dir, "evaluate", k_eval)
     if not st.current:
         if est.evaluator == "rollout_return":
             from .estimate.rollout_eval import rollout_return
@@ -177,13 +154,13 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
         else:
             with console.status(f"evaluating {members.shape[0]} subsets ({est.evaluator})"):
                 f = EVALUATORS[est.evaluator](store.G, store.y, store.w, store.task, store.heldout, torch.as_tensor(members), sur["u"])
-        _write_table(run_dir / "f_table.csv", np.asarray(f, dtype=float), suite.names)
+        art.write_table(run_dir / "f_table.csv", np.asarray(f, dtype=float), suite.names)
         st.done(["f_table.csv"])
-    f = _read_table(run_dir / "f_table.csv")
+    f = art.read_table(run_dir / "f_table.csv")
 
     # 7. affinity, grouping, null test
     k_grp = _key(st.digest, grp)
-    st = _Stage(run_dir, "group", k_grp)
+    st = art.Stage(run_dir, "group", k_grp)
     if not st.current:
         aff = build_affinity(f, members)
         with console.status(f"grouping: SDP + null test ({grp.null_permutations} permutations)"):
@@ -227,12 +204,12 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
             from sklearn.metrics import normalized_mutual_info_score
 
             groups["nmi_vs_true_partition"] = float(normalized_mutual_info_score(suite.true_labels(), g.labels))
-        _write_table(run_dir / "affinity.csv", aff.U, suite.names, index=suite.names)
+        art.write_table(run_dir / "affinity.csv", aff.U, suite.names, index=suite.names)
         affinity_heatmap(aff.U, suite.names, g.labels, run_dir / "affinity.png")
         art.write_json(run_dir / "groups.json", groups)
         st.done(["groups.json", "affinity.csv", "affinity.png"])
     groups = art.read_json(run_dir / "groups.json")
-    U = _read_table(run_dir / "affinity.csv", index=True)
+    U = art.read_table(run_dir / "affinity.csv", index=True)
     write_report(run_dir, suite, cfg, meta, groups, sur)
     return RunResult(run_dir, groups, U, suite.names)
 
@@ -243,7 +220,7 @@ def _approx_error_at_surrogate(run_dir: Path, model, store, members: np.ndarray,
     from .estimate.features import flat_params
     from .validate import logprob_change, relative_error
 
-    c = torch.load(run_dir / "collect" / "rollouts.pt", weights_only=False)
+    c = load_rollouts(run_dir)
     theta = flat_params(model.actor).double()
     errors, deltas = [], []
     for s in range(min(max_subsets, members.shape[0])):
@@ -291,7 +268,7 @@ def _features_stage(run_dir: Path, model, suite: TaskSuite, cfg: RunConfig) -> N
     from .estimate.projection import GaussianProjector
 
     est = cfg.estimate
-    c = torch.load(run_dir / "collect" / "rollouts.pt", weights_only=False)
+    c = load_rollouts(run_dir)
     theta = flat_params(model.actor)
     projector = GaussianProjector(theta.numel(), est.d, est.projector_seed)
     xs, as_, advs, helds = [], [], [], []
@@ -316,18 +293,3 @@ def _surrogate_stage(run_dir: Path, store, members: np.ndarray, target_delta: fl
                                          store.projector.gram(), store.theta_norm, target_delta)
     art.save_torch(run_dir / "surrogate.pt", {"u": fit.u, "lam": lam, "deltas": deltas, "converged": fit.converged,
                                               "iterations": fit.iterations})
-
-
-def _write_table(path: Path, a: np.ndarray, columns: list[str], index: list[str] | None = None) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(([""] if index is not None else []) + columns)
-    for r, row in enumerate(a):
-        cells = ["" if not math.isfinite(v) else repr(float(v)) for v in row]
-        w.writerow(([index[r]] if index is not None else []) + cells)
-    art.write_text(path, buf.getvalue())
-
-
-def _read_table(path: Path, index: bool = False) -> np.ndarray:
-    rows = list(csv.reader(io.StringIO(path.read_text())))[1:]
-    return np.array([[float(c) if c else float("nan") for c in (r[1:] if index else r)] for r in rows], dtype=float)

@@ -8,7 +8,8 @@ import sys
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+from rich.progress import BarColumn, ProgressColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
 
@@ -37,13 +38,13 @@ def progress_bar(total: float, description: str, unit: str = "steps") -> Iterato
         yield Bar(p, tid, unit)
 
 
-class _RateColumn(TextColumn):
+class _RateColumn(ProgressColumn):
+    """Items per second in the bar's own unit (rich's TransferSpeedColumn speaks bytes)."""
+
     def __init__(self, unit: str):
-        super().__init__("")
+        super().__init__()
         self.unit = unit
 
-    def render(self, task):  # type: ignore[override]
-        from rich.text import Text
-
+    def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")

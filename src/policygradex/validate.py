@@ -48,6 +48,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from . import artifacts as art
 from .config import RunConfig, ValidateConfig
 from .errors import UserError
+from .estimate.collect import load_rollouts
 from .tasks import TaskSuite
 
 __all__ = [
@@ -312,14 +313,8 @@ def finetune_subsets(model, suite: TaskSuite, members: np.ndarray, ppo_cfg, vcfg
 
 
 def _stage_digest(run_dir: Path, stages: Sequence[str]) -> str:
-    """Hash of the keys and file checksums of finished run stages (what they depend on and made)."""
-    parts = []
-    for stage in stages:
-        mf = art.read_manifest(run_dir, stage)
-        if mf is None:
-            raise UserError(f"{run_dir} has no finished {stage} stage; run `policygradex run --out {run_dir}` first")
-        parts.append([mf.get("key"), mf.get("files")])
-    return art.config_hash(parts)
+    """Combined digest of finished run stages (see ``artifacts.stage_digest``)."""
+    return art.config_hash([art.stage_digest(run_dir, stage) for stage in stages])
 
 
 def _check_run(run_dir: Path, suite: TaskSuite, cfg: RunConfig) -> None:
@@ -344,18 +339,16 @@ def _finetune_stage(run_dir: Path, vdir: Path, model, suite: TaskSuite, members:
 
     ft_fields = vcfg.model_dump(mode="json", include={"finetune_steps", "finetune_seed", "finetune_seeds", "episodes", "eval_seed"})
     key = art.config_hash([_stage_digest(run_dir, ("train", "collect", "subsets")), cfg.ppo.model_dump(mode="json"), ft_fields])
-    if not art.stage_is_current(run_dir, "validate_finetune", key):
-        t0 = time.perf_counter()
+    st = art.Stage(run_dir, "validate_finetune", key)
+    if not st.current:
         total = vcfg.finetune_seeds * sum(_effective_steps(int(r.sum()), cfg.ppo, vcfg.finetune_steps) for r in members)
         with progress_bar(total, f"fine-tune {members.shape[0]} subsets", unit="steps") as bar:
             res = finetune_subsets(model, suite, members, cfg.ppo, vcfg, progress=lambda k, text: bar.advance(k, text))
         res["tasks"] = suite.names
         res["members"] = torch.as_tensor(members)
         art.save_torch(vdir / "finetune.pt", res)
-        art.write_manifest(run_dir, "validate_finetune", key, ["validate/finetune.pt"], {"seconds": time.perf_counter() - t0})
-    res = torch.load(vdir / "finetune.pt", weights_only=False)
-    mf = art.read_manifest(run_dir, "validate_finetune")
-    return res, art.config_hash([key, mf["files"]])
+        st.done(["validate/finetune.pt"])
+    return torch.load(vdir / "finetune.pt", weights_only=False), st.digest
 
 
 def _approx_error(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, paths: list[torch.Tensor],
@@ -443,7 +436,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
 
     from .estimate.features import flat_params
     from .group.sdp import random_grouping
-    from .pipeline import _read_table, _write_table, stage_seconds
+    from .pipeline import stage_seconds
     from .report import approx_error_plot, estimated_vs_true_plot
     from .rl.checkpoint import load_checkpoint
     from .ui import console
@@ -465,14 +458,15 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     an_fields = vcfg.model_dump(mode="json", exclude={"finetune_steps", "finetune_seed", "finetune_seeds", "episodes", "eval_seed"})
     an_key = art.config_hash([ft_digest, _stage_digest(run_dir, ("collect", "evaluate", "group")), cfg.group.model_dump(mode="json"),
                               an_fields])
-    if art.stage_is_current(run_dir, "validate", an_key):
+    stage = art.Stage(run_dir, "validate", an_key)
+    if stage.current:
         return art.read_json(run_dir / "validation.json")
 
     t0 = time.perf_counter()
     f_true = np.asarray(ft["f_true"], dtype=float)
-    _write_table(vdir / "f_true.csv", f_true, suite.names)
+    art.write_table(vdir / "f_true.csv", f_true, suite.names)
     theta_star = flat_params(model.actor).to(torch.float64)
-    ro = torch.load(run_dir / "collect" / "rollouts.pt", weights_only=False)
+    ro = load_rollouts(run_dir)
     n = suite.n
 
     # 2. first-order approximation error along the real paths
@@ -493,7 +487,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     rnd = [random_grouping(sizes, n, seed=vcfg.random_seed + d) for d in range(vcfg.random_draws)]
     rnd_nmi = np.array([normalized_mutual_info_score(g_true.labels, r) for r in rnd])
     rnd_ari = np.array([adjusted_rand_score(g_true.labels, r) for r in rnd])
-    f_est = _read_table(run_dir / "f_table.csv")
+    f_est = art.read_table(run_dir / "f_table.csv")
     z_est, z_true = _standardized(f_est, members), _standardized(f_true, members)
     rho = spearmanr(z_est[members], z_true[members]).statistic
     per_task = {}
@@ -507,7 +501,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     pair = [float(spearmanr(z_reps[a], z_reps[b]).statistic) for a in range(len(z_reps)) for b in range(a + 1, len(z_reps))]
     rel1 = float(np.mean(pair)) if pair else None
     rel_mean = (len(z_reps) * rel1 / (1 + (len(z_reps) - 1) * rel1)) if rel1 is not None and rel1 > -1 / max(len(z_reps) - 1, 1) else None
-    U_est = _read_table(run_dir / "affinity.csv", index=True)
+    U_est = art.read_table(run_dir / "affinity.csv", index=True)
     iu = np.triu_indices(n, k=1)
     rho_aff = spearmanr(U_est[iu], aff_true.U[iu]).statistic if n > 2 else float("nan")
     t_truth = time.perf_counter() - t1
@@ -579,6 +573,5 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     result["timings_s"]["analysis_total"] = time.perf_counter() - t0
     result["timings_s"]["validate_call"] = time.perf_counter() - t_start
     art.write_json(run_dir / "validation.json", result)
-    art.write_manifest(run_dir, "validate", an_key, ["validation.json", "approx_error.png", "estimated_vs_true.png",
-                                                     "validate/f_true.csv"], {"seconds": time.perf_counter() - t0})
+    stage.done(["validation.json", "approx_error.png", "estimated_vs_true.png", "validate/f_true.csv"])
     return result

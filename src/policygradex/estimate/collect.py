@@ -92,6 +92,11 @@ class Collected:
         return {k: getattr(self, k) for k in ("x", "actions", "adv", "returns", "task", "heldout", "episode_returns")}
 
 
+def load_rollouts(run_dir: str | Path) -> dict:
+    """The collect stage's rollouts of theta* (``Collected.to_dict()``) from a run directory."""
+    return torch.load(Path(run_dir) / "collect" / "rollouts.pt", weights_only=False)
+
+
 def collect(model, suite: TaskSuite, cfg: PPOConfig, transitions_per_task: int, envs_per_task: int,
             heldout_frac: float, seed: int, on_step=None) -> Collected:
     steps = math.ceil(transitions_per_task / envs_per_task)

@@ -57,7 +57,7 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
     B = T * E
     x = ro.x.reshape(B, -1)
     a = ro.actions.reshape(B, *ro.actions.shape[2:])
-    old_logp, old_v = ro.logprobs.reshape(B), ro.values.reshape(B)
+    old_logp = ro.logprobs.reshape(B)
     adv, ret = adv.reshape(B), ret.reshape(B)
     task_of = ro.task_ids.repeat(T)
     if cfg.norm_adv == "task":

@@ -51,8 +51,6 @@ class MultiTaskEnv:
         try:
             base = (self.seed if seed is None else seed) * 100_003
             obs, _ = self.envs.reset(seed=[base + int(t) * 1_009 + int(c) for t, c in zip(self.task_ids, self.copy_ids)])
-        except UserError:
-            raise
         except Exception as exc:
             raise UserError(f"an environment of suite {self.suite.name!r} raised in reset: {type(exc).__name__}: {exc}") from None
         self._check(obs, "observation")
