@@ -1,6 +1,6 @@
 """`policygradex validate` on the planted family: PolicyGradEx against real fine-tuning.
 
-  python benchmarks/bench_validate.py [--out DIR] [--seed 0] [-- extra validate options]
+  python benchmarks/bench_validate.py [--suite cartpole-planted] [--out DIR] [--seed 0] [-- extra validate options]
   python benchmarks/bench_validate.py budget [--out DIR]
       the same run validated with 2,048 / 8,192 / 16,384 fine-tuning steps (3 seeds each):
       how reproducible the ground truth is (seed-to-seed Spearman of f_true), and how well it
@@ -69,11 +69,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None, help="run directory (default: a fresh temporary one)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--suite", default="cartpole-planted", help="suite to validate; results go to validate_<suite>.json")
     ap.add_argument("extra", nargs="*", help="further `policygradex validate` options (after --)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        out = a.out or Path(tmp) / "val_planted"
-        cmd = ["validate", "--suite", "cartpole-planted", "--seed", str(a.seed), "--out", str(out), *a.extra]
+        out = a.out or Path(tmp) / f"val_{a.suite}"
+        cmd = ["validate", "--suite", a.suite, "--seed", str(a.seed), "--out", str(out), *a.extra]
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "policygradex.cli", *cmd], check=True,
                        env={**os.environ, "POLICYGRADEX_QUIET": "1"})
@@ -99,7 +100,8 @@ def main() -> None:
         "timings_s": {k: v for k, v in r["timings_s"].items() if not isinstance(v, list)},
     }
     print(json.dumps({k: summary[k] for k in ("nmi", "ari", "random_nmi", "spearman", "speedup")}, indent=2))
-    print(save("validate_planted", summary))
+    name = "planted" if a.suite == "cartpole-planted" else a.suite.replace("-", "_")
+    print(save(f"validate_{name}", summary))
 
 
 if __name__ == "__main__":
