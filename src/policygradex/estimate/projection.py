@@ -298,6 +298,8 @@ def projector_from_spec(spec: dict[str, Any]) -> Projector:
     """Regenerate the projector that ``spec()`` described (raise UserError on a bad spec)."""
     if not isinstance(spec, dict) or "kind" not in spec:
         raise UserError(f"projector spec must be a dict with a 'kind', got {spec!r}")
+    from . import structured  # noqa: F401  (registers the "structured" kind; it imports this module)
+
     cls = Projector._registry.get(spec["kind"])
     if cls is None:
         raise UserError(f"projector spec: unknown kind {spec['kind']!r}; known kinds: {sorted(Projector._registry)}")
