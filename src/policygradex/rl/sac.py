@@ -1,0 +1,549 @@
+"""Multi-task SAC (MT-SAC) with a per-task entropy temperature: an alternative meta-trainer to
+PPO for continuous-control suites (Meta-World).  docs/sac.md states it in METHOD terms.
+
+* **Actor** (:class:`SquashedGaussianActor`): ``u ~ N(mu(x), sigma(x))``, ``a = b + s tanh(u)``
+  with ``s, b`` the half-range and centre of the action Box (Meta-World: ``s = 1, b = 0``), so
+
+      log pi(a|x) = log N(u; mu, sigma) - sum_j log(s_j (1 - tanh(u_j)^2)),   u = atanh((a - b) / s).
+
+  ``log_prob(x, a)`` works on one unbatched sample as on a batch (``vmap(grad)`` per-sample
+  gradients, as for PPO's actor); ``mode`` is ``b + s tanh(mu)`` (deterministic evaluation) and
+  ``sample_with_noise`` the sampled action for given standard-normal noise (common random
+  numbers in ``rl.evaluate``).
+* **Critics**: twin Q networks ``Q_1, Q_2`` on ``[s, a, one-hot]`` with Polyak-averaged target
+  copies; the soft target is ``y = r + gamma (1 - terminated) (min_k Q'_k(s', a') - alpha_i log pi(a'|s'))``.
+  A time-limit truncation is *not* terminal: Meta-World's 500-step truncation bootstraps (its
+  ``terminated`` is always False), and the replay buffer stores the episode's true last
+  observation (``info["final_obs"]``), not the next episode's first.
+* **Temperature**: one learned ``log alpha_i`` per task, loss ``-log alpha_i (log pi + H_target)``
+  averaged over task i's rows of the batch, ``H_target = -|A|`` by default.
+* **Vectorized over tasks**: one replay buffer holding the task id of every transition; each
+  update samples one batch uniformly from it (tasks mixed in proportion to their data, equal by
+  construction) and the networks see the task's one-hot in their input.
+* **Checkpoints**: the PPO checkpoint format and place (``DIR/checkpoints/step_*.pt``, the same
+  digest), with ``algo = "sac"`` so that ``rl.checkpoint.load_checkpoint`` rebuilds a
+  :class:`SACModel`; the pipeline's choice of theta* loads them unchanged.  The replay buffer is
+  not checkpointed: an interrupted SAC training restarts from the beginning (deterministically,
+  rewriting the same checkpoints).
+* **Gradient features**: :func:`collect` rolls theta* out with sampled actions and computes
+  ``A = Q(s, a) - alpha_i log pi(a|s) - V(s)`` with
+  ``V(s) = E_{a'~pi}[min_k Q_k(s, a') - alpha_i log pi(a'|s)]`` (``advantage_samples`` samples):
+  the score-function form of the SAC actor's objective ``E_pi[Q - alpha log pi]``, whose
+  gradient is ``E[grad log pi(a|s) (Q(s,a) - alpha log pi(a|s) - b(s))]``; it has mean 0 under
+  pi.  ``advantage = "q_minus_v"`` drops the taken action's ``- alpha log pi(a|s)``: that
+  ``Q - V`` has mean ``-alpha H(pi)`` and gives one-sided labels while Q is still flat
+  (measured on MT10: 100% negative).  The features stage takes ``grad log pi(a|s)`` of the
+  squashed Gaussian (with its tanh correction) like any actor.
+* No checkpoint is written before the first update (a policy that has not learned is no
+  theta* candidate), except at the end of a run too short to update.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from ..artifacts import content_digest, crash_point, save_torch, versions, write_json
+from ..config import SACConfig
+from ..errors import UserError
+from ..tasks import TaskSuite
+from .device import resolve_device
+from .networks import body
+from .ppo import TrainResult
+from .rollout import MultiTaskEnv, policy_input
+
+LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
+_EDGE = 1e-6  # squashed actions are clamped to (-1 + EDGE, 1 - EDGE) before atanh
+_LOG2 = math.log(2.0)
+
+
+def _log1m_tanh2(u: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh(u)^2), stable for large |u|."""
+    return 2.0 * (_LOG2 - u - torch.nn.functional.softplus(-2.0 * u))
+
+
+def _softmod(net, n_tasks: int) -> dict | None:
+    if getattr(net, "arch", "mlp") != "softmod":
+        return None
+    return dict(n_tasks=n_tasks, modules=net.softmod_modules, layers=net.softmod_layers, width=net.softmod_width)
+
+
+def check_action_space(space: gym.Space, suite_name: str) -> None:
+    if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.isfinite(space.low).all()
+            and np.isfinite(space.high).all() and (space.high > space.low).all()):
+        raise UserError(f"--algo sac needs a bounded 1-D Box action space (continuous control); suite {suite_name!r} has "
+                        f"{space}: use --algo ppo")
+
+
+class SquashedGaussianActor(nn.Module):
+    """pi(a|x): a tanh-squashed Gaussian with state-dependent log std, rescaled to the action Box."""
+
+    kind = "squashed_gaussian"
+
+    def __init__(self, in_dim: int, action_space: gym.spaces.Box, hidden, activation: str, softmod: dict | None = None):
+        super().__init__()
+        self.act_dim = int(action_space.shape[0])
+        self.net = body(in_dim, hidden, 2 * self.act_dim, activation, 0.01, softmod)
+        low = torch.as_tensor(action_space.low, dtype=torch.float32)
+        high = torch.as_tensor(action_space.high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log std) of the Gaussian before the squashing."""
+        out = self.net(x)
+        mu, log_std = out[..., : self.act_dim], out[..., self.act_dim:]
+        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stats(x)[0]
+
+    def log_prob(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """log pi(a|x) of an action in the Box (tanh correction included); batched or one sample."""
+        mu, log_std = self.stats(x)
+        y = ((a - self.action_bias) / self.action_scale).clamp(-1 + _EDGE, 1 - _EDGE)
+        u = torch.atanh(y)
+        z = (u - mu) * torch.exp(-log_std)
+        gauss = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return gauss - (torch.log1p(-y.pow(2)) + torch.log(self.action_scale)).sum(-1)
+
+    def rsample(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterized (action, log pi(action|x)) for standard-normal ``noise``."""
+        mu, log_std = self.stats(x)
+        u = mu + log_std.exp() * noise
+        a = self.action_bias + self.action_scale * torch.tanh(u)
+        gauss = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return a, gauss - (_log1m_tanh2(u) + torch.log(self.action_scale)).sum(-1)
+
+    def mode(self, x: torch.Tensor) -> torch.Tensor:
+        """The deterministic action ``b + s tanh(mu)`` (evaluation)."""
+        return self.action_bias + self.action_scale * torch.tanh(self.stats(x)[0])
+
+    @torch.no_grad()
+    def sample_with_noise(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The sampled action for given standard-normal noise (common random numbers)."""
+        return self.rsample(x, noise.to(x.dtype))[0]
+
+    def distribution(self, x: torch.Tensor) -> torch.distributions.Distribution:
+        mu, log_std = self.stats(x)
+        base = torch.distributions.Independent(torch.distributions.Normal(mu, log_std.exp()), 1)
+        return torch.distributions.TransformedDistribution(base, [torch.distributions.TanhTransform(cache_size=1),
+                                                                  torch.distributions.AffineTransform(self.action_bias, self.action_scale)])
+
+
+class QNet(nn.Module):
+    """Q(x, a) on ``[s, a, one-hot]`` (the one-hot stays last, as a Soft Modularization body expects)."""
+
+    def __init__(self, in_dim: int, act_dim: int, n_tasks: int, hidden, activation: str, softmod: dict | None = None):
+        super().__init__()
+        self.n_tasks = n_tasks
+        self.net = body(in_dim + act_dim, hidden, 1, activation, 1.0, softmod)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        n = self.n_tasks
+        return self.net(torch.cat([x[..., :-n], a, x[..., -n:]], dim=-1)).squeeze(-1)
+
+
+class SACModel(nn.Module):
+    """Actor, twin critics, their targets and one log-temperature per task."""
+
+    algo = "sac"
+
+    def __init__(self, in_dim: int, action_space: gym.spaces.Box, n_tasks: int, cfg: SACConfig):
+        super().__init__()
+        sm = _softmod(cfg.net, n_tasks)
+        act_dim = int(action_space.shape[0])
+        self.n_tasks = n_tasks
+        self.in_dim = in_dim
+        self.actor = SquashedGaussianActor(in_dim, action_space, cfg.net.hidden, cfg.net.activation, sm)
+        self.q1 = QNet(in_dim, act_dim, n_tasks, cfg.net.hidden, cfg.net.activation, sm)
+        self.q2 = QNet(in_dim, act_dim, n_tasks, cfg.net.hidden, cfg.net.activation, sm)
+        self.q1_target = copy.deepcopy(self.q1)
+        self.q2_target = copy.deepcopy(self.q2)
+        for p in (*self.q1_target.parameters(), *self.q2_target.parameters()):
+            p.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.full((n_tasks,), math.log(cfg.init_alpha)))
+
+    @property
+    def kind(self) -> str:
+        return self.actor.kind
+
+    def q(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return torch.min(self.q1(x, a), self.q2(x, a))
+
+    def alpha(self, x: torch.Tensor) -> torch.Tensor:
+        """alpha of the task of every row of ``x`` (read from its one-hot)."""
+        return self.log_alpha.exp()[x[..., -self.n_tasks:].argmax(-1)]
+
+    @torch.no_grad()
+    def act(self, x: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None):
+        """(action, log pi(action|x)); sampled with CPU noise from ``generator``."""
+        if deterministic:
+            a = self.actor.mode(x)
+            return a, self.actor.log_prob(x, a)
+        noise = torch.randn((*x.shape[:-1], self.actor.act_dim), generator=generator).to(x.device)
+        return self.actor.rsample(x, noise)
+
+    @torch.no_grad()
+    def soft_value(self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """V(x) = E_{a'~pi}[min Q(x, a') - alpha log pi(a'|x)], averaged over ``samples`` draws."""
+        alpha = self.alpha(x)
+        total = torch.zeros(x.shape[:-1], device=x.device)
+        for _ in range(samples):
+            noise = torch.randn((*x.shape[:-1], self.actor.act_dim), generator=generator).to(x.device)
+            a, logp = self.actor.rsample(x, noise)
+            total += self.q(x, a) - alpha * logp
+        return total / samples
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"actor": list(self.actor.parameters()), "critic": [*self.q1.parameters(), *self.q2.parameters()],
+                "alpha": [self.log_alpha]}
+
+
+def build_model(suite: TaskSuite, cfg: SACConfig) -> SACModel:
+    check_action_space(suite.action_space, suite.name)
+    in_dim = int(suite.observation_space.shape[0]) + suite.n
+    return SACModel(in_dim, suite.action_space, suite.n, cfg)
+
+
+#: SAC budgets of the suites with profiles (``--profile quick|paper``: Meta-World, highway), per
+#: task; ``preset`` turns them into SACConfig fields for n tasks.  quick: a smoke run (four
+#: 500-step episodes per task, the first half episode with random actions); paper: 2M steps per task
+#: as in the MT-SAC baselines of Meta-World, a batch of 128 rows per task.
+PROFILES = {
+    "quick": dict(steps_per_task=2_000, learning_starts_per_task=250, batch_per_task=64, checkpoint_every_per_task=500),
+    "paper": dict(steps_per_task=2_000_000, learning_starts_per_task=1_500, batch_per_task=128, checkpoint_every_per_task=100_000),
+}
+
+
+def preset(suite: TaskSuite) -> dict:
+    """SACConfig fields of the suite's profile ({} for suites without profiles)."""
+    p = PROFILES.get(getattr(suite, "profile", None) or "")
+    if p is None:
+        return {}
+    n = suite.n
+    return {"total_steps": p["steps_per_task"] * n, "learning_starts": p["learning_starts_per_task"] * n,
+            "batch_size": p["batch_per_task"] * n, "checkpoint_every": p["checkpoint_every_per_task"] * n}
+
+
+def target_entropy(cfg: SACConfig, act_dim: int) -> float:
+    return -float(act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+
+
+# ---------------------------------------------------------------------------------------------
+# replay buffer
+
+
+class ReplayBuffer:
+    """A circular buffer of (obs, action, reward, next obs, terminated, task id); NumPy on the CPU."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int):
+        self.capacity = int(capacity)
+        self.obs = np.zeros((self.capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((self.capacity, obs_dim), np.float32)
+        self.actions = np.zeros((self.capacity, act_dim), np.float32)
+        self.rewards = np.zeros(self.capacity, np.float32)
+        self.terminated = np.zeros(self.capacity, np.float32)
+        self.task = np.zeros(self.capacity, np.int64)
+        self.pos, self.size = 0, 0
+
+    def add(self, obs, actions, rewards, next_obs, terminated, task) -> None:
+        for k in range(len(task)):
+            i = self.pos
+            self.obs[i], self.next_obs[i], self.actions[i] = obs[k], next_obs[k], actions[k]
+            self.rewards[i], self.terminated[i], self.task[i] = rewards[k], float(terminated[k]), task[k]
+            self.pos = (self.pos + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch: int, rng: np.random.Generator, n_tasks: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        idx = rng.integers(0, self.size, batch)
+        task = self.task[idx]
+        x = policy_input(self.obs[idx], task, n_tasks)
+        x2 = policy_input(self.next_obs[idx], task, n_tasks)
+        out = (x, torch.from_numpy(self.actions[idx]), torch.from_numpy(self.rewards[idx]), x2,
+               torch.from_numpy(self.terminated[idx]), torch.from_numpy(task))
+        return tuple(t.to(device) for t in out)
+
+
+# ---------------------------------------------------------------------------------------------
+# one update
+
+
+def sac_update(model: SACModel, opts: dict[str, torch.optim.Optimizer], batch: tuple[torch.Tensor, ...], cfg: SACConfig,
+               h_target: float, gen: torch.Generator) -> dict[str, float]:
+    """One SAC step on a batch mixing tasks: twin critics, actor, per-task temperatures, targets."""
+    x, a, r, x2, term, task = batch
+    n, A = model.n_tasks, model.actor.act_dim
+    dev = x.device
+    alpha = model.log_alpha.detach().exp()[task]
+    with torch.no_grad():
+        a2, logp2 = model.actor.rsample(x2, torch.randn((len(task), A), generator=gen).to(dev))
+        q_next = torch.min(model.q1_target(x2, a2), model.q2_target(x2, a2)) - alpha * logp2
+        y = r + cfg.gamma * (1.0 - term) * q_next
+    q1, q2 = model.q1(x, a), model.q2(x, a)
+    critic_loss = 0.5 * ((q1 - y).pow(2).mean() + (q2 - y).pow(2).mean())
+    opts["critic"].zero_grad()
+    critic_loss.backward()
+    opts["critic"].step()
+
+    a_new, logp = model.actor.rsample(x, torch.randn((len(task), A), generator=gen).to(dev))
+    actor_loss = (alpha * logp - model.q(x, a_new)).mean()
+    opts["actor"].zero_grad()
+    actor_loss.backward()
+    opts["actor"].step()
+
+    # per task: the mean over the task's rows of -log alpha_i (log pi + H_target)
+    per_row = -model.log_alpha[task] * (logp.detach() + h_target)
+    counts = torch.bincount(task, minlength=n).clamp_min(1).to(per_row.dtype)
+    alpha_loss = (torch.zeros(n, device=dev).index_add(0, task, per_row) / counts).sum()
+    opts["alpha"].zero_grad()
+    alpha_loss.backward()
+    opts["alpha"].step()
+
+    with torch.no_grad():
+        for net, tgt in ((model.q1, model.q1_target), (model.q2, model.q2_target)):
+            for p, pt in zip(net.parameters(), tgt.parameters()):
+                pt.lerp_(p, cfg.tau)
+    return {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()), "alpha_loss": float(alpha_loss.detach()),
+            "entropy": float(-logp.detach().mean()), "q": float(q1.detach().mean())}
+
+
+def make_optimizers(model: SACModel, cfg: SACConfig) -> dict[str, torch.optim.Optimizer]:
+    g = model.parameter_groups()
+    return {"actor": torch.optim.Adam(g["actor"], lr=cfg.actor_lr), "critic": torch.optim.Adam(g["critic"], lr=cfg.critic_lr),
+            "alpha": torch.optim.Adam(g["alpha"], lr=cfg.alpha_lr)}
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints (the format of rl.checkpoint, with algo = "sac")
+
+
+def save_checkpoint(path: Path, model: SACModel, opts: dict, cfg: SACConfig, suite: TaskSuite, global_step: int, update: int,
+                    returns: dict, success: dict | None) -> None:
+    from .checkpoint import FORMAT
+
+    payload = {
+        "format": FORMAT,
+        "algo": "sac",
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": {k: o.state_dict() for k, o in opts.items()},
+        "config": cfg.model_dump(mode="json"),
+        "suite": suite.to_dict(),
+        "global_step": global_step,
+        "update": update,
+        "returns": returns,
+        "success_rate": success,
+        "rng": {},
+        "versions": versions(),
+    }
+    payload["digest"] = content_digest(payload)
+    save_torch(path, payload)
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[SACModel, TaskSuite, SACConfig]:
+    suite = TaskSuite.from_dict(ckpt["suite"])
+    cfg = SACConfig.model_validate(ckpt["config"])
+    model = build_model(suite, cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), suite, cfg
+
+
+def _check_out_dir(out_dir: Path, cfg: SACConfig, suite: TaskSuite) -> None:
+    from .checkpoint import list_checkpoints, read_checkpoint
+
+    want_cfg, want_suite = cfg.model_dump(mode="json"), suite.to_dict()
+    for path in list_checkpoints(out_dir / "checkpoints"):
+        try:
+            ckpt = read_checkpoint(path)
+        except UserError:
+            continue  # rewritten below
+        if ckpt.get("algo") != "sac" or ckpt.get("config") != want_cfg or ckpt.get("suite") != want_suite:
+            raise UserError(f"--out {out_dir} holds checkpoints of a different algorithm, config or suite; choose another --out "
+                            "or delete it")
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
+          on_update: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Multi-task SAC on ``suite`` for ``cfg.total_steps`` environment steps (over all tasks).
+
+    Every vector step acts in every environment (uniform random actions before
+    ``learning_starts`` transitions), stores the transitions and then makes ``gradient_steps``
+    updates of batch ``batch_size``.  Checkpoints every ``checkpoint_every`` environment steps
+    and at the end, in ``out_dir/checkpoints``; ``on_update(steps, info)`` after each vector step."""
+    from ..ui import console
+    from .checkpoint import list_checkpoints
+    from .evaluate import step_flags
+
+    out_dir = Path(out_dir)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = build_model(suite, cfg)  # initialized on the CPU, then moved
+    dev = resolve_device(cfg.device)
+    model.to(dev)
+    _check_out_dir(out_dir, cfg, suite)
+    if list_checkpoints(out_dir / "checkpoints"):
+        console.print("[yellow]note:[/] SAC training does not resume (its replay buffer is not checkpointed): "
+                      "training restarts and rewrites the same checkpoints")
+    opts = make_optimizers(model, cfg)
+    h_target = target_entropy(cfg, model.actor.act_dim)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    env = MultiTaskEnv(suite, cfg.envs_per_task, cfg.seed)
+    obs = env.reset()
+    n, E = suite.n, env.num_envs
+    space = suite.action_space
+    buf = ReplayBuffer(min(cfg.buffer_size, max(cfg.total_steps, E)), int(obs.shape[1]), model.actor.act_dim)
+    acting = model.actor if dev.type == "cpu" else copy.deepcopy(model.actor).cpu()
+    writer = None
+    if tensorboard is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(tensorboard))
+    key = suite.success_key
+    ep_ret, ep_ok = np.zeros(E), np.zeros(E, dtype=bool)
+    recent = [deque(maxlen=20) for _ in range(n)]
+    recent_ok = [deque(maxlen=20) for _ in range(n)]
+    vec_steps = max(1, math.ceil(cfg.total_steps / E))
+    history: list[dict] = []
+    global_step, updates, next_ckpt = 0, 0, cfg.checkpoint_every
+    stats: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for it in range(1, vec_steps + 1):
+        if global_step < cfg.learning_starts:
+            a = rng.uniform(space.low, space.high, size=(E, *space.shape)).astype(np.float32)
+        else:
+            with torch.no_grad():
+                noise = torch.randn((E, model.actor.act_dim), generator=gen)
+                a = acting.rsample(policy_input(obs, env.task_ids, n), noise)[0].numpy()
+        next_obs, r, term, trunc, info = env.step(np.clip(a, space.low, space.high).astype(space.dtype))
+        done = np.logical_or(term, trunc)
+        real_next = np.array(next_obs, dtype=np.float32, copy=True)
+        for e in np.flatnonzero(done):
+            real_next[e] = info["final_obs"][e]
+        buf.add(obs, a, r, real_next, term, env.task_ids)
+        ep_ret += r
+        if key is not None:
+            ep_ok |= step_flags(info, key, done)
+        for e in np.flatnonzero(done):
+            recent[env.task_ids[e]].append(float(ep_ret[e]))
+            recent_ok[env.task_ids[e]].append(bool(ep_ok[e]))
+            ep_ret[e], ep_ok[e] = 0.0, False
+        obs = next_obs
+        global_step += E
+        if global_step >= cfg.learning_starts and buf.size >= cfg.batch_size:
+            model.train()
+            for _ in range(cfg.gradient_steps):
+                stats = sac_update(model, opts, buf.sample(cfg.batch_size, rng, n, dev), cfg, h_target, gen)
+                updates += 1
+            model.eval()
+            if acting is not model.actor:
+                acting.load_state_dict({k: v.detach().cpu() for k, v in model.actor.state_dict().items()})
+        returns = {name: (float(np.mean(recent[i])) if recent[i] else None) for i, name in enumerate(suite.names)}
+        success = ({name: (float(np.mean(recent_ok[i])) if recent_ok[i] else None) for i, name in enumerate(suite.names)}
+                   if key is not None else None)
+        sps = global_step / max(time.perf_counter() - t0, 1e-9)
+        alphas = model.log_alpha.detach().exp().cpu().tolist()
+        if writer is not None and stats:
+            for k, v in stats.items():
+                writer.add_scalar(f"losses/{k}", v, global_step)
+            for name, al in zip(suite.names, alphas):
+                writer.add_scalar(f"losses/alpha/{name}", al, global_step)
+            finite = [v for v in returns.values() if v is not None]
+            if finite:
+                writer.add_scalar("charts/episodic_return", float(np.mean(finite)), global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+        if on_update is not None:
+            on_update(E, {**stats, "returns": returns, "success_rate": success, "alpha": alphas, "sps": sps,
+                          "global_step": global_step})
+        if (global_step >= next_ckpt and updates > 0) or it == vec_steps:
+            while next_ckpt <= global_step:
+                next_ckpt += cfg.checkpoint_every
+            path = out_dir / "checkpoints" / f"step_{global_step:09d}.pt"
+            save_checkpoint(path, model, opts, cfg, suite, global_step, updates, returns, success)
+            entry = {"step": global_step, "update": updates, "checkpoint": str(path.relative_to(out_dir)), "returns": returns,
+                     "alpha": dict(zip(suite.names, alphas))}
+            if success is not None:
+                entry["success_rate"] = success
+            history.append(entry)
+            write_json(out_dir / "train_history.json", history)
+        crash_point(f"train:update:{it}")
+    env.close()
+    if writer is not None:
+        writer.close()
+    elapsed = time.perf_counter() - t0
+    model = model.cpu().eval()
+    return TrainResult(model, list_checkpoints(out_dir / "checkpoints"), history, global_step,
+                       global_step / elapsed if elapsed > 0 else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# collection of theta*'s transitions with Q - V advantages (the features stage)
+
+
+def collect(model: SACModel, suite: TaskSuite, cfg: SACConfig, transitions_per_task: int, envs_per_task: int,
+            heldout_frac: float, seed: int, on_step=None):
+    """Roll out the SAC policy (sampled actions) and compute ``A = Q(s, a) - alpha log pi(a|s) - V(s)``
+    per transition (``cfg.advantage = "soft"``; ``Q(s, a) - V(s)`` for ``"q_minus_v"``; ``V`` from
+    ``cfg.advantage_samples`` actions of pi); same layout and held-out split as the
+    PPO collection (``estimate.collect.collect``).  ``returns`` holds ``Q(s, a)`` (the value
+    target the advantage is measured against in the signal-health check)."""
+    from ..estimate.collect import Collected
+
+    model = model.cpu().eval()
+    steps = math.ceil(transitions_per_task / envs_per_task)
+    env = MultiTaskEnv(suite, envs_per_task, seed)
+    obs = env.reset()
+    gen = torch.Generator().manual_seed(seed)
+    n, E = suite.n, env.num_envs
+    space = suite.action_space
+    ep_ret = np.zeros(E)
+    finished: list[list[float]] = [[] for _ in range(n)]
+    xs, acts = [], []
+    for _ in range(steps):
+        x = policy_input(obs, env.task_ids, n)
+        a, _ = model.act(x, generator=gen)
+        obs, r, term, trunc, _ = env.step(np.clip(a.numpy(), space.low, space.high).astype(space.dtype))
+        ep_ret += r
+        for e in np.flatnonzero(np.logical_or(term, trunc)):
+            finished[env.task_ids[e]].append(float(ep_ret[e]))
+            ep_ret[e] = 0.0
+        xs.append(x); acts.append(a)
+        if on_step is not None:
+            on_step(E)
+    env.close()
+    X, Acts = torch.stack(xs), torch.stack(acts)  # [T, E, in], [T, E, act]
+    T = X.shape[0]
+    with torch.no_grad():
+        xf, af = X.reshape(T * E, -1), Acts.reshape(T * E, -1)
+        q = model.q(xf, af)
+        v = model.soft_value(xf, cfg.advantage_samples, gen)
+        # soft: the taken action's own entropy term too, so that E_pi[A] = 0 (see module docstring)
+        soft_q = q - model.alpha(xf) * model.actor.log_prob(xf, af) if cfg.advantage == "soft" else q
+    adv, ret = (soft_q - v).reshape(T, E), q.reshape(T, E)
+    task_ids = torch.as_tensor(env.task_ids)
+    copy_ = torch.arange(E) % envs_per_task
+    n_held = max(1, math.ceil(heldout_frac * envs_per_task)) if heldout_frac > 0 else 0
+    held = (copy_ >= envs_per_task - n_held).unsqueeze(0).expand(T, E)
+    order = torch.argsort(task_ids, stable=True)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        t = t[:, order]
+        return t.transpose(0, 1).reshape(T * E, *t.shape[2:])
+
+    return Collected(flat(X), flat(Acts), flat(adv), flat(ret), flat(task_ids.unsqueeze(0).expand(T, E)), flat(held), finished)
