@@ -67,6 +67,36 @@ def test_jvp_prediction_is_the_exact_first_order_term(kind):
         assert 5 < e1 / e2 < 20
 
 
+def test_agreement_on_hand_made_partitions():
+    from policygradex.validate import agreement
+
+    assert agreement([0, 0, 1, 1, 2], [2, 2, 0, 0, 1]) == {"nmi": pytest.approx(1.0), "ari": pytest.approx(1.0)}  # relabeled
+    crossed = agreement([0, 0, 1, 1], [0, 1, 0, 1])  # every group split evenly by the other
+    assert crossed["nmi"] == pytest.approx(0.0, abs=1e-12) and crossed["ari"] == pytest.approx(-0.5)
+    # one task moved out of a group of four: hand-computed from the contingency table [[3, 0], [1, 2]]
+    part = agreement([0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 1])
+    pairs = lambda k: k * (k - 1) / 2
+    index, rows, cols = pairs(3) + pairs(2), pairs(4) + pairs(2), pairs(3) + pairs(3)
+    expected_ari = (index - rows * cols / pairs(6)) / ((rows + cols) / 2 - rows * cols / pairs(6))
+    assert part["ari"] == pytest.approx(expected_ari)
+    assert 0 < part["nmi"] < 1
+    with pytest.raises(ValueError):
+        agreement([0, 1], [0, 1, 1])
+
+
+def test_speedup_bookkeeping_sums_the_timed_stages():
+    from policygradex.validate import speedup_breakdown
+
+    pgx = {"collect": 1.5, "features": 2.0, "surrogate": 0.25, "evaluate": 0.25}
+    speedup, b = speedup_breakdown(pgx, [10.0, 12.0, 14.0], [1.0, 2.0, 1.0], {"train": 99.0})
+    assert b["policygradex_s"]["total"] == pytest.approx(4.0)
+    assert b["real_s"]["finetune"] == pytest.approx(36.0) and b["real_s"]["evaluate"] == pytest.approx(4.0)
+    assert b["real_s"]["total"] == pytest.approx(40.0) and speedup == pytest.approx(10.0)
+    assert b["real_s"]["finetune_per_subset_mean"] == pytest.approx(12.0)
+    assert b["shared_not_counted_s"] == {"train": 99.0}  # listed, counted in neither route
+    assert speedup_breakdown({"collect": 0.0}, [1.0], [1.0])[0] is None
+
+
 def test_relative_error_hand_example():
     d_true = torch.tensor([3.0, 4.0])          # ||.|| = 5
     d_lin = torch.tensor([3.0, 3.0])           # difference (0, 1): ||.|| = 1
@@ -104,13 +134,15 @@ def test_hutchinson_matches_the_exact_hessian_trace(kind):
 
 
 TINY = ["--suite", "cartpole-planted", "--steps", "5000", "--transitions", "512", "--null-permutations", "20",
-        "--finetune-steps", "256", "--finetune-seeds", "2", "--episodes", "2", "--probes", "4", "--hessian-subsets", "1", "--random-draws", "50"]
+        "--finetune-steps", "256", "--finetune-seeds", "2", "--episodes", "2", "--hessian-subsets", "1", "--random-draws", "50"]
 
 
 @pytest.fixture(scope="module")
 def tiny_validation(tmp_path_factory):
     out = tmp_path_factory.mktemp("validate")
-    proc = run_cli("validate", *TINY, "--out", str(out))
+    # a [validate] table supplies the probes; the command line (--episodes 2) wins over the table
+    (out.parent / "validate.toml").write_text("[validate]\nhessian_probes = 4\nepisodes = 9\n")
+    proc = run_cli("validate", *TINY, "--config", str(out.parent / "validate.toml"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -122,6 +154,7 @@ def test_validation_json_has_the_required_keys_and_ranges(tiny_validation):
                 "timings_s", "speedup_breakdown", "approx_error_points"):
         assert key in r, key
     assert set(r["approx_error"]) == {"0.1%", "0.5%", "1%", "5%"}
+    assert r["options"]["hessian_probes"] == 4 and r["options"]["episodes"] == 2  # [validate] table, command line wins
     for b in r["approx_error"].values():
         assert b["n"] >= r["subsets"]["m"]  # at least the rescaled point of every subset
         assert 0 <= b["median"] < 1
@@ -143,6 +176,9 @@ def test_validation_json_has_the_required_keys_and_ranges(tiny_validation):
     sb = r["speedup_breakdown"]
     assert set(sb["policygradex_s"]) == {"collect", "features", "surrogate", "evaluate", "total"}
     assert sb["real_s"]["total"] == pytest.approx(sb["real_s"]["finetune"] + sb["real_s"]["evaluate"])
+    assert sb["real_s"]["finetune"] == pytest.approx(sum(r["timings_s"]["finetune"]))
+    assert sb["policygradex_s"]["total"] == pytest.approx(sum(v for k, v in sb["policygradex_s"].items() if k != "total"))
+    assert r["speedup"] == pytest.approx(sb["real_s"]["total"] / sb["policygradex_s"]["total"])
     f_true = np.genfromtxt(out / "validate" / "f_true.csv", delimiter=",", skip_header=1)
     assert f_true.shape == (r["subsets"]["m"], 8) and (np.isfinite(f_true).sum(axis=1) == 4).all()
     for png in ("approx_error.png", "estimated_vs_true.png"):
@@ -154,11 +190,12 @@ def test_rerun_reuses_the_cached_fine_tuning(tiny_validation):
     out, _ = tiny_validation
     files = ["validate/finetune.pt", "validation.json", "validate_finetune.manifest.json", "validate.manifest.json"]
     before = {f: (out / f).stat().st_mtime_ns for f in files}
-    proc = run_cli("validate", *TINY, "--out", str(out))
+    cfg = ["--config", str(out.parent / "validate.toml")]
+    proc = run_cli("validate", *TINY, *cfg, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert {f: (out / f).stat().st_mtime_ns for f in files} == before
     # an analysis-only option recomputes the analysis, not the fine-tuning
-    proc = run_cli("validate", *TINY[:-1], "40", "--out", str(out))
+    proc = run_cli("validate", *TINY[:-1], "40", *cfg, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert (out / "validate/finetune.pt").stat().st_mtime_ns == before["validate/finetune.pt"]
     assert json.loads((out / "validation.json").read_text())["random_draws"] == 40
@@ -177,6 +214,20 @@ def test_bad_validate_options(tmp_path, args, needles):
     assert_user_error(proc, *needles)
 
 
+@pytest.mark.parametrize("table,needles", [
+    ("[validate]\nfinetune_stepz = 5\n", ["[validate]", "finetune_stepz", "unknown field"]),
+    ("[validate]\nepisodes = 0\n", ["[validate]", "episodes", "greater than or equal to 1"]),
+    ("[valid]\nepisodes = 2\n", ["unknown table", "validate"]),
+])
+def test_bad_validate_config_table(tmp_path, table, needles):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(table)
+    proc = run_cli("validate", "--suite", "cartpole-planted", "--steps", "64", "--config", str(cfg), "--out", str(tmp_path / "o"))
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "o").exists()
+
+
 def test_validate_help():
     proc = run_cli("validate", "--help")
     assert proc.returncode == 0 and "--finetune-steps" in proc.stdout and "--finetune-seeds" in proc.stdout
+

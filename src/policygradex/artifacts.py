@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -35,30 +36,87 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+# Test hook (docs/reliability.md): ``POLICYGRADEX_CRASH_AT=<event>`` makes the process SIGKILL
+# itself at that event, so tests can kill a run at a chosen point.  Events: ``write:<path>``
+# (an atomic write whose target path ends with <path>, killed after its temporary file is
+# written, left half-truncated, and before the rename) and ``train:update:<k>`` (after PPO
+# update k).  ``POLICYGRADEX_CRASH_SIGNAL=INT`` sends SIGINT (a Ctrl-C) instead of SIGKILL.
+# Unset, it costs one dictionary lookup.
+CRASH_ENV = "POLICYGRADEX_CRASH_AT"
+
+
+def crash_point(event: str, tmp: str | None = None) -> None:
+    """SIGKILL (or SIGINT) this process when ``event`` matches ``$POLICYGRADEX_CRASH_AT`` (tests only)."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    kind, _, what = spec.partition(":")
+    ekind, _, ewhat = event.partition(":")
+    if kind != ekind or not (ewhat == what or (kind == "write" and ewhat.endswith("/" + what))):
+        return
+    if tmp is not None:  # leave a genuinely partial temporary file behind
+        with contextlib.suppress(OSError):
+            os.truncate(tmp, os.path.getsize(tmp) // 2)
+    import signal
+
+    sig = signal.SIGINT if os.environ.get("POLICYGRADEX_CRASH_SIGNAL", "").upper() in ("INT", "SIGINT") else signal.SIGKILL
+    os.kill(os.getpid(), sig)  # SIGINT: Python's handler raises KeyboardInterrupt as soon as this returns
+
+
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_message(exc: OSError, path: str | Path) -> str:
+    """One line for an OSError met while writing ``path``: disk full, not writable, or other."""
+    if exc.errno in DISK_FULL:
+        return f"disk full while writing {path}; free space and rerun the same command (finished stages are kept)"
+    if exc.errno in NOT_WRITABLE:
+        return f"cannot write {path}: {exc.strerror or 'permission denied'}; choose a writable --out"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"cannot write {path}: a path component is a file, not a directory ({exc.strerror}); choose another --out"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+def _umask() -> int:
+    with contextlib.suppress(OSError, ValueError):  # Linux: read it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # mkstemp creates 0600; artifacts get the usual permissions
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temporary file next to ``path``; rename it onto ``path`` on success."""
+    """Open a temporary file next to ``path``; rename it onto ``path`` on success.
+
+    Any OSError (disk full, read-only or missing directory) becomes a one-line UserError
+    naming the path; the temporary file is removed, and ``path`` keeps its old content."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except PermissionError as exc:
-        raise UserError(f"output directory {path.parent} is not writable ({exc.strerror})") from exc
     except OSError as exc:
-        raise UserError(f"cannot write to {path.parent}: {exc.strerror}") from exc
+        raise UserError(os_error_message(exc, path)) from exc
     try:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point(f"write:{path.as_posix()}", tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if exc.errno == 28:  # ENOSPC
-            raise UserError(f"disk full while writing {path}; free space and rerun (finished stages are kept)") from exc
-        raise
+        raise UserError(os_error_message(exc, path)) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -147,9 +205,10 @@ def read_manifest(run_dir: str | Path, stage: str) -> dict | None:
     if not p.exists():
         return None
     try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+        m = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a corrupted manifest means an unfinished stage: it is recomputed
+    return m if isinstance(m, dict) and isinstance(m.get("files", {}), dict) else None
 
 
 def stage_is_current(run_dir: str | Path, stage: str, key: str) -> bool:
@@ -160,7 +219,7 @@ def stage_is_current(run_dir: str | Path, stage: str, key: str) -> bool:
     run_dir = Path(run_dir)
     for rel, digest in m.get("files", {}).items():
         f = run_dir / rel
-        if not f.exists() or sha256_file(f) != digest:
+        if not f.is_file() or sha256_file(f) != digest:
             return False
     return True
 
@@ -236,3 +295,147 @@ def read_table(path: str | Path, index: bool = False):
 
     rows = list(csv.reader(io.StringIO(Path(path).read_text())))[1:]
     return np.array([[float(c) if c else float("nan") for c in (r[1:] if index else r)] for r in rows], dtype=float)
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 of a nested structure of dicts, lists, tensors, arrays and scalars, independent
+    of how it is serialized: a checkpoint stores the digest of its own content, so a bit flip
+    that ``torch.load`` does not notice (tensor data) is still detected on load."""
+    h = hashlib.sha256()
+    _digest_into(h, obj)
+    return h.hexdigest()
+
+
+def _digest_into(h, obj: Any) -> None:
+    import numpy as np
+    import torch
+
+    if isinstance(obj, dict):
+        h.update(b"{%d" % len(obj))
+        for k in sorted(obj, key=repr):
+            _digest_into(h, k)
+            _digest_into(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[%d" % len(obj))
+        for v in obj:
+            _digest_into(h, v)
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, np.ndarray) and obj.dtype != object:
+        h.update(f"A{obj.dtype.str}{obj.shape}".encode())
+        h.update(np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, (bytes, bytearray)):
+        h.update(b"B%d:" % len(obj) + bytes(obj))
+    elif obj is None or isinstance(obj, (bool, int, float, str, np.generic)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    else:
+        import pickle
+
+        h.update(b"P" + pickle.dumps(obj, protocol=4))
+
+
+# --- one process per run directory, stale temporary files, interruption ---------------------
+
+_LOCKS: dict[str, Any] = {}
+
+
+def lock_run_dir(directory: str | Path, flag: str = "--out") -> None:
+    """Hold ``directory/.lock`` (flock) until this process exits, so two processes never write
+    one run directory at once; the kernel drops the lock when the process dies, SIGKILL
+    included.  Re-entrant within a process.  Then remove temporary files that killed
+    processes left behind (``.<name>.<random>.tmp``; they are never read)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{flag} {directory} exists and is not a directory; choose another {flag}")
+    key = str(directory.resolve())
+    if key in _LOCKS:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fh = open(directory / ".lock", "a+")
+    except OSError as exc:
+        raise UserError(os_error_message(exc, directory)) from exc
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no locking
+        _LOCKS[key] = fh
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise UserError(f"{flag} {directory} is in use by another policygradex process (pid {holder}); "
+                        f"wait for it to finish or choose another {flag}") from None
+    except OSError:  # a filesystem without locks: go on unlocked
+        pass
+    with contextlib.suppress(OSError):
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+    _LOCKS[key] = fh
+    remove_stale_temps(directory)
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes under ``directory``."""
+    removed = []
+    for p in Path(directory).rglob(".*.tmp"):
+        if p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a one-line account of what was kept on disk."""
+
+
+def kept_summary(directory: str | Path) -> str:
+    """What an interrupted run leaves behind that a rerun will reuse."""
+    directory = Path(directory)
+    stages = []
+    for m in sorted(directory.glob("*.manifest.json"), key=lambda p: p.stat().st_mtime_ns):
+        name = m.name[: -len(".manifest.json")]
+        if stage_is_current(directory, name, (read_manifest(directory, name) or {}).get("key")):
+            stages.append(name)
+    ckpts = sorted(directory.glob("checkpoints/step_*.pt")) + sorted(directory.glob("train/checkpoints/step_*.pt"))
+    parts = []
+    if stages:
+        parts.append(f"finished stages {', '.join(stages)}")
+    if ckpts:
+        parts.append(f"{len(ckpts)} training checkpoint{'s' if len(ckpts) != 1 else ''} "
+                     f"(newest {ckpts[-1].relative_to(directory).as_posix()})")
+    kept = "; ".join(parts) if parts else "nothing yet"
+    return f"interrupted: kept in {directory}: {kept}; rerun the same command to resume"
+
+
+_GENERIC_INTERRUPT = "interrupted: finished stages and checkpoints are kept; rerun the same command to resume"
+_last_interrupt: list[str] = []
+
+
+@contextlib.contextmanager
+def interrupt_summary(directory: str | Path) -> Iterator[None]:
+    """Turn Ctrl-C into :class:`Interrupted` saying what ``directory`` keeps (also remembered for
+    :func:`interruption_message`: the CLI framework turns Ctrl-C into exit code 130 on its way out)."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        try:
+            msg = kept_summary(directory)
+        except Exception:  # never let the account of an interruption fail
+            msg = _GENERIC_INTERRUPT
+        _last_interrupt.append(msg)
+        raise Interrupted(msg) from None
+
+
+def interruption_message() -> str:
+    """The account of the latest interruption in this process (a generic line if none)."""
+    return _last_interrupt[-1] if _last_interrupt else _GENERIC_INTERRUPT

@@ -21,17 +21,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Which RL tasks to train together: PolicyGradEx task grouping from projected policy gradients.")
 out = Console()
 
-SUITE_HELP = "built-in suite (cartpole, cartpole-planted, lunarlander), a suite .toml file, or env:<gymnasium id>"
+SUITE_HELP = ("built-in suite (cartpole, cartpole-planted, lunarlander, highway, metaworld-mt10, metaworld-mt50), "
+              "metaworld:<task>,<task>,... (Meta-World v3 names), a suite .toml file, or env:<gymnasium id>")
 
 
 # Options shared by `run` and `validate` (validate must be able to name the same run).
 TasksOpt = Annotated[Optional[int], typer.Option("--tasks", help="number of tasks for a built-in suite")]
 SuiteSeedOpt = Annotated[int, typer.Option("--suite-seed", help="seed of the built-in suite's task generator")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="budget profile of the highway and Meta-World suites: "
+                                                  "quick (the default: a smoke run of minutes) or paper (long runs; docs/suites.md)")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="meta-training environment steps over all tasks")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file with \\[ppo], \\[estimate] and \\[group] tables")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file with \\[ppo], \\[estimate], \\[group] (and, for validate, \\[validate]) tables")]
 KOpt = Annotated[Optional[int], typer.Option("--k", help="fixed number of groups (default: chosen automatically)")]
 PenaltyScaleOpt = Annotated[Optional[float], typer.Option("--penalty-scale", help="auto-k price per group, in units of mean |U|")]
 DOpt = Annotated[Optional[int], typer.Option("--d", help="projection dimension (default 400)")]
+ProjectorOpt = Annotated[Optional[str], typer.Option("--projector", help="structured (per-layer, from one batched forward/backward; docs/projector.md) or dense (seeded Gaussian P); default structured")]
 TransitionsOpt = Annotated[Optional[int], typer.Option("--transitions", help="transitions of theta* per task (default 8192)")]
 SubsetSizeOpt = Annotated[Optional[int], typer.Option("--subset-size", help="tasks per subset (default about n/2)")]
 CoverageOpt = Annotated[Optional[int], typer.Option("--coverage", help="minimum subsets per pair of tasks (default 3)")]
@@ -42,6 +46,18 @@ CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="pin 
 MinReturnOpt = Annotated[Optional[float], typer.Option("--min-return", help="refuse a meta-policy whose mean return is below this")]
 NullPermutationsOpt = Annotated[Optional[int], typer.Option("--null-permutations", help="permutations of the null test (default 200)")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default 1)")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="where independent units run (validate: fine-tuning per subset and seed; run: features per task): local (this machine) or ray (docs/scaling.md)")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="with --backend ray: an existing Ray cluster (auto, HOST:6379 or ray://HOST:10001); default: start a local Ray instance")]
+AlgoOpt = Annotated[str, typer.Option("--algo", help="meta-trainer: ppo (multi-task PPO, the default) or sac (multi-task SAC with a "
+                                            "per-task entropy temperature, continuous actions; options in a \\[sac] table of --config; docs/sac.md)")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="local: worker processes (default 1: in this process); ray without --ray-address: CPUs of the local Ray instance")]
+
+
+def _backend(name: str, workers: Optional[int], address: Optional[str]):
+    """The execution backend of --backend/--workers/--ray-address (user mistakes are UserErrors)."""
+    from .backend import make_backend
+
+    return make_backend(name, workers=workers, address=address)
 
 
 def _hidden(text: Optional[str]) -> Optional[tuple[int, ...]]:
@@ -70,13 +86,43 @@ def _ppo_config(suite, steps, seed, threads, envs_per_task, hidden, norm_adv, ch
     return parse(PPOConfig, data, "options", flags)
 
 
+def _check_algo(algo: str) -> str:
+    from .config import ALGOS
+
+    if algo not in ALGOS:
+        raise UserError(f"--algo must be one of {', '.join(ALGOS)}, got {algo!r}")
+    return algo
+
+
+def _sac_config(suite, steps, seed, threads, envs_per_task, hidden, checkpoint_every, config_file):
+    """The SACConfig of ``--algo sac``: defaults, the suite profile's SAC preset (rl.sac.PROFILES),
+    the --config file's [sac] table, then the flags."""
+    from .config import SACConfig, parse
+    from .rl.sac import preset
+    from .runfile import read_section
+
+    data = preset(suite)
+    data.update(read_section(config_file, "sac") if config_file is not None else {})
+    overrides = {"total_steps": steps, "seed": seed, "threads": threads, "envs_per_task": envs_per_task,
+                 "checkpoint_every": checkpoint_every}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if hidden is not None:
+        data["net"] = {**data.get("net", {}), "hidden": hidden}
+    flags = {"total_steps": "--steps", "seed": "--seed", "threads": "--threads", "envs_per_task": "--envs-per-task",
+             "checkpoint_every": "--checkpoint-every", "net.hidden": "--hidden"}
+    return parse(SACConfig, data, "options", flags)
+
+
 def _returns_table(title: str, rows: dict[str, dict]) -> Table:
     t = Table(title=title)
     t.add_column("task")
     t.add_column("mean return", justify="right")
     t.add_column("± std", justify="right")
+    success = all("success_rate" in r for r in rows.values())  # suites with a success_key (Meta-World)
+    if success:
+        t.add_column("success", justify="right")
     for name, r in rows.items():
-        t.add_row(name, f"{r['mean']:.1f}", f"{r['std']:.1f}")
+        t.add_row(name, f"{r['mean']:.1f}", f"{r['std']:.1f}", *([f"{r['success_rate']:.0%}"] if success else []))
     return t
 
 
@@ -85,6 +131,7 @@ def train(
     suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
     tasks: Optional[int] = typer.Option(None, "--tasks", help="number of tasks for a built-in suite"),
     suite_seed: int = typer.Option(0, "--suite-seed", help="seed of the built-in suite's task generator"),
+    profile: ProfileOpt = None,
     steps: Optional[int] = typer.Option(None, "--steps", help="total environment steps over all tasks"),
     seed: int = typer.Option(0, "--seed", help="training seed"),
     out_dir: Path = typer.Option(Path("runs/train"), "--out", help="output directory (checkpoints, history)"),
@@ -96,15 +143,26 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a \\[ppo] table of PPO options"),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard logs to this directory"),
     eval_episodes: int = typer.Option(10, "--eval-episodes", help="evaluation episodes per task after training"),
+    algo: AlgoOpt = "ppo",
 ):
-    """Train a multi-task PPO meta-policy on a suite and print per-task returns."""
-    from .pipeline import train_meta_policy
-    from .rl.evaluate import evaluate_policy
+    """Train a multi-task PPO (or, with --algo sac, SAC) meta-policy on a suite and print per-task returns."""
     from .tasks import load_suite
 
-    s = load_suite(suite, tasks, suite_seed)
-    cfg = _ppo_config(s, steps, seed, threads, envs_per_task, _hidden(hidden), norm_adv, checkpoint_every, config)
-    res = train_meta_policy(s, cfg, out_dir, tensorboard)
+    _check_algo(algo)
+    if algo == "sac" and norm_adv is not None:
+        raise UserError("--norm-adv applies to --algo ppo only")
+    s = load_suite(suite, tasks, suite_seed, profile)
+    if algo == "sac":
+        cfg = _sac_config(s, steps, seed, threads, envs_per_task, _hidden(hidden), checkpoint_every, config)
+    else:
+        cfg = _ppo_config(s, steps, seed, threads, envs_per_task, _hidden(hidden), norm_adv, checkpoint_every, config)
+    from . import artifacts as art
+    from .pipeline import train_meta_policy  # torch: imported once the options are known to be valid
+    from .rl.evaluate import evaluate_policy
+
+    art.lock_run_dir(out_dir)
+    with art.interrupt_summary(out_dir):
+        res = train_meta_policy(s, cfg, out_dir, tensorboard)
     ev = evaluate_policy(res.model, s, episodes=eval_episodes)
     out.print(_returns_table(f"{s.name}: {res.global_step:,} steps, {res.steps_per_second:,.0f} steps/s", ev))
     out.print(f"checkpoints in {out_dir / 'checkpoints'}")
@@ -118,14 +176,14 @@ def evaluate(
     seed: int = typer.Option(12345, "--seed", help="evaluation seed"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ):
-    """Per-task mean ± std return of a checkpoint."""
+    """Per-task mean ± std return of a checkpoint (and success rate, for suites that define one)."""
     from .rl.checkpoint import load_checkpoint
     from .rl.evaluate import evaluate_policy
 
     model, s, _, ckpt = load_checkpoint(checkpoint)
     ev = evaluate_policy(model, s, episodes=episodes, deterministic=not stochastic, seed=seed)
     if as_json:
-        print(json.dumps({k: {"mean": v["mean"], "std": v["std"]} for k, v in ev.items()}, indent=2))
+        print(json.dumps({k: {key: v[key] for key in ("mean", "std", "success_rate") if key in v} for k, v in ev.items()}, indent=2))
     else:
         out.print(_returns_table(f"{checkpoint} (step {ckpt['global_step']:,})", ev))
 
@@ -136,12 +194,14 @@ def run(
     out_dir: Path = typer.Option(Path("runs/default"), "--out", help="run directory (artifacts, report.md)"),
     tasks: TasksOpt = None,
     suite_seed: SuiteSeedOpt = 0,
+    profile: ProfileOpt = None,
     steps: StepsOpt = None,
     seed: int = typer.Option(0, "--seed", help="seed of training, collection, projection, subsets and null test"),
     config: ConfigOpt = None,
     k: KOpt = None,
     penalty_scale: PenaltyScaleOpt = None,
     d: DOpt = None,
+    projector: ProjectorOpt = None,
     transitions: TransitionsOpt = None,
     subset_size: SubsetSizeOpt = None,
     coverage: CoverageOpt = None,
@@ -153,15 +213,28 @@ def run(
     null_permutations: NullPermutationsOpt = None,
     threads: ThreadsOpt = None,
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="TensorBoard logs of meta-training"),
+    backend: BackendOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    algo: AlgoOpt = "ppo",
 ):
     """Train theta*, estimate task affinities with PolicyGradEx, and group the tasks."""
-    from .pipeline import run as run_pipeline
     from .tasks import load_suite
 
-    s = load_suite(suite, tasks, suite_seed)
+    _check_algo(algo)
+    s = load_suite(suite, tasks, suite_seed, profile)
     cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                      target_delta, evaluator, checkpoint, min_return, null_permutations)
-    res = run_pipeline(s, cfg, out_dir, tensorboard)
+                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector, algo=algo)
+    from .pipeline import run as run_pipeline  # torch: imported once the options are known to be valid
+
+    be = _backend(backend, workers, ray_address)
+    from .artifacts import interrupt_summary
+
+    try:
+        with interrupt_summary(out_dir):
+            res = run_pipeline(s, cfg, out_dir, tensorboard, backend=be)
+    finally:
+        be.close()
     g = res.groups
     t = Table(title=f"{s.name}: k = {g['k']} groups (null test p = {g['null_p']:.3f})")
     t.add_column("group")
@@ -180,25 +253,30 @@ def run(
 
 
 def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                         target_delta, evaluator, checkpoint, min_return, null_permutations):
+                         target_delta, evaluator, checkpoint, min_return, null_permutations, projector=None, algo="ppo"):
     """The RunConfig of `run` and `validate` (validate must reuse exactly the run that `run` makes)."""
     from .config import RunConfig, parse
     from .runfile import read_section
 
     ppo = _ppo_config(s, steps, seed, threads, None, None, None, None, config)
-    est = read_section(config, "estimate") if config else {}
-    grp = read_section(config, "group") if config else {}
+    sac = _sac_config(s, steps, seed, threads, None, None, None, config) if algo == "sac" else None
+    # the suite's profile presets (highway, Meta-World), then the --config tables, then the flags
+    est = {**s.run_preset.get("estimate", {}), **(read_section(config, "estimate") if config else {})}
+    grp = {**s.run_preset.get("group", {}), **(read_section(config, "group") if config else {})}
     est.update({k_: v for k_, v in dict(d=d, transitions_per_task=transitions, subset_size=subset_size, min_pair_coverage=coverage,
                                         subsets=subsets, target_delta=target_delta, evaluator=evaluator, checkpoint=checkpoint,
-                                        min_return=min_return).items() if v is not None})
+                                        min_return=min_return, projector=projector).items() if v is not None})
     est.setdefault("seed", seed); est.setdefault("projector_seed", seed); est.setdefault("subset_seed", seed)
     grp.update({k_: v for k_, v in dict(k=k, penalty_scale=penalty_scale, null_permutations=null_permutations).items() if v is not None})
     grp.setdefault("null_seed", seed)
     flags = {"estimate.d": "--d", "estimate.transitions_per_task": "--transitions", "estimate.subset_size": "--subset-size",
              "estimate.min_pair_coverage": "--coverage", "estimate.subsets": "--subsets", "estimate.target_delta": "--target-delta",
-             "estimate.evaluator": "--evaluator", "estimate.checkpoint": "--checkpoint", "group.k": "--k",
+             "estimate.evaluator": "--evaluator", "estimate.checkpoint": "--checkpoint", "estimate.min_return": "--min-return", "estimate.projector": "--projector", "group.k": "--k",
              "group.penalty_scale": "--penalty-scale", "group.null_permutations": "--null-permutations"}
-    return parse(RunConfig, {"ppo": ppo.model_dump(), "estimate": est, "group": grp}, "options", flags)
+    data = {"ppo": ppo.model_dump(), "estimate": est, "group": grp}
+    if sac is not None:
+        data.update(algo="sac", sac=sac.model_dump())
+    return parse(RunConfig, data, "options", flags)
 
 
 @app.command()
@@ -213,12 +291,14 @@ def validate(
     random_draws: Optional[int] = typer.Option(None, "--random-draws", help="random groupings for the NMI floor (default 200)"),
     tasks: TasksOpt = None,
     suite_seed: SuiteSeedOpt = 0,
+    profile: ProfileOpt = None,
     steps: StepsOpt = None,
     seed: int = typer.Option(0, "--seed", help="seed of the run, and of fine-tuning and evaluation"),
     config: ConfigOpt = None,
     k: KOpt = None,
     penalty_scale: PenaltyScaleOpt = None,
     d: DOpt = None,
+    projector: ProjectorOpt = None,
     transitions: TransitionsOpt = None,
     subset_size: SubsetSizeOpt = None,
     coverage: CoverageOpt = None,
@@ -229,6 +309,9 @@ def validate(
     min_return: MinReturnOpt = None,
     null_permutations: NullPermutationsOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
 ):
     """Check a run against real fine-tuning on the same subsets: first-order error, ground-truth NMI, speedup."""
     from .config import ValidateConfig, parse
@@ -236,18 +319,29 @@ def validate(
     from .tasks import load_suite
     from .validate import validate as run_validation
 
-    s = load_suite(suite, tasks, suite_seed)
+    s = load_suite(suite, tasks, suite_seed, profile)
     cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                               target_delta, evaluator, checkpoint, min_return, null_permutations)
+                               target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector)
     vopts = dict(finetune_steps=finetune_steps, episodes=episodes, finetune_seeds=finetune_seeds, hessian_probes=probes,
                  hessian_subsets=hessian_subsets, random_draws=random_draws)
-    vdata = {k_: v for k_, v in vopts.items() if v is not None}
-    vdata.update(finetune_seed=seed, eval_seed=12345 + seed, hessian_seed=seed, random_seed=seed)
+    vdata = dict(finetune_seed=seed, eval_seed=12345 + seed, hessian_seed=seed, random_seed=seed)
+    if config:
+        from .runfile import read_section
+        vdata.update(read_section(config, "validate"))
+        parse(ValidateConfig, vdata, f"--config {config} [validate]")
+    vdata.update({k_: v for k_, v in vopts.items() if v is not None})
     vflags = {"finetune_steps": "--finetune-steps", "episodes": "--episodes", "finetune_seeds": "--finetune-seeds",
               "hessian_probes": "--probes", "hessian_subsets": "--hessian-subsets", "random_draws": "--random-draws"}
     vcfg = parse(ValidateConfig, vdata, "options", vflags)
-    run_pipeline(s, cfg, out_dir)
-    r = run_validation(out_dir, s, cfg, vcfg)
+    be = _backend(backend, workers, ray_address)
+    from .artifacts import interrupt_summary
+
+    try:
+        with interrupt_summary(out_dir):
+            run_pipeline(s, cfg, out_dir, backend=be)
+            r = run_validation(out_dir, s, cfg, vcfg, backend=be)
+    finally:
+        be.close()
 
     t = Table(title=f"{s.name}: PolicyGradEx vs real fine-tuning ({r['subsets']['m']} subsets, "
                     f"{r['finetune']['env_steps_per_subset'][0]:,} steps each)")
@@ -280,18 +374,106 @@ def validate(
     out.print(f"outputs: {out_dir}/validation.json, approx_error.png, estimated_vs_true.png, validate/")
 
 
+@app.command()
+def compare(
+    suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
+    out_dir: Path = typer.Option(Path("runs/compare"), "--out", help="output directory (comparison.json/.csv/.png, per-unit cache, the run in DIR/run)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (default: multitask, softmod, random, gradsim, pcgrad, tag, policygradex; meta-RL on held-out tasks: meta-maml, meta-policygradex, meta-multitask)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="training seeds per method (default 3)"),
+    steps_per_task: Optional[int] = typer.Option(None, "--steps-per-task", help="environment steps per task for every method (default 20480)"),
+    episodes: Optional[int] = typer.Option(None, "--episodes", help="evaluation episodes per task (default 10)"),
+    greedy: bool = typer.Option(False, "--greedy", help="evaluate with the greedy action (default: sampled actions, common random numbers)"),
+    warm_start: bool = typer.Option(False, "--warm-start", help="start the MLP policies from theta* instead of from scratch"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="network of the per-group, multitask and pcgrad policies: mlp or softmod"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="the PolicyGradEx run directory to make or reuse (default DIR/run)"),
+    n_test: Optional[int] = typer.Option(None, "--n-test", help="meta-* methods: held-out test tasks (default 50)"),
+    adapt_steps: Optional[int] = typer.Option(None, "--adapt-steps", help="meta-* methods: adaptation gradient steps per held-out task (default 20; paper 200)"),
+    probe_episodes: Optional[int] = typer.Option(None, "--probe-episodes", help="meta-* methods: probe episodes per group policy to pick a held-out task's group (default 3)"),
+    inner_steps: Optional[int] = typer.Option(None, "--inner-steps", help="meta-* methods: FOMAML inner-loop steps (default 1)"),
+    inner_lr: Optional[float] = typer.Option(None, "--inner-lr", help="meta-* methods: SGD step size of the inner loop and of adaptation (default 0.1)"),
+    tasks: TasksOpt = None,
+    suite_seed: SuiteSeedOpt = 0,
+    steps: StepsOpt = None,
+    seed: int = typer.Option(0, "--seed", help="seed of the PolicyGradEx run (downstream training uses seeds 0..N-1)"),
+    config: ConfigOpt = None,
+    k: KOpt = None,
+    penalty_scale: PenaltyScaleOpt = None,
+    d: DOpt = None,
+    projector: ProjectorOpt = None,
+    transitions: TransitionsOpt = None,
+    subset_size: SubsetSizeOpt = None,
+    coverage: CoverageOpt = None,
+    subsets: SubsetsOpt = None,
+    target_delta: TargetDeltaOpt = None,
+    evaluator: EvaluatorOpt = None,
+    checkpoint: CheckpointOpt = None,
+    min_return: MinReturnOpt = None,
+    null_permutations: NullPermutationsOpt = None,
+    threads: ThreadsOpt = None,
+):
+    """Train one policy per group for every method under the same per-task budget; compare per-task returns."""
+    from .compare import compare as run_compare
+    from .config import CompareConfig, parse
+    from .tasks import load_suite
+
+    s = load_suite(suite, tasks, suite_seed)
+    cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
+                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector)
+    cdata = dict(seeds=seeds, steps_per_task=steps_per_task, episodes=episodes, arch=arch, n_test=n_test, adapt_steps=adapt_steps,
+                 probe_episodes=probe_episodes, inner_steps=inner_steps, inner_lr=inner_lr,
+                 methods=None if methods is None else tuple(m.strip() for m in methods.split(",") if m.strip()))
+    cdata = {k_: v for k_, v in cdata.items() if v is not None}
+    cdata.update(deterministic=greedy, warm_start=warm_start)
+    cflags = {"seeds": "--seeds", "steps_per_task": "--steps-per-task", "episodes": "--episodes", "arch": "--arch",
+              "methods": "--methods", "n_test": "--n-test", "adapt_steps": "--adapt-steps", "probe_episodes": "--probe-episodes",
+              "inner_steps": "--inner-steps", "inner_lr": "--inner-lr"}
+    ccfg = parse(CompareConfig, cdata, "options", cflags)
+    r = run_compare(s, cfg, ccfg, out_dir, run_dir)
+    b = r["budget"]
+    t = Table(title=f"{s.name} (n = {s.n}): {b['steps_per_task']:,} env steps per task for every method, "
+                    f"{ccfg.seeds} seed{'s' if ccfg.seeds > 1 else ''}, mean return over tasks ± 95% CI")
+    for col in ("method", "mean return", "± 95% CI", "vs multitask", "groups (seed 0)", "wall s / seed"):
+        t.add_column(col, justify="left" if col in ("method", "groups (seed 0)") else "right")
+    for name in r["methods_order"]:
+        e = r["methods"][name]
+        rel = e.get("vs_multitask", {}).get("relative")
+        t.add_row(name, f"{e['mean']:.1f}", "-" if e["ci95_halfwidth"] is None else f"{e['ci95_halfwidth']:.1f}",
+                  "-" if rel is None else f"{rel:+.1%}", " | ".join(str(len(g)) for g in e["groups"][0]) + " tasks",
+                  f"{e['wall_s']['mean']:.0f}")
+    out.print(t)
+    out.print(f"outputs: {out_dir}/comparison.json, comparison.csv, comparison.png; trained policies in {out_dir}/compare/<method>/seed_<s>/")
+
+
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
+    # gymnasium's passive env checker warns (several lines) before an environment's bad output is
+    # reported; rl.rollout.TaskEnv checks the same things and names the task and the call
+    warnings.filterwarnings("ignore", module=r"gymnasium\.utils\.passive_env_checker")
     try:
         rv = app(args=argv, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        if code == 130:  # typer turns Ctrl-C into exit code 130; say what was kept
+            from .artifacts import interruption_message
+
+            print(interruption_message(), file=sys.stderr)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     except typer.Exit as exc:
         code = exc.exit_code
-    except (KeyboardInterrupt, typer.Abort):
-        print("interrupted: finished stages and checkpoints are kept; rerun the same command to resume", file=sys.stderr)
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        from .artifacts import Interrupted, interruption_message
+
+        print(str(exc) if isinstance(exc, Interrupted) else interruption_message(), file=sys.stderr)
         code = 130
+    except OSError as exc:  # disk full, read-only or vanished output directory met outside an atomic write
+        from .artifacts import DISK_FULL, NOT_WRITABLE, os_error_message
+
+        if exc.errno not in DISK_FULL | NOT_WRITABLE:
+            raise
+        print(f"error: {os_error_message(exc, exc.filename or 'the output directory')}", file=sys.stderr)
+        code = 2
     except typer.TyperException as exc:  # click-style usage errors (bad option, missing argument)
         if type(exc).__name__ == "NoArgsIsHelpError":
             print(exc.format_message())

@@ -9,18 +9,34 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from .errors import UserError
 
 
+MAX_SEED = 2**32 - 1
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # NaN and inf are refused in every float field: a NaN compares false with every bound
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _seed_range(cls, v, info):
+        """Every ``*seed`` field is a seed of numpy, torch and gymnasium: 0 .. 2**32 - 1."""
+        if (info.field_name or "").endswith("seed") and isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_SEED:
+            raise ValueError(f"must be a seed between 0 and {MAX_SEED}")
+        return v
 
 
 class NetConfig(Strict):
     hidden: tuple[int, ...] = Field((64, 64, 64), description="hidden layer widths of actor and critic MLPs (default: 4 linear layers, as in the paper)")
     activation: Literal["tanh", "relu", "elu"] = Field("tanh", description="hidden activation")
+    arch: Literal["mlp", "softmod"] = Field("mlp", description="actor and critic body: an MLP of `hidden` widths, or Soft Modularization (modules + task-conditioned routing, Yang et al. 2020)")
+    softmod_modules: int = Field(4, ge=1, description="softmod: modules per layer")
+    softmod_layers: int = Field(2, ge=1, description="softmod: module layers (routed between consecutive layers)")
+    softmod_width: int = Field(32, ge=1, description="softmod: width of every module and of the state/task embeddings")
 
     @field_validator("hidden")
     @classmethod
@@ -28,6 +44,16 @@ class NetConfig(Strict):
         if not v or any(h < 1 for h in v):
             raise ValueError("hidden must be a non-empty list of positive widths")
         return v
+
+    @model_serializer(mode="wrap")
+    def _omit_mlp_defaults(self, handler):
+        # An MLP config dumps exactly as before `arch` existed, so the hashes of existing run
+        # stages and the configs stored in existing checkpoints still match.
+        data = handler(self)
+        if self.arch == "mlp" and isinstance(data, dict):
+            for key in ("arch", "softmod_modules", "softmod_layers", "softmod_width"):
+                data.pop(key, None)
+        return data
 
 
 class PPOConfig(Strict):
@@ -51,7 +77,17 @@ class PPOConfig(Strict):
     checkpoint_every: int = Field(10, ge=1, description="save a checkpoint every this many updates (and at the end)")
     seed: int = Field(0, description="random seed")
     threads: int = Field(1, ge=1, description="torch threads (1 is fastest for small networks)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device of the PPO updates and per-sample gradients: auto (cuda when available), cpu or cuda; rollouts always run on the CPU")
     net: NetConfig = Field(default_factory=NetConfig)
+
+    @model_serializer(mode="wrap")
+    def _omit_auto_device(self, handler):
+        # the default device dumps as before the field existed: stage hashes and the configs in
+        # existing checkpoints still match, and a run moved between a CPU and a GPU machine resumes
+        data = handler(self)
+        if self.device == "auto" and isinstance(data, dict):
+            data.pop("device", None)
+        return data
 
     def batch_size(self, n_tasks: int) -> int:
         return n_tasks * self.envs_per_task * self.num_steps
@@ -60,13 +96,48 @@ class PPOConfig(Strict):
         return max(1, self.total_steps // self.batch_size(n_tasks))
 
 
+class SACConfig(Strict):
+    """Multi-task SAC hyperparameters (``--algo sac``, ``[sac]`` table; rl/sac.py, docs/sac.md)."""
+
+    total_steps: int = Field(200_000, ge=1, description="total environment steps over all tasks")
+    envs_per_task: int = Field(1, ge=1, description="parallel environments per task")
+    buffer_size: int = Field(1_000_000, ge=1, description="replay buffer capacity in transitions (all tasks, with their task id)")
+    batch_size: int = Field(512, ge=1, description="transitions per update, sampled uniformly from the buffer (tasks mixed)")
+    learning_starts: int = Field(5_000, ge=0, description="environment steps (all tasks) of uniform random actions before the first update")
+    gradient_steps: int = Field(1, ge=1, description="updates per vector-environment step (one step of every environment)")
+    actor_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the actor")
+    critic_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the twin Q critics")
+    alpha_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the per-task log temperatures")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
+    tau: float = Field(0.005, gt=0, le=1, description="Polyak coefficient of the target critics")
+    init_alpha: float = Field(1.0, gt=0, description="initial entropy temperature of every task")
+    target_entropy: float | None = Field(None, description="target entropy per task (default -|A|, minus the action dimension)")
+    advantage_samples: int = Field(10, ge=1, description="actions of pi per state in V(s) = E[min Q - alpha log pi] for the advantages")
+    advantage: Literal["soft", "q_minus_v"] = Field("soft", description="features' advantage: soft = Q(s,a) - alpha log pi(a|s) - V(s) (mean 0 under pi), q_minus_v = Q(s,a) - V(s) (mean -alpha H(pi): one-sided labels when Q is flat)")
+    checkpoint_every: int = Field(10_000, ge=1, description="save a checkpoint every this many environment steps over all tasks (and at the end)")
+    seed: int = Field(0, description="random seed")
+    threads: int = Field(1, ge=1, description="torch threads (1 is fastest for small networks)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device of the SAC updates and per-sample gradients; rollouts run on the CPU")
+    net: NetConfig = Field(default_factory=lambda: NetConfig(hidden=(256, 256), activation="relu"))
+
+    @model_serializer(mode="wrap")
+    def _omit_auto_device(self, handler):
+        data = handler(self)
+        if self.device == "auto" and isinstance(data, dict):
+            data.pop("device", None)
+        return data
+
+
+ALGOS = ("ppo", "sac")
+
+
 def validation_message(exc: ValidationError, source: str, labels: dict[str, str] | None = None) -> str:
     """One line naming the first offending field (or its CLI flag via ``labels``) and what is allowed."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    msg = err["msg"].removeprefix("Value error, ")
     if labels and loc in labels:
-        return f"{labels[loc]}: {err['msg']}"
-    msg = err["msg"]
+        return f"{labels[loc]}: {msg}"
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
     return f"{source}: {loc}: {msg}"
@@ -93,7 +164,7 @@ class EstimateConfig(Strict):
     collect_envs_per_task: int = Field(8, ge=2, description="environment copies per task during collection")
     heldout_frac: float = Field(0.25, gt=0, lt=1, description="fraction of each task's environment copies held out for evaluation")
     adv_scaling: Literal["none", "task"] = Field("task", description="divide each task's advantages by their mean |A| before fitting (keeps signs)")
-    projector: Literal["gaussian"] = Field("gaussian", description="random projection of gradients")
+    projector: Literal["dense", "structured"] = Field("structured", description="random projection of gradients: structured (per-layer Khatri-Rao, d split by gradient energy; ~2x one forward+backward, docs/projector.md) or dense (seeded Gaussian P, ~50-150x; 'gaussian' is accepted as an alias)")
     d: int = Field(400, ge=1, le=100_000, description="projection dimension")
     projector_seed: int = Field(0, description="seed of the random projection")
     chunk_size: int = Field(512, ge=1, description="transitions per per-sample-gradient chunk")
@@ -105,6 +176,11 @@ class EstimateConfig(Strict):
     evaluator: Literal["first_order_ppo", "surrogate_loss", "rollout_return"] = Field("first_order_ppo", description="performance estimate f(S, i)")
     rollout_episodes: int = Field(8, ge=1, description="episodes per task and subset for the rollout_return evaluator")
     seed: int = Field(0, description="seed of collection")
+
+    @field_validator("projector", mode="before")
+    @classmethod
+    def _projector_alias(cls, v):
+        return "dense" if v == "gaussian" else v  # the dense projector's spec kind, accepted as an alias
 
 
 class GroupConfig(Strict):
@@ -126,6 +202,21 @@ class RunConfig(Strict):
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     group: GroupConfig = Field(default_factory=GroupConfig)
+    algo: Literal["ppo", "sac"] = Field("ppo", description="meta-trainer: ppo (multi-task PPO) or sac (multi-task SAC, continuous actions)")
+    sac: SACConfig = Field(default_factory=SACConfig)
+
+    @model_serializer(mode="wrap")
+    def _omit_ppo_algo(self, handler):
+        # a PPO run dumps exactly as before `algo` existed (config.json, hashes of whole configs)
+        data = handler(self)
+        if self.algo == "ppo" and isinstance(data, dict):
+            data.pop("algo", None)
+            data.pop("sac", None)
+        return data
+
+    def learner(self) -> "PPOConfig | SACConfig":
+        """The meta-trainer's config: ``sac`` for ``algo = "sac"``, else ``ppo``."""
+        return self.sac if self.algo == "sac" else self.ppo
 
 
 class ValidateConfig(Strict):
@@ -151,3 +242,39 @@ class ValidateConfig(Strict):
         if not v or any(not (0 < b < 1) for b in v):
             raise ValueError("buckets must be a non-empty list of relative distances in (0, 1)")
         return tuple(sorted(v))
+
+
+class CompareConfig(Strict):
+    """``policygradex compare``: downstream training of every method under one budget rule (docs/compare.md)."""
+
+    methods: tuple[str, ...] = Field(("multitask", "softmod", "random", "gradsim", "pcgrad", "tag", "policygradex"),
+                                     description="methods to compare, in table order (see policygradex.compare.methods.METHODS)")
+    seeds: int = Field(3, ge=1, description="training seeds per method (0, 1, ..., seeds - 1)")
+    steps_per_task: int = Field(20_480, ge=1, description="environment steps per task for every method (a group of s tasks trains for s x this); rounded up to whole PPO iterations")
+    episodes: int = Field(10, ge=1, description="evaluation episodes per task")
+    deterministic: bool = Field(False, description="evaluate with the greedy action instead of sampled actions")
+    eval_seed: int = Field(12345, description="seed of the evaluation episodes (the same for every method and seed: common random numbers)")
+    warm_start: bool = Field(False, description="start every MLP policy from theta* (the run's meta-policy) instead of from scratch")
+    arch: Literal["mlp", "softmod"] = Field("mlp", description="network of the per-group policies and of the multitask/pcgrad policies (the softmod method always uses softmod)")
+    minibatches: Literal["same_count", "preset_size"] = Field("same_count", description="same_count: every policy makes as many minibatch steps per epoch as the all-task policy (minibatch size scaled with the group's batch); preset_size: the preset's minibatch size for every policy (smaller groups then make fewer optimizer steps)")
+    tag_checkpoints: int = Field(5, ge=1, description="tag: meta-training checkpoints (evenly spaced) at which lookahead affinities are measured and averaged")
+    tag_transitions: int = Field(2048, ge=64, description="tag: transitions per task collected at each checkpoint")
+    tag_delta: float = Field(0.01, gt=0, le=0.5, description="tag: lookahead step size as a relative distance ||eta g|| / ||theta|| (mean over tasks)")
+    n_test: int = Field(50, ge=1, le=1000, description="meta-*: held-out test tasks drawn from the training family's parameter ranges")
+    adapt_steps: int = Field(20, ge=0, description="meta-*: gradient steps of test-time adaptation per held-out task, one fresh rollout each (paper: 200)")
+    probe_episodes: int = Field(3, ge=1, description="meta-*: episodes per group policy on a held-out task to pick its group (best mean probe return)")
+    inner_steps: int = Field(1, ge=1, description="meta-*: FOMAML inner-loop adaptation steps per task and meta-iteration")
+    inner_lr: float = Field(0.1, gt=0, description="meta-*: SGD step size of the inner loop and of test-time adaptation")
+    meta_lr: float = Field(1e-2, gt=0, description="meta-*: Adam step size of the FOMAML outer update")
+    meta_envs: int = Field(4, ge=1, description="meta-*: environments per rollout (meta-training and adaptation)")
+    meta_rollout_steps: int = Field(64, ge=1, description="meta-*: steps per environment per rollout (one rollout = meta_envs x this transitions)")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("methods must name at least one method")
+        dup = sorted({m for m in v if v.count(m) > 1})
+        if dup:
+            raise ValueError(f"methods are listed twice: {', '.join(dup)}")
+        return v

@@ -17,6 +17,7 @@ and a changed option recomputes only what depends on it.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,21 @@ from .ui import console, progress_bar
 
 
 def train_meta_policy(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: str | Path | None = None) -> TrainResult:
-    """Stage 1: multi-task PPO on all tasks, with a progress bar (steps/s, mean return, ETA)."""
+    """Stage 1: multi-task PPO on all tasks (multi-task SAC for a ``SACConfig``: rl.sac), with a
+    progress bar (steps/s, mean return, ETA)."""
+    from .config import SACConfig
+
+    if isinstance(cfg, SACConfig):
+        from .rl import sac
+
+        sac.check_action_space(suite.action_space, suite.name)
+        E = suite.n * cfg.envs_per_task
+        with progress_bar(max(1, math.ceil(cfg.total_steps / E)) * E, f"train {suite.name} (SAC)") as bar:
+            def on_step(steps: int, info: dict) -> None:
+                finite = [r for r in info["returns"].values() if r is not None]
+                bar.advance(steps, f"return mean {sum(finite) / len(finite):.1f} min {min(finite):.1f}" if finite else "")
+
+            return sac.train(suite, cfg, out_dir, tensorboard, on_step)
     total = cfg.num_updates(suite.n) * cfg.batch_size(suite.n)
     with progress_bar(total, f"train {suite.name}") as bar:
         def on_update(steps: int, info: dict) -> None:
@@ -70,8 +85,12 @@ def _key(*parts) -> str:
     return art.config_hash([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts])
 
 
-def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str | Path | None = None) -> RunResult:
-    """The whole PolicyGradEx pipeline on ``suite``; artifacts under ``out_dir``."""
+def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
+        backend=None) -> RunResult:
+    """The whole PolicyGradEx pipeline on ``suite``; artifacts under ``out_dir``.
+
+    ``backend`` (:mod:`policygradex.backend`; default this process) runs the stages' independent
+    units (the features of each task); the results do not depend on it."""
     from .estimate.affinity import build_affinity
     from .estimate.evaluators import EVALUATORS
     from .estimate.subsets import default_subset_size, sample_subsets
@@ -87,14 +106,16 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
     if grp.k is not None and grp.k > suite.n:
         raise UserError(f"--k {grp.k} exceeds the number of tasks ({suite.n})")
     run_dir = Path(out_dir)
-    torch.set_num_threads(cfg.ppo.threads)
-    art.write_json(run_dir / "config.json", {"suite": suite.to_dict(), "config": cfg.model_dump(mode="json"), "versions": art.versions()})
+    torch.set_num_threads(cfg.learner().threads)
+    art.lock_run_dir(run_dir)  # one process per run directory; removes temporary files of killed runs
+    art.write_json(run_dir / "config.json", {"suite": suite.to_dict(), "config": cfg.model_dump(mode="json"), "versions": art.versions(),
+                                             "seeds": _seeds(suite, cfg), "command": list(sys.argv)})
 
     # 1. meta-policy
-    k_train = _key(suite.to_dict(), cfg.ppo)
+    k_train = _key(suite.to_dict(), cfg.ppo) if cfg.algo == "ppo" else _key(suite.to_dict(), "sac", cfg.sac)
     st = art.Stage(run_dir, "train", k_train)
     if not st.current:
-        res = train_meta_policy(suite, cfg.ppo, run_dir / "train", tensorboard)
+        res = train_meta_policy(suite, cfg.learner(), run_dir / "train", tensorboard)
         st.done([str(p.relative_to(run_dir)) for p in res.checkpoints] + ["train/train_history.json"])
     checkpoints = list_checkpoints(run_dir / "train" / "checkpoints")
 
@@ -108,16 +129,15 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
         _collect_stage(run_dir, checkpoints, cfg)
         st.done(["collect/rollouts.pt", "collect/meta_policy.json"])
     meta = art.read_json(run_dir / "collect" / "meta_policy.json")
-    if est.min_return is not None and meta["mean_return"] < est.min_return:
-        raise UserError(f"meta-policy too weak: mean per-task return {meta['mean_return']:.1f} < --min-return {est.min_return}; "
-                        "train longer (--steps) or lower --min-return")
+    if est.min_return is not None:
+        _check_min_return(meta, est.min_return)
     model, _, _, _ = load_checkpoint(run_dir / "train" / "checkpoints" / meta["checkpoint"])
 
     # 3. projected gradient features
     k_feat = _key(st.digest, est.model_dump(include={"adv_scaling", "projector", "d", "projector_seed"}))
     st = art.Stage(run_dir, "features", k_feat)
     if not st.current:
-        _features_stage(run_dir, model, suite, cfg)
+        _features_stage(run_dir, model, suite, cfg, backend)
         st.done(sorted(str(p.relative_to(run_dir)) for p in (run_dir / "features").iterdir() if not p.name.startswith(".")))
     from .estimate.features import FeatureStore
 
@@ -214,6 +234,28 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
     return RunResult(run_dir, groups, U, suite.names)
 
 
+def _seeds(suite: TaskSuite, cfg: RunConfig) -> dict:
+    """Every seed of a run in one place (config.json); all of them are also in the config."""
+    est = cfg.estimate
+    return {"suite": getattr(suite, "source", None), "train": cfg.learner().seed, "collect": est.seed, "projector": est.projector_seed,
+            "subsets": est.subset_seed, "null_test": cfg.group.null_seed}
+
+
+def _check_min_return(meta: dict, min_return: float) -> None:
+    """Refuse a meta-policy too weak to trust (``--min-return``): the mean per-task return of
+    theta*'s collection episodes, or of its last training episodes when collection finished none."""
+    ret, source = meta["mean_return"], "collection"
+    if ret is None or not math.isfinite(ret):
+        finite = [v for v in (meta.get("training_returns") or {}).values() if v is not None]
+        ret, source = (float(np.mean(finite)), "training") if finite else (None, None)
+    if ret is None:
+        raise UserError(f"--min-return {min_return}: no episode of theta* finished, so its return is unknown; "
+                        "raise --transitions or drop --min-return")
+    if ret < min_return:
+        raise UserError(f"meta-policy too weak: mean per-task return {ret:.1f} ({source} episodes of theta*) < --min-return "
+                        f"{min_return}; train longer (--steps) or lower --min-return")
+
+
 def _approx_error_at_surrogate(run_dir: Path, model, store, members: np.ndarray, U: torch.Tensor, max_subsets: int = 5) -> dict:
     """First-order error ||dlogp_true - g^T Delta|| / ||dlogp_true|| along the surrogate's own steps
     Delta = P u_S (held-out rows of each subset's tasks), for the first ``max_subsets`` subsets."""
@@ -263,14 +305,46 @@ def _collect_stage(run_dir: Path, checkpoints: list[Path], cfg: RunConfig) -> No
     })
 
 
-def _features_stage(run_dir: Path, model, suite: TaskSuite, cfg: RunConfig) -> None:
-    from .estimate.features import FeatureStore, build_features, flat_params
-    from .estimate.projection import GaussianProjector
+def _features_setup(shared: dict) -> dict:
+    """Once per worker process: the actor and the projector (rebuilt from its spec, not shipped)."""
+    from .estimate.projection import projector_from_spec
+
+    torch.set_num_threads(shared["threads"])
+    return {**shared, "projector": projector_from_spec(shared["projector"])}
+
+
+def _features_unit(ctx: dict, payload: tuple) -> dict:
+    """The features of one task (``build_features`` works task by task: the same numbers as in one call)."""
+    from .estimate.features import build_features
+
+    torch.set_num_threads(ctx["threads"])
+    x, a, adv, held = payload
+    return build_features(ctx["actor"], [x], [a], [adv], [held], ctx["projector"], ctx["chunk_size"])[0]
+
+
+def _features_by_task(actor, xs, as_, advs, helds, projector, chunk_size: int, threads: int, backend, names) -> list[dict]:
+    """The features stage as one unit per task on ``backend`` (the projector travels as its spec)."""
+    from .backend import Resources, Unit
+
+    units = [Unit(f"task-{i}", (xs[i], as_[i], advs[i], helds[i]), (names[i],), f"features of {names[i]}", float(len(xs[i])))
+             for i in range(len(xs))]
+    shared = {"actor": actor, "projector": projector.spec(), "chunk_size": chunk_size, "threads": threads}
+    out: dict[str, dict] = {}
+    with progress_bar(sum(u.cost for u in units), f"features ({backend.name}, {len(units)} tasks)", unit="transitions") as bar:
+        for unit, res in backend.map(_features_unit, units, shared=shared, setup=_features_setup, resources=Resources(cpus=threads)):
+            out[unit.key] = res
+            bar.advance(unit.cost, unit.label)
+    return [out[u.key] for u in units]
+
+
+def _features_stage(run_dir: Path, model, suite: TaskSuite, cfg: RunConfig, backend=None) -> None:
+    import warnings
+
+    from .estimate.features import FeatureStore, build_features, build_projector, flat_params
 
     est = cfg.estimate
     c = load_rollouts(run_dir)
     theta = flat_params(model.actor)
-    projector = GaussianProjector(theta.numel(), est.d, est.projector_seed)
     xs, as_, advs, helds = [], [], [], []
     for i in range(suite.n):
         m = c["task"] == i
@@ -278,11 +352,29 @@ def _features_stage(run_dir: Path, model, suite: TaskSuite, cfg: RunConfig) -> N
         if est.adv_scaling == "task":
             adv = adv / adv.abs().mean().clamp_min(1e-12)
         xs.append(c["x"][m]); as_.append(c["actions"][m]); advs.append(adv); helds.append(c["heldout"][m])
+    with warnings.catch_warnings(record=True):  # a dense fallback is printed below and recorded in the manifest
+        warnings.simplefilter("always")
+        projector = build_projector(est.projector, model.actor, torch.cat(xs), torch.cat(as_), est.d, est.projector_seed)
+    for name, why in getattr(projector, "fallback", {}).items():
+        console.print(f"[yellow]note:[/] structured projector: dense fallback for {name} ({why})")
     total = sum(len(x) for x in xs)
-    with progress_bar(total, "features", unit="transitions") as bar:
-        per_task = build_features(model.actor, xs, as_, advs, helds, projector, est.chunk_size, progress=bar.advance)
+    from .rl.device import resolve_device
+
+    dev = resolve_device(cfg.learner().device)  # per-sample gradients on the GPU when there is one; stored on the CPU
+    if backend is not None and backend.parallelism > 1 and dev.type == "cpu":  # one unit per task, same numbers
+        per_task = _features_by_task(model.actor, xs, as_, advs, helds, projector, est.chunk_size, cfg.learner().threads, backend,
+                                     suite.names)
+    else:
+        with progress_bar(total, "features", unit="transitions") as bar:
+            model.actor.to(dev)
+            try:
+                per_task = build_features(model.actor, [x.to(dev) for x in xs], [a.to(dev) for a in as_], advs, helds, projector,
+                                          est.chunk_size, progress=bar.advance)
+            finally:
+                model.actor.cpu()
+    per_task = [{k: v.cpu() for k, v in d.items()} for d in per_task]
     FeatureStore.write(run_dir / "features", suite.names, per_task, projector, float(theta.norm()),
-                       extra={"adv_scaling": est.adv_scaling})
+                       extra={"adv_scaling": est.adv_scaling, "projector": est.projector})
 
 
 def _surrogate_stage(run_dir: Path, store, members: np.ndarray, target_delta: float) -> None:

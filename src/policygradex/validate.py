@@ -26,8 +26,12 @@ replaces, on the *same* subsets, and measures how far the estimate is from it:
    theta_S (Hessian-vector products by forward-over-reverse ``torch.func``), next to the
    measured gap between held-out and training rows.
 
-The fine-tuning results are cached in ``DIR/validate/finetune.pt`` with a manifest keyed by
-the run's artifacts and the validation options; the analysis in ``DIR/validation.json`` with
+The real route runs as independent units (theta*'s evaluation, one fine-tuning per subset and
+seed) on an execution backend (:mod:`policygradex.backend`: in-process, a process pool or
+Ray; the results do not depend on it).  Every finished unit is cached in
+``DIR/validate/units/`` at once, so an interrupted validation resumes from them; the assembled
+results in ``DIR/validate/finetune.pt`` with a manifest keyed by the run's artifacts and the
+validation options; the analysis in ``DIR/validation.json`` with
 a manifest keyed by the fine-tuning digest, the run's estimates and the analysis options.
 The formulas are in ``docs/validation.md``.
 """
@@ -60,8 +64,39 @@ __all__ = [
     "exact_hessian_trace",
     "finetune_subsets",
     "bucket_label",
+    "agreement",
+    "speedup_breakdown",
     "validate",
 ]
+
+
+def agreement(labels_a: Sequence[int], labels_b: Sequence[int]) -> dict[str, float]:
+    """NMI and ARI (sklearn) of two partitions given as label vectors; invariant to relabeling."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    a, b = np.asarray(labels_a), np.asarray(labels_b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"label vectors must have the same length, got {a.shape} and {b.shape}")
+    return {"nmi": float(normalized_mutual_info_score(a, b)), "ari": float(adjusted_rand_score(a, b))}
+
+
+def speedup_breakdown(policygradex_s: dict[str, float], finetune_s: Sequence[float], eval_s: Sequence[float],
+                      shared_s: dict[str, float | None] | None = None) -> tuple[float | None, dict]:
+    """``(speedup, breakdown)``: the real route (fine-tuning + evaluation of every subset) over the
+    PolicyGradEx route (the sum of its timed stages); stages both routes share (training θ*,
+    sampling subsets, grouping) are listed but counted in neither."""
+    pgx = {k: float(v) for k, v in policygradex_s.items()}
+    pgx_total = float(sum(pgx.values()))
+    ft_total, ev_total = float(sum(finetune_s)), float(sum(eval_s))
+    real_total = ft_total + ev_total
+    breakdown = {
+        "policygradex_s": {**pgx, "total": pgx_total},
+        "real_s": {"finetune": ft_total, "evaluate": ev_total, "total": real_total,
+                   "finetune_per_subset_mean": ft_total / max(len(finetune_s), 1),
+                   "evaluate_per_subset_mean": ev_total / max(len(eval_s), 1)},
+        "shared_not_counted_s": dict(shared_s or {}),
+    }
+    return (real_total / pgx_total if pgx_total > 0 else None), breakdown
 
 
 # ============================================================================ functional actor
@@ -256,8 +291,107 @@ def _effective_steps(n_sub_tasks: int, cfg, total: int) -> int:
     return max(total, batch) // batch * batch
 
 
+# The fine-tuning is split into independent units, each cached on its own and run by an
+# execution backend (policygradex.backend): the evaluation of theta* on every task, and one
+# unit per (subset, seed).  A unit's result depends only on theta*, the suite, the PPO config,
+# the fine-tuning options and its own tasks and seed (it seeds itself), never on the backend,
+# the order of execution or the other units.
+
+#: Version of the per-unit cache format (part of every unit's key).
+_UNIT_FORMAT = 1
+
+
+def finetune_units(names: Sequence[str], members: np.ndarray, ppo_cfg, vcfg: ValidateConfig, prefix: str = "") -> tuple[list, dict]:
+    """The units of the real route: ``(units, index)``.
+
+    ``units`` (:class:`policygradex.backend.Unit`, deduplicated by key): the evaluation of
+    theta* (key ``theta*``-...) and one unit per distinct (subset tasks, seed); ``index`` maps
+    ``("theta*",)`` and ``(s, j)`` (subset ``s``, repeat ``j``) to a unit key.  Keys hash
+    ``prefix`` (what every unit depends on: theta*, suite, PPO config, fine-tuning options),
+    the unit's tasks, seed, and whether it keeps its adaptation path (repeat 0 only).
+    """
+    from .backend import Unit
+
+    m = members.shape[0]
+    reps = vcfg.finetune_seeds
+    index: dict[tuple, str] = {}
+    units: dict[str, Unit] = {}
+    key = art.config_hash([_UNIT_FORMAT, prefix, "theta*"])
+    index[("theta*",)] = key
+    units[key] = Unit(key, ("theta*",), tuple(names), "theta* evaluation", 0.0)
+    for s in range(m):
+        tasks = tuple(int(i) for i in np.flatnonzero(members[s]))
+        for j in range(reps):
+            seed = vcfg.finetune_seed + j
+            key = art.config_hash([_UNIT_FORMAT, prefix, list(tasks), seed, j == 0])
+            index[(s, j)] = key
+            if key not in units:
+                label = f"subset {s + 1}/{m}" + (f" seed {j + 1}/{reps}" if reps > 1 else "")
+                cost = _effective_steps(len(tasks), ppo_cfg, vcfg.finetune_steps)
+                units[key] = Unit(key, ("finetune", tasks, seed, j == 0), tuple(names[i] for i in tasks), label, float(cost))
+    return list(units.values()), index
+
+
+def _finetune_setup(shared: dict) -> dict:
+    """Once per worker process: rebuild the suite and theta* from the shared inputs."""
+    from .config import PPOConfig
+    from .rl.checkpoint import build_model
+
+    ppo = PPOConfig.model_validate(shared["ppo"])
+    torch.set_num_threads(ppo.threads)
+    suite = TaskSuite.from_dict(shared["suite"])
+    model = build_model(suite, ppo)
+    model.load_state_dict(shared["model"])
+    model.eval()
+    return {**shared, "ppo": ppo, "suite": suite, "model": model, "probe": copy.deepcopy(model.actor)}
+
+
+def _finetune_unit(ctx: dict, payload: tuple) -> dict:
+    """One unit of the real route (runs in a worker): theta*'s evaluation, or the fine-tuning of
+    theta* on a subset's tasks with one seed followed by the evaluation of theta_S."""
+    from .estimate.features import flat_params
+    from .rl.evaluate import evaluate_policy
+    from .rl.ppo import finetune
+
+    torch.set_num_threads(ctx["ppo"].threads)
+    model, suite = ctx["model"], ctx["suite"]
+    if payload[0] == "theta*":
+        base = evaluate_policy(model, suite, episodes=ctx["episodes"], deterministic=False, seed=ctx["eval_seed"])
+        return {"theta_star_returns": {k: v["returns"] for k, v in base.items()}}
+    _, tasks, seed, keep_path = payload
+    res = finetune(model, suite, list(tasks), ctx["ppo"], ctx["finetune_steps"], seed)
+    t0 = time.perf_counter()
+    ev = evaluate_policy(res.model, suite, episodes=ctx["episodes"], deterministic=False, seed=ctx["eval_seed"], tasks=list(tasks))
+    t_ev = time.perf_counter() - t0
+    out = {"f": [ev[suite.names[i]]["mean"] for i in tasks], "returns": [ev[suite.names[i]]["returns"] for i in tasks],
+           "finetune_s": res.wall_s, "eval_s": t_ev, "env_steps": res.env_steps}
+    if keep_path:
+        probe, path = ctx["probe"], []
+        for _, state in res.snapshots:
+            probe.load_state_dict(state)
+            path.append(flat_params(probe).to(torch.float32))
+        out["path"] = torch.stack(path)
+        out["steps"] = [int(k) for k, _ in res.snapshots]
+    return out
+
+
+def _load_unit(cache_dir: Path | None, key: str):
+    """A finished unit's result from the cache, or None (missing, unreadable or another key)."""
+    if cache_dir is None:
+        return None
+    path = cache_dir / f"{key}.pt"
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, weights_only=False)
+    except Exception:  # noqa: BLE001 - a truncated or corrupted unit is recomputed
+        return None
+    return blob["result"] if isinstance(blob, dict) and blob.get("key") == key and "result" in blob else None
+
+
 def finetune_subsets(model, suite: TaskSuite, members: np.ndarray, ppo_cfg, vcfg: ValidateConfig,
-                     progress: Callable[[int, str], None] | None = None) -> dict:
+                     progress: Callable[[int, str], None] | None = None, backend=None,
+                     cache_dir: str | Path | None = None, cache_prefix: str = "", stats: dict | None = None) -> dict:
     """Fine-tune theta* (``model``) on every subset and evaluate it: the real route.
 
     Every subset uses the same fine-tuning seeds and the same evaluation seed (common random
@@ -269,44 +403,59 @@ def finetune_subsets(model, suite: TaskSuite, members: np.ndarray, ppo_cfg, vcfg
     ``returns`` (per subset, per task, the episode returns of every repeat), ``finetune_s`` /
     ``eval_s`` (wall time per subset, all repeats) and ``theta_star_returns`` (theta*
     evaluated the same way on every task).
+
+    The work runs as independent units (:func:`finetune_units`) on ``backend`` (default: this
+    process, serially); the result does not depend on the backend.  With ``cache_dir`` every
+    finished unit is stored there at once (``<key>.pt``, atomically) and units already there
+    are reused, so an interrupted call resumes; ``cache_prefix`` must then hash everything the
+    units depend on besides their tasks and seed.  ``progress(steps, text)`` is called as each
+    unit finishes; ``stats`` (a dict), when given, receives the unit counts.
     """
-    from .estimate.features import flat_params
-    from .rl.evaluate import evaluate_policy
-    from .rl.ppo import finetune
+    from .backend import LocalBackend, Resources
 
     m, n = members.shape
     reps = vcfg.finetune_seeds
+    cache = Path(cache_dir) if cache_dir is not None else None
+    units, index = finetune_units(suite.names, members, ppo_cfg, vcfg, cache_prefix)
+    results = {u.key: r for u in units if (r := _load_unit(cache, u.key)) is not None}
+    pending = [u for u in units if u.key not in results]
+    if stats is not None:
+        stats.update({"units": len(units), "units_reused": len(units) - len(pending), "units_run": len(pending)})
+    if pending:
+        shared = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "suite": suite.to_dict(),
+                  "ppo": ppo_cfg.model_dump(mode="json"), "finetune_steps": vcfg.finetune_steps, "episodes": vcfg.episodes,
+                  "eval_seed": vcfg.eval_seed}
+        be = backend if backend is not None else LocalBackend()
+        for unit, result in be.map(_finetune_unit, pending, shared=shared, setup=_finetune_setup,
+                                   resources=Resources(cpus=ppo_cfg.threads)):
+            if cache is not None:
+                art.save_torch(cache / f"{unit.key}.pt", {"key": unit.key, "result": result})
+            results[unit.key] = result
+            if progress is not None:
+                progress(int(result.get("env_steps", 0)), unit.label)
+
     f_rep = np.full((reps, m, n), np.nan)
     paths, steps, returns, ft_s, ev_s = [], [], [], [], []
-    base = evaluate_policy(model, suite, episodes=vcfg.episodes, deterministic=False, seed=vcfg.eval_seed)
-    probe = copy.deepcopy(model.actor)
     for s in range(m):
         tasks = np.flatnonzero(members[s]).tolist()
         rets: dict[str, list[float]] = {suite.names[i]: [] for i in tasks}
         t_ft = t_ev = 0.0
         for j in range(reps):
-            res = finetune(model, suite, tasks, ppo_cfg, vcfg.finetune_steps, vcfg.finetune_seed + j)
-            t0 = time.perf_counter()
-            ev = evaluate_policy(res.model, suite, episodes=vcfg.episodes, deterministic=False, seed=vcfg.eval_seed, tasks=tasks)
-            t_ev += time.perf_counter() - t0
-            t_ft += res.wall_s
-            for i in tasks:
-                f_rep[j, s, i] = ev[suite.names[i]]["mean"]
-                rets[suite.names[i]] += ev[suite.names[i]]["returns"]
+            r = results[index[(s, j)]]
+            t_ev += r["eval_s"]
+            t_ft += r["finetune_s"]
+            for pos, i in enumerate(tasks):
+                f_rep[j, s, i] = r["f"][pos]
+                rets[suite.names[i]] += r["returns"][pos]
             if j == 0:
-                path = []
-                for _, state in res.snapshots:
-                    probe.load_state_dict(state)
-                    path.append(flat_params(probe).to(torch.float32))
-                paths.append(torch.stack(path))
-                steps.append([int(k) for k, _ in res.snapshots])
-            if progress is not None:
-                progress(res.env_steps, f"subset {s + 1}/{m}" + (f" seed {j + 1}/{reps}" if reps > 1 else ""))
+                paths.append(r["path"])
+                steps.append(list(r["steps"]))
         ft_s.append(t_ft)
         ev_s.append(t_ev)
         returns.append(rets)
+    base = results[index[("theta*",)]]["theta_star_returns"]
     return {"f_true": f_rep.mean(axis=0), "f_true_repeats": f_rep, "paths": paths, "steps": steps, "returns": returns,
-            "finetune_s": ft_s, "eval_s": ev_s, "theta_star_returns": {k: v["returns"] for k, v in base.items()}}
+            "finetune_s": ft_s, "eval_s": ev_s, "theta_star_returns": dict(base)}
 
 
 # ============================================================================ the validation
@@ -334,20 +483,32 @@ def _standardized(f: np.ndarray, members: np.ndarray) -> np.ndarray:
 
 
 def _finetune_stage(run_dir: Path, vdir: Path, model, suite: TaskSuite, members: np.ndarray, cfg: RunConfig,
-                    vcfg: ValidateConfig) -> tuple[dict, str]:
+                    vcfg: ValidateConfig, backend=None) -> tuple[dict, str]:
+    """The real route, cached twice: every finished unit in ``validate/units/<key>.pt`` (kept
+    across reruns, so an interrupted validation resumes and a changed ``--finetune-seeds``
+    reuses the seeds it had), and the assembled result in ``validate/finetune.pt`` with the
+    ``validate_finetune`` manifest."""
     from .ui import progress_bar
 
     ft_fields = vcfg.model_dump(mode="json", include={"finetune_steps", "finetune_seed", "finetune_seeds", "episodes", "eval_seed"})
     key = art.config_hash([_stage_digest(run_dir, ("train", "collect", "subsets")), cfg.ppo.model_dump(mode="json"), ft_fields])
     st = art.Stage(run_dir, "validate_finetune", key)
     if not st.current:
-        total = vcfg.finetune_seeds * sum(_effective_steps(int(r.sum()), cfg.ppo, vcfg.finetune_steps) for r in members)
-        with progress_bar(total, f"fine-tune {members.shape[0]} subsets", unit="steps") as bar:
-            res = finetune_subsets(model, suite, members, cfg.ppo, vcfg, progress=lambda k, text: bar.advance(k, text))
+        # what every unit depends on besides its own tasks and seed (not the subsets stage, nor
+        # finetune_seed / finetune_seeds: units are keyed by their own seed)
+        prefix = art.config_hash([_stage_digest(run_dir, ("train", "collect")), suite.to_dict(), cfg.ppo.model_dump(mode="json"),
+                                  vcfg.model_dump(mode="json", include={"finetune_steps", "episodes", "eval_seed"})])
+        units, _ = finetune_units(suite.names, members, cfg.ppo, vcfg, prefix)
+        todo = [u for u in units if not (vdir / "units" / f"{u.key}.pt").is_file()]
+        stats: dict = {}
+        with progress_bar(sum(u.cost for u in todo), f"fine-tune {members.shape[0]} subsets ({len(todo)} units)", unit="steps") as bar:
+            res = finetune_subsets(model, suite, members, cfg.ppo, vcfg, progress=lambda k, text: bar.advance(k, text),
+                                   backend=backend, cache_dir=vdir / "units", cache_prefix=prefix, stats=stats)
         res["tasks"] = suite.names
         res["members"] = torch.as_tensor(members)
         art.save_torch(vdir / "finetune.pt", res)
-        st.done(["validate/finetune.pt"])
+        info = backend.describe() if backend is not None else {"backend": "local", "parallelism": 1}
+        st.done(["validate/finetune.pt"], {"execution": {**info, **stats}})
     return torch.load(vdir / "finetune.pt", weights_only=False), st.digest
 
 
@@ -423,13 +584,16 @@ def _grouping(f: np.ndarray, members: np.ndarray, grp) -> tuple:
     return aff, g, nt
 
 
-def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: ValidateConfig | None = None) -> dict:
+def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: ValidateConfig | None = None, backend=None) -> dict:
     """Validate the finished run in ``run_dir`` (made by :func:`policygradex.pipeline.run` with
     ``suite`` and ``cfg``) against real fine-tuning on the same subsets.
 
     Writes ``validation.json``, ``approx_error.png``, ``estimated_vs_true.png`` and
     ``validate/`` (``finetune.pt``, ``f_true.csv``, manifests) under ``run_dir``; returns the
     content of ``validation.json``.  Reruns reuse the cached fine-tuning and analysis.
+
+    ``backend`` (:mod:`policygradex.backend`, default: this process, serially) runs the
+    fine-tuning units; the caller closes it.  The result does not depend on it.
     """
     from scipy.stats import spearmanr
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -453,7 +617,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     meta = art.read_json(run_dir / "collect" / "meta_policy.json")
     model, _, _, _ = load_checkpoint(run_dir / "train" / "checkpoints" / meta["checkpoint"])
 
-    ft, ft_digest = _finetune_stage(run_dir, vdir, model, suite, members, cfg, vcfg)
+    ft, ft_digest = _finetune_stage(run_dir, vdir, model, suite, members, cfg, vcfg, backend)
 
     an_fields = vcfg.model_dump(mode="json", exclude={"finetune_steps", "finetune_seed", "finetune_seeds", "episodes", "eval_seed"})
     an_key = art.config_hash([ft_digest, _stage_digest(run_dir, ("collect", "evaluate", "group")), cfg.group.model_dump(mode="json"),
@@ -481,8 +645,8 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
         aff_true, g_true, nt_true = _grouping(f_true, members, cfg.group)
     groups = art.read_json(run_dir / "groups.json")
     est_labels = np.asarray(groups["labels"])
-    nmi = float(normalized_mutual_info_score(g_true.labels, est_labels))
-    ari = float(adjusted_rand_score(g_true.labels, est_labels))
+    agree = agreement(g_true.labels, est_labels)
+    nmi, ari = agree["nmi"], agree["ari"]
     sizes = np.bincount(est_labels).tolist()
     rnd = [random_grouping(sizes, n, seed=vcfg.random_seed + d) for d in range(vcfg.random_draws)]
     rnd_nmi = np.array([normalized_mutual_info_score(g_true.labels, r) for r in rnd])
@@ -515,9 +679,8 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     # 4. speedup
     st = stage_seconds(run_dir)
     pgx_stages = {k: st.get(k, float("nan")) for k in ("collect", "features", "surrogate", "evaluate")}
-    pgx_total = float(sum(pgx_stages.values()))
-    ft_total, ev_total = float(sum(ft["finetune_s"])), float(sum(ft["eval_s"]))
-    real_total = ft_total + ev_total
+    speedup, breakdown = speedup_breakdown(pgx_stages, ft["finetune_s"], ft["eval_s"],
+                                           {k: st.get(k) for k in ("train", "subsets", "group")})
 
     def nz(x: float) -> float | None:
         return float(x) if x is not None and np.isfinite(x) else None
@@ -546,14 +709,8 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
         "affinity_spearman": nz(rho_aff),
         "f_true_reliability": {"seeds": len(z_reps), "spearman_between_seeds": pair, "mean_between_seeds": rel1,
                                "spearman_brown_of_mean": rel_mean, "spearman_estimate_vs_each_seed": rho_reps},
-        "speedup": real_total / pgx_total if pgx_total > 0 else None,
-        "speedup_breakdown": {
-            "policygradex_s": {**pgx_stages, "total": pgx_total},
-            "real_s": {"finetune": ft_total, "evaluate": ev_total, "total": real_total,
-                       "finetune_per_subset_mean": ft_total / len(ft["finetune_s"]),
-                       "evaluate_per_subset_mean": ev_total / len(ft["eval_s"])},
-            "shared_not_counted_s": {k: st.get(k) for k in ("train", "subsets", "group")},
-        },
+        "speedup": speedup,
+        "speedup_breakdown": breakdown,
         "hessian_trace": hess,
         "ground_truth": gt,
         "estimated": {"groups": groups["groups"], "labels": groups["labels"], "k": groups["k"], "null_p": groups["null_p"]},
@@ -565,8 +722,8 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
                       "ground_truth": t_truth, "hessian": t_hess},
     }
     if suite.true_labels() is not None:
-        result["ground_truth"]["nmi_vs_true_partition"] = float(normalized_mutual_info_score(suite.true_labels(), g_true.labels))
-        result["estimated"]["nmi_vs_true_partition"] = float(normalized_mutual_info_score(suite.true_labels(), est_labels))
+        result["ground_truth"]["nmi_vs_true_partition"] = agreement(suite.true_labels(), g_true.labels)["nmi"]
+        result["estimated"]["nmi_vs_true_partition"] = agreement(suite.true_labels(), est_labels)["nmi"]
 
     approx_error_plot(points, vcfg.buckets, run_dir / "approx_error.png")
     estimated_vs_true_plot(z_est, z_true, members, suite.names, g_true.labels, rho, run_dir / "estimated_vs_true.png")

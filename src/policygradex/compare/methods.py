@@ -21,6 +21,11 @@ tag            one policy per group of the SDP grouping (same k) of TAG-style lo
 policygradex   one policy per group of the PolicyGradEx run's groups
 =============  ==============================================================================
 
+Meta-RL methods (``compare/meta.py``; scored on held-out tasks after adaptation):
+``meta-maml`` (first-order MAML on all tasks), ``meta-policygradex`` (first-order MAML per
+PolicyGradEx group, a held-out task adapts the group with the best probe return) and
+``meta-multitask`` (a task-blind multi-task PPO policy as the initialization).
+
 Another kind of method (e.g. meta-RL: adapt a group policy to held-out tasks) registers a
 :class:`Method` with its own ``run_unit``; the runner caches, aggregates and plots whatever
 per-task returns and step counts a unit reports (see ``runner.UNIT_KEYS``).
@@ -183,3 +188,27 @@ register(Method("pcgrad", "one policy on all tasks with PCGrad gradient surgery 
 register(Method("tag", "one policy per group: SDP (same k) on TAG-style lookahead affinities along meta-training", _tag,
                 needs_run=True))
 register(Method("policygradex", "one policy per group of the PolicyGradEx grouping", _policygradex, needs_run=True))
+
+
+# ----------------------------------------------------------------------------- meta-RL (compare/meta.py)
+
+
+def _meta_unit(*args, **kwargs):
+    from .meta import run_meta_unit
+
+    return run_meta_unit(*args, **kwargs)
+
+
+def _meta_key(ctx: CompareContext) -> list:
+    from .meta import key_parts
+
+    return key_parts(ctx)
+
+
+register(Method("meta-maml", "meta-RL: first-order MAML on all training tasks, adapted to held-out tasks", _all_tasks,
+                kind="meta_rl", run_unit=_meta_unit, key_parts=_meta_key))
+register(Method("meta-policygradex", "meta-RL: first-order MAML per PolicyGradEx group; a held-out task adapts the group "
+                "policy with the best probe return", _policygradex, needs_run=True, kind="meta_rl", run_unit=_meta_unit,
+                key_parts=_meta_key))
+register(Method("meta-multitask", "meta-RL: task-blind multi-task PPO policy as the initialization, adapted to held-out tasks",
+                _all_tasks, kind="meta_rl", run_unit=_meta_unit, key_parts=_meta_key))

@@ -215,7 +215,7 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
         seed_means = [r["mean"] for r in rs]
         mean, half, tcrit = ci95(seed_means)
         per_task = {}
-        for name in suite.names:
+        for name in rs[0]["per_task"]:  # the suite's tasks; a meta-RL method's held-out tasks
             vals = [r["per_task"][name]["mean"] for r in rs]
             tm, th, _ = ci95(vals)
             per_task[name] = {"mean": tm, "ci95_halfwidth": th, "per_seed": vals}
@@ -299,7 +299,7 @@ def write_outputs(out_dir: Path, comparison: dict) -> None:
         rel = e.get("vs_multitask", {}).get("relative")
         w.writerow([mname, f"{e['mean']:.3f}", lo if lo == "" else f"{lo:.3f}", hi if hi == "" else f"{hi:.3f}", len(e["seeds"]),
                     steps, f"{e['wall_s']['mean']:.1f}", "" if rel is None else f"{rel:.4f}",
-                    *[f"{e['per_task'][t]['mean']:.3f}" for t in names]])
+                    *[f"{e['per_task'][t]['mean']:.3f}" if t in e["per_task"] else "" for t in names]])
     art.write_text(out_dir / "comparison.csv", buf.getvalue())
     bar_chart(comparison, out_dir / "comparison.png")
 

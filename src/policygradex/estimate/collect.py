@@ -99,6 +99,10 @@ def load_rollouts(run_dir: str | Path) -> dict:
 
 def collect(model, suite: TaskSuite, cfg: PPOConfig, transitions_per_task: int, envs_per_task: int,
             heldout_frac: float, seed: int, on_step=None) -> Collected:
+    if getattr(model, "algo", "ppo") == "sac":  # MT-SAC theta*: advantages Q(s, a) - V(s) (rl.sac.collect)
+        from ..rl.sac import collect as sac_collect
+
+        return sac_collect(model, suite, cfg, transitions_per_task, envs_per_task, heldout_frac, seed, on_step)
     steps = math.ceil(transitions_per_task / envs_per_task)
     env = MultiTaskEnv(suite, envs_per_task, seed)
     gen = torch.Generator().manual_seed(seed)

@@ -14,6 +14,12 @@ vmap batches; no Python loop over samples.  Rows are processed in chunks, so at 
 ``chunk_size x p`` gradient entries exist at a time and the ``N x p`` gradient matrix never
 does.  The actor is put in eval mode for the computation and restored afterwards.
 
+That is the *dense* route (:class:`.projection.GaussianProjector`).  With a
+:class:`.structured.StructuredProjector` (``--projector structured``), :func:`projected_grads`
+never forms per-sample gradients: one batched forward/backward per chunk gives every linear
+layer's ``delta_t`` and input ``a_t``, and the per-layer projection is computed from them
+(docs/projector.md).  :func:`build_projector` makes either from the ``--projector`` name.
+
 A :class:`FeatureStore` is a directory with one ``task_{i:03d}.pt`` per task and a
 ``manifest.json`` (written last) holding the task names, row counts, projector spec,
 ``||theta*||`` and the sha256 of every task file; loading verifies the checksums.
@@ -43,6 +49,8 @@ __all__ = [
     "exact_grads",
     "projected_grads",
     "build_features",
+    "build_projector",
+    "PROJECTORS",
     "FeatureStore",
     "DEFAULT_CHUNK_SIZE",
 ]
@@ -121,8 +129,10 @@ def _prepare_inputs(actor: nn.Module, x: torch.Tensor, a: torch.Tensor) -> tuple
         raise ValueError(f"x must be a [N, in] tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if not isinstance(a, torch.Tensor) or a.dim() not in (1, 2) or a.shape[0] != x.shape[0]:
         raise ValueError(f"a must be a [N] or [N, act] tensor with N = {x.shape[0]}, got {getattr(a, 'shape', type(a).__name__)}")
-    x = x.to(first.dtype)
-    a = a.long() if getattr(actor, "kind", None) == "categorical" else a.to(first.dtype)
+    # computed where the actor lives (a GPU when the pipeline put it there); results are stored
+    # on the inputs' device by the callers
+    x = x.to(device=first.device, dtype=first.dtype)
+    a = a.to(first.device).long() if getattr(actor, "kind", None) == "categorical" else a.to(device=first.device, dtype=first.dtype)
     return x, a
 
 
@@ -200,6 +210,10 @@ def projected_grads(
     p = sum(t.numel() for t in actor.parameters())
     if projector.p != p:
         raise ValueError(f"projector.p = {projector.p} but the actor has {p} parameters")
+    from .structured import StructuredProjector, structured_projected_grads
+
+    if isinstance(projector, StructuredProjector):  # one batched forward/backward per chunk, no per-sample gradients
+        return structured_projected_grads(actor, x, a, projector, chunk_size, progress)
     out = torch.empty(x.shape[0], projector.d, dtype=projector.dtype, device=x.device)
 
     def project(start: int, stop: int, flat: torch.Tensor) -> None:
@@ -209,6 +223,42 @@ def projected_grads(
 
     _for_each_chunk(actor, x, a, chunk_size, project)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing the projector
+
+#: ``--projector`` values: ``dense`` is the seeded Gaussian (:class:`.projection.GaussianProjector`,
+#: whose spec kind is ``"gaussian"``; ``"gaussian"`` is accepted as an alias), ``structured``
+#: the per-layer projection of :mod:`.structured`.
+PROJECTORS = ("dense", "structured")
+_ALIASES = {"gaussian": "dense"}
+
+
+def build_projector(
+    kind: str,
+    actor: nn.Module,
+    x: torch.Tensor,
+    a: torch.Tensor,
+    d: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+) -> Projector:
+    """The projector ``kind`` (``dense``, ``gaussian`` = ``dense``, or ``structured``) for ``actor``.
+
+    ``dense`` needs only the parameter count; ``structured`` analyses the actor's layers and
+    splits ``d`` by the gradient energy measured on ``(x, a)`` (the collected transitions of
+    all tasks): see :meth:`.structured.StructuredProjector.fit`.
+    """
+    from .projection import GaussianProjector
+    from .structured import StructuredProjector
+
+    name = _ALIASES.get(kind, kind)
+    if name == "dense":
+        return GaussianProjector(sum(t.numel() for t in actor.parameters()), d, seed, dtype)
+    if name == "structured":
+        return StructuredProjector.fit(actor, x, a, d=d, seed=seed, dtype=dtype)
+    raise UserError(f"--projector must be one of {', '.join(PROJECTORS)}, got {kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------

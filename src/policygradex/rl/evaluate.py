@@ -1,4 +1,10 @@
-"""Per-task evaluation by rollouts: mean and std of episode returns."""
+"""Per-task evaluation by rollouts: mean and std of episode returns, and success rates.
+
+For a suite with a ``success_key`` (Meta-World: ``"success"``) an episode is a success when
+``info[success_key]`` is truthy at any of its steps, the rule of Meta-World's own evaluation
+(which ends an episode at its first success); the result then also holds ``success_rate`` and
+the per-episode ``successes``.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,12 @@ from .rollout import MultiTaskEnv, policy_input
 def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, deterministic: bool = True, seed: int = 12345,
                     tasks: list[int] | None = None) -> dict[str, dict]:
     """Run ``episodes`` episodes of every task (or of ``tasks``), all in parallel; returns
-    {task: {mean, std, returns}}.  The same seed gives the same environment seeds and action
-    noise (common random numbers across policies)."""
+    {task: {mean, std, returns}} (plus ``success_rate`` and ``successes`` when the suite has a
+    ``success_key``).  The same seed gives the same environment seeds and action noise (common
+    random numbers across policies).  The model may live on any device; actions are sampled
+    from CPU noise streams either way.  A ``rl.sac.SACModel`` works too: its actor's ``mode`` is
+    the deterministic ``tanh(mu)`` (rescaled to the Box) and its ``sample_with_noise`` squashes
+    the same Gaussian noise."""
     env = MultiTaskEnv(suite, episodes, seed, tasks)
     obs = env.reset()
     # one noise stream per (task, episode): the same seed gives every policy the same noise
@@ -22,21 +32,28 @@ def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, de
     E = env.num_envs
     ret = np.zeros(E)
     final = np.full(E, np.nan)
+    key = suite.success_key
+    success = np.zeros(E, dtype=bool)
     space = env.envs.single_action_space
+    dev = next(model.parameters()).device
     model.eval()
     while np.isnan(final).any():
-        x = policy_input(obs, env.task_ids, suite.n)
+        x = policy_input(obs, env.task_ids, suite.n).to(dev)
         if deterministic:
             a = model.actor.mode(x).detach()
         elif model.kind == "categorical":
-            a = sample_with_noise(model.actor, x, torch.as_tensor(np.array([r.random() for r in streams])))
+            a = sample_with_noise(model.actor, x, torch.as_tensor(np.array([r.random() for r in streams])).to(dev))
         else:
             noise = np.stack([r.standard_normal(model.actor.act_dim) for r in streams])
-            a = sample_with_noise(model.actor, x, torch.as_tensor(noise, dtype=torch.float32))
-        obs, r, term, trunc, _ = env.step(env_action(model.kind, a, space))
+            # an actor with its own sampler (rl.sac's tanh-squashed Gaussian) maps the same noise itself
+            sample = getattr(model.actor, "sample_with_noise", None) or (lambda x_, n_: sample_with_noise(model.actor, x_, n_))
+            a = sample(x, torch.as_tensor(noise, dtype=torch.float32).to(dev))
+        obs, r, term, trunc, info = env.step(env_action(model.kind, a, space))
         live = np.isnan(final)
         ret[live] += r[live]
         done = np.logical_or(term, trunc) & live
+        if key is not None:
+            success[live] |= step_flags(info, key, np.logical_or(term, trunc))[live]
         final[done] = ret[done]
     env.close()
     out = {}
@@ -44,4 +61,25 @@ def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, de
         name = suite.names[i]
         rs = final[env.task_ids == i]
         out[name] = {"mean": float(rs.mean()), "std": float(rs.std()), "returns": rs.tolist()}
+        if key is not None:
+            ok = success[env.task_ids == i]
+            out[name].update(success_rate=float(ok.mean()), successes=[bool(v) for v in ok])
+    return out
+
+
+def step_flags(info: dict, key: str, done: np.ndarray) -> np.ndarray:
+    """``bool(info[key])`` of this step for every env of a vector env (False where absent).
+
+    With same-step autoreset, the info of an env whose episode just ended is its reset info and
+    the last step's info sits in ``info["final_info"]``: that one is read for those envs.
+    """
+    out = np.zeros(len(done), dtype=bool)
+    if key in info:
+        has = np.asarray(info.get("_" + key, np.ones(len(done), dtype=bool)), dtype=bool)
+        out[has] = np.asarray(info[key])[has].astype(bool)
+    final = info.get("final_info", {})
+    out[done] = False
+    if key in final:
+        has = np.asarray(final.get("_" + key, np.ones(len(done), dtype=bool)), dtype=bool) & done
+        out[has] = np.asarray(final[key])[has].astype(bool)
     return out

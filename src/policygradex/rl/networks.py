@@ -38,16 +38,116 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str, out_g
     return nn.Sequential(*layers)
 
 
+class SoftModNet(nn.Module):
+    """Soft Modularization (Yang, Xu, Wu, Wang 2020, "Multi-Task Reinforcement Learning with
+    Soft Modularization"): a base network of ``layers`` layers of ``modules`` small modules
+    whose connections are weighted per sample by a task-conditioned routing network.
+
+    The input is ``x = [s, z]`` (observation ++ task one-hot, ``n_tasks`` wide).  With
+    ``act`` the activation and ``W`` linear maps:
+
+        f = act(W_s s)                       state embedding (the base network's input)
+        e = f * (W_z z)                      routing input: state embedding x task embedding
+        p^1 = softmax_j(W_d^1 act(e))        [modules x modules] routing weights
+        p^l = softmax_j(W_d^l (act(W_u^l p^{l-1}) * e))    for l = 2 .. layers - 1
+        o^1_i = act(W^1_i f)                 every first-layer module reads f
+        o^{l+1}_i = act(W^{l+1}_i sum_j p^l_ij o^l_j)
+        out = W_out mean_i o^L_i
+
+    The task enters only through the routing, so modules are shared by all tasks and each task
+    (and state) mixes them its own way.  The routing logits start near zero (uniform
+    routing).  Works on an unbatched sample (``x: [in]``) as well as a batch, so per-sample
+    gradients under ``vmap`` work as for the MLP.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, n_tasks: int, modules: int = 4, layers: int = 2, width: int = 32,
+                 activation: str = "tanh", out_gain: float = 1.0):
+        super().__init__()
+        if not 0 < n_tasks < in_dim:
+            raise ValueError(f"softmod needs 0 < n_tasks < in_dim (observation ++ one-hot), got n_tasks={n_tasks}, in_dim={in_dim}")
+        self.obs_dim, self.n_tasks, self.m, self.L, self.w = in_dim - n_tasks, n_tasks, modules, layers, width
+        self.act = ACTIVATIONS[activation]()
+        self.state_embed = nn.Linear(self.obs_dim, width)
+        self.task_embed = nn.Linear(n_tasks, width, bias=False)
+        nn.init.orthogonal_(self.state_embed.weight, math.sqrt(2))
+        nn.init.zeros_(self.state_embed.bias)
+        nn.init.orthogonal_(self.task_embed.weight, 1.0)
+        # module weights [layer][module, out, in], orthogonal per module
+        self.module_w = nn.ParameterList()
+        self.module_b = nn.ParameterList()
+        for _ in range(layers):
+            w = torch.empty(modules, width, width)
+            for i in range(modules):
+                nn.init.orthogonal_(w[i], math.sqrt(2))
+            self.module_w.append(nn.Parameter(w))
+            self.module_b.append(nn.Parameter(torch.zeros(modules, width)))
+        mm = modules * modules
+        self.route_down = nn.ModuleList([nn.Linear(width, mm) for _ in range(layers - 1)])
+        self.route_up = nn.ModuleList([nn.Linear(mm, width) for _ in range(max(0, layers - 2))])
+        for lin in self.route_down:
+            nn.init.orthogonal_(lin.weight, 0.01)
+            nn.init.zeros_(lin.bias)
+        for lin in self.route_up:
+            nn.init.orthogonal_(lin.weight, math.sqrt(2))
+            nn.init.zeros_(lin.bias)
+        self.head = nn.Linear(width, out_dim)
+        nn.init.orthogonal_(self.head.weight, out_gain)
+        nn.init.zeros_(self.head.bias)
+
+    def routing(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The routing weights ``p^l`` (``[..., modules, modules]``, rows sum to 1), l = 1 .. L-1."""
+        return self._forward(x)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)[0]
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        s, z = x[..., : self.obs_dim], x[..., self.obs_dim:]
+        f = self.act(self.state_embed(s))
+        e = f * self.task_embed(z)
+        lead = x.shape[:-1]
+        probs: list[torch.Tensor] = []
+        prev = None
+        for l in range(self.L - 1):
+            h = self.act(e) if l == 0 else self.act(self.route_up[l - 1](prev)) * e
+            logits = self.route_down[l](h)
+            p = torch.softmax(logits.reshape(*lead, self.m, self.m), dim=-1)
+            probs.append(p)
+            prev = p.reshape(*lead, self.m * self.m)
+        # first module layer: every module reads the state embedding
+        o = self.act(torch.einsum("...w,mvw->...mv", f, self.module_w[0]) + self.module_b[0])
+        for l in range(1, self.L):
+            mixed = torch.einsum("...ij,...jw->...iw", probs[l - 1], o)
+            o = self.act(torch.einsum("...mw,mvw->...mv", mixed, self.module_w[l]) + self.module_b[l])
+        return self.head(o.mean(dim=-2)), probs
+
+
+def body(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str, out_gain: float, softmod: dict | None = None) -> nn.Module:
+    """An MLP (``softmod is None``) or a :class:`SoftModNet` built from ``softmod``'s keywords."""
+    if softmod is None:
+        return mlp(in_dim, hidden, out_dim, activation, out_gain)
+    return SoftModNet(in_dim, out_dim, activation=activation, out_gain=out_gain, **softmod)
+
+
+def build_actor_critic(in_dim: int, action_space: gym.Space, net, n_tasks: int) -> "ActorCritic":
+    """The :class:`ActorCritic` described by a ``config.NetConfig`` (``arch`` mlp or softmod)."""
+    softmod = None
+    if getattr(net, "arch", "mlp") == "softmod":
+        softmod = dict(n_tasks=n_tasks, modules=net.softmod_modules, layers=net.softmod_layers, width=net.softmod_width)
+    return ActorCritic(in_dim, action_space, net.hidden, net.activation, softmod=softmod)
+
+
 class Actor(nn.Module):
     """pi(a | x). ``kind`` is ``"categorical"`` or ``"gaussian"`` (state-independent log std)."""
 
-    def __init__(self, in_dim: int, act_dim: int, kind: str, hidden: Sequence[int], activation: str, log_std_init: float = 0.0):
+    def __init__(self, in_dim: int, act_dim: int, kind: str, hidden: Sequence[int], activation: str, log_std_init: float = 0.0,
+                 softmod: dict | None = None):
         super().__init__()
         if kind not in ("categorical", "gaussian"):
             raise ValueError(f"actor kind must be 'categorical' or 'gaussian', got {kind!r}")
         self.kind = kind
         self.act_dim = act_dim
-        self.net = mlp(in_dim, hidden, act_dim, activation, out_gain=0.01)
+        self.net = body(in_dim, hidden, act_dim, activation, 0.01, softmod)
         if kind == "gaussian":
             self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
 
@@ -78,7 +178,11 @@ class Actor(nn.Module):
 class ActorCritic(nn.Module):
     """Separate actor and critic MLPs on the same input (observation ++ task one-hot)."""
 
-    def __init__(self, in_dim: int, action_space: gym.Space, hidden: Sequence[int] = (64, 64, 64), activation: str = "tanh"):
+    def __init__(self, in_dim: int, action_space: gym.Space, hidden: Sequence[int] = (64, 64, 64), activation: str = "tanh",
+                 softmod: dict | None = None):
+        """``softmod``: None for MLP bodies, else the keyword arguments of :class:`SoftModNet`
+        other than ``in_dim``, ``out_dim``, ``activation`` and ``out_gain`` (``n_tasks``,
+        ``modules``, ``layers``, ``width``)."""
         super().__init__()
         if isinstance(action_space, gym.spaces.Discrete):
             kind, act_dim = "categorical", int(action_space.n)
@@ -87,8 +191,8 @@ class ActorCritic(nn.Module):
         else:
             raise ValueError(f"unsupported action space {action_space}: use Discrete or a 1-D Box")
         self.in_dim = in_dim
-        self.actor = Actor(in_dim, act_dim, kind, hidden, activation)
-        self.critic = mlp(in_dim, hidden, 1, activation, out_gain=1.0)
+        self.actor = Actor(in_dim, act_dim, kind, hidden, activation, softmod=softmod)
+        self.critic = body(in_dim, hidden, 1, activation, 1.0, softmod)
 
     @property
     def kind(self) -> str:

@@ -7,11 +7,18 @@ per task, and runs ``update_epochs`` epochs of clipped PPO over minibatches.  A 
 (weights, optimizer, config, suite, per-task returns, RNG state) is written every
 ``checkpoint_every`` updates and at the end; training resumes from the latest checkpoint in
 the output directory when the config and suite match.
+
+Resuming is exact: a checkpoint also holds the global torch and numpy RNG states, the running
+episode returns and the environments' state (how each current episode began and the actions
+since, replayed on resume: ``MultiTaskEnv.state``/``restore``), so training that is killed and
+rerun writes the same checkpoints, byte for byte, as training that never stopped (on the CPU).
+A truncated or corrupted checkpoint is never resumed from: training restarts from the newest
+checkpoint before it and rewrites the rest.
 """
 
 from __future__ import annotations
 
-import json
+import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -22,11 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import write_json
+from ..artifacts import crash_point, write_json
 from ..config import PPOConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
 from .checkpoint import build_model, list_checkpoints, read_checkpoint, save_checkpoint
+from .device import resolve_device
 from .networks import ActorCritic
 from .rollout import MultiTaskEnv, Rollout, RolloutCollector
 
@@ -40,6 +48,10 @@ class TrainResult:
     steps_per_second: float
 
 
+# (model, per-sample losses [B], task id of each sample [B]) -> None; fills the parameters' .grad
+GradSurgery = Callable[[ActorCritic, torch.Tensor, torch.Tensor], None]
+
+
 def normalize_advantages(adv: torch.Tensor, task_of: torch.Tensor, n_tasks: int) -> torch.Tensor:
     """Standardize advantages within each task (flat tensors)."""
     out = adv.clone()
@@ -51,7 +63,10 @@ def normalize_advantages(adv: torch.Tensor, task_of: torch.Tensor, n_tasks: int)
 
 
 def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig, n_tasks: int,
-               clip: float, gen: torch.Generator) -> dict[str, float]:
+               clip: float, gen: torch.Generator, grad_surgery: GradSurgery | None = None) -> dict[str, float]:
+    """``grad_surgery(model, per_sample_loss, task_of)``, when given, replaces ``loss.backward()``:
+    it must fill the parameters' ``.grad`` from the minibatch's per-sample losses (whose mean is
+    the PPO loss) and their task ids, e.g. PCGrad (``policygradex.compare.pcgrad``)."""
     adv, ret = ro.advantages(cfg.gamma, cfg.gae_lambda)
     T, E = ro.rewards.shape
     B = T * E
@@ -60,6 +75,8 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
     old_logp = ro.logprobs.reshape(B)
     adv, ret = adv.reshape(B), ret.reshape(B)
     task_of = ro.task_ids.repeat(T)
+    dev = next(model.parameters()).device  # rollouts are on the CPU; the update runs where the model is
+    x, a, old_logp, adv, ret, task_of = (t.to(dev) for t in (x, a, old_logp, adv, ret, task_of))
     if cfg.norm_adv == "task":
         adv = normalize_advantages(adv, task_of, n_tasks)
     n_mb = max(1, B // cfg.minibatch_size)
@@ -68,7 +85,7 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
     for _ in range(cfg.update_epochs):
         perm = torch.randperm(B, generator=gen)
         for k in range(n_mb):
-            idx = perm[k * mb:(k + 1) * mb]
+            idx = perm[k * mb:(k + 1) * mb].to(dev)
             dist = model.actor.distribution(x[idx])
             logp = dist.log_prob(a[idx])
             logratio = logp - old_logp[idx]
@@ -81,7 +98,12 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
             entropy = dist.entropy().mean()
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
             optimizer.zero_grad()
-            loss.backward()
+            if grad_surgery is None:
+                loss.backward()
+            else:
+                per_sample = (torch.max(-a_mb * ratio, -a_mb * ratio.clamp(1 - clip, 1 + clip)) - cfg.ent_coef * dist.entropy()
+                              + cfg.vf_coef * 0.5 * (model.value(x[idx]) - ret[idx]).pow(2))
+                grad_surgery(model, per_sample, task_of[idx])
             nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             with torch.no_grad():
@@ -97,14 +119,15 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
 
 
 def ppo_iteration(model: ActorCritic, optimizer: torch.optim.Optimizer, collector: RolloutCollector, cfg: PPOConfig,
-                  n_tasks: int, lr: float, gen: torch.Generator) -> tuple[Rollout, dict[str, float]]:
+                  n_tasks: int, lr: float, gen: torch.Generator,
+                  grad_surgery: GradSurgery | None = None) -> tuple[Rollout, dict[str, float]]:
     """One PPO iteration: collect ``cfg.num_steps`` steps from every env, then update."""
     for g in optimizer.param_groups:
         g["lr"] = lr
     model.eval()
     ro = collector.collect(model, cfg.num_steps)
     model.train()
-    stats = ppo_update(model, optimizer, ro, cfg, n_tasks, cfg.clip_coef, gen)
+    stats = ppo_update(model, optimizer, ro, cfg, n_tasks, cfg.clip_coef, gen, grad_surgery)
     model.eval()
     return ro, stats
 
@@ -143,14 +166,23 @@ def finetune(model: ActorCritic, suite: TaskSuite, tasks: list[int], cfg: PPOCon
     return FinetuneResult(model, snapshots, steps, time.perf_counter() - t0)
 
 
-def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> dict | None:
-    ckpts = list_checkpoints(out_dir / "checkpoints")
-    if not ckpts:
-        return None
-    ckpt = read_checkpoint(ckpts[-1])
-    if ckpt["config"] != cfg.model_dump(mode="json") or ckpt["suite"] != suite.to_dict():
-        raise UserError(f"--out {out_dir} holds checkpoints of a different config or suite; choose another --out or delete it")
-    return ckpt
+def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> tuple[dict | None, list[dict]]:
+    """The newest checkpoint that every earlier checkpoint checks out up to (None: start afresh),
+    and the training history rebuilt from those checkpoints.  A truncated or corrupted checkpoint
+    and every later one are recomputed (training is deterministic, so they come back the same)."""
+    good, history = None, []
+    want_cfg, want_suite = cfg.model_dump(mode="json"), suite.to_dict()
+    for path in list_checkpoints(out_dir / "checkpoints"):
+        try:
+            ckpt = read_checkpoint(path)
+        except UserError:
+            break
+        if ckpt.get("config") != want_cfg or ckpt.get("suite") != want_suite:
+            raise UserError(f"--out {out_dir} holds checkpoints of a different config or suite; choose another --out or delete it")
+        good = ckpt
+        history.append({"step": ckpt["global_step"], "update": ckpt["update"], "checkpoint": str(path.relative_to(out_dir)),
+                        "returns": ckpt["returns"]})
+    return good, history
 
 
 def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
@@ -159,33 +191,51 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
     out_dir = Path(out_dir)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = build_model(suite, cfg)
+    np.random.seed(cfg.seed)  # global RNGs too: environments may draw from them
+    random.seed(cfg.seed)
+    model = build_model(suite, cfg).to(resolve_device(cfg.device))  # initialized on the CPU, then moved
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
     gen = torch.Generator().manual_seed(cfg.seed)
     num_updates = cfg.num_updates(suite.n)
     batch = cfg.batch_size(suite.n)
     start_update, global_step, history = 0, 0, []
     env = MultiTaskEnv(suite, cfg.envs_per_task, cfg.seed)
-    ckpt = _resume_point(out_dir, cfg, suite)
+    ckpt, history = _resume_point(out_dir, cfg, suite)
+    resume = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["rng"]["generator"])
         start_update, global_step = ckpt["update"], ckpt["global_step"]
-        history = json.loads((out_dir / "train_history.json").read_text()) if (out_dir / "train_history.json").exists() else []
-        history = [h for h in history if h["update"] <= start_update]
-        env.reset(seed=cfg.seed + start_update)  # env states are not checkpointed; reseed deterministically
+        resume = ckpt["rng"].get("resume")
+        if resume is None:  # a checkpoint from before exact resume: reseed the environments
+            env.reset(seed=cfg.seed + start_update)
+        else:
+            torch.set_rng_state(resume["torch"])
+            np.random.set_state(resume["numpy"])
+            if "python" in resume:
+                random.setstate(resume["python"])
+            if not env.restore(resume["env"]):
+                from ..ui import console
+
+                console.print("[yellow]warning:[/] the environments did not replay to their saved state (not deterministic "
+                              "given seed and actions?); training resumes, but may differ from an uninterrupted run")
     collector = RolloutCollector(env, gen)
+    if resume is not None:
+        collector.ep_ret = np.array(resume["ep_ret"], dtype=np.float64)
     writer = None
     if tensorboard is not None:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(tensorboard))
     recent = [deque(maxlen=20) for _ in range(suite.n)]
-    for h in history[-1:]:
-        for i, name in enumerate(suite.names):
-            if h["returns"].get(name) is not None:
-                recent[i].append(h["returns"][name])
+    if resume is not None:
+        recent = [deque(r, maxlen=20) for r in resume["recent"]]
+    else:
+        for h in history[-1:]:
+            for i, name in enumerate(suite.names):
+                if h["returns"].get(name) is not None:
+                    recent[i].append(h["returns"][name])
     t0, steps0 = time.perf_counter(), global_step
     for update in range(start_update + 1, num_updates + 1):
         frac = 1.0 - (update - 1) / num_updates
@@ -211,13 +261,18 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
             on_update(batch, {**stats, "returns": returns, "sps": sps, "global_step": global_step})
         if update % cfg.checkpoint_every == 0 or update == num_updates:
             path = out_dir / "checkpoints" / f"step_{global_step:09d}.pt"
-            save_checkpoint(path, model, optimizer, cfg, suite, global_step, update, returns, {"generator": gen.get_state()})
+            state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(), "env": env.state(),
+                     "ep_ret": collector.ep_ret.copy(), "recent": [list(d) for d in recent]}
+            save_checkpoint(path, model, optimizer, cfg, suite, global_step, update, returns,
+                            {"generator": gen.get_state(), "resume": state})
             history.append({"step": global_step, "update": update, "checkpoint": str(path.relative_to(out_dir)), "returns": returns})
             write_json(out_dir / "train_history.json", history)
+        crash_point(f"train:update:{update}")
+    write_json(out_dir / "train_history.json", history)  # also when resumed after the last checkpoint
     env.close()
     if writer is not None:
         writer.close()
     elapsed = time.perf_counter() - t0
-    model.eval()
+    model = model.cpu().eval()  # callers (evaluation, the pipeline) work on the CPU
     return TrainResult(model, list_checkpoints(out_dir / "checkpoints"), history, global_step,
                        (global_step - steps0) / elapsed if elapsed > 0 else 0.0)

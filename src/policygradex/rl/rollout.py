@@ -3,12 +3,26 @@
 Environment e runs task ``task_ids[e]``; the policy sees the observation with the task's
 one-hot id appended (:func:`policy_input`).  The vector env uses same-step autoreset, so the
 final observation of an episode is available to bootstrap a truncated episode's value.
-Observations and rewards are checked for NaN/inf and an env that raises is reported with the
-task's name.
+The environments step in this process (``SyncVectorEnv``), or each in its own subprocess
+(``AsyncVectorEnv``) with ``asynchronous=True`` or ``POLICYGRADEX_ASYNC_ENVS=1``: worth it on
+many cores with slow environments (highway-env, Meta-World); the results are the same.
+Rollouts are collected on the CPU: a model that lives on another device acts through a CPU
+copy of its weights (refreshed at every ``collect``), and the rollout tensors stay on the CPU.
+Every environment is wrapped in :class:`TaskEnv`: an exception in ``reset`` or ``step``, an
+observation of the wrong shape and a NaN/inf observation or reward are user errors naming the
+task and the call; and the wrapper records how its current episode started (seed, or the
+state of the env's RNG) and the actions taken since, so :meth:`MultiTaskEnv.state` /
+:meth:`MultiTaskEnv.restore` can rebuild the environments' exact state in a new process by
+replaying that episode (exact resume of training, ``rl.ppo.train``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,15 +45,20 @@ def policy_input(obs: np.ndarray | torch.Tensor, task_ids: np.ndarray | torch.Te
 class MultiTaskEnv:
     """``envs_per_task`` copies of every task (or of the tasks listed in ``tasks``) in one
     SyncVectorEnv.  Task ids and the one-hot width always refer to the whole suite, so a
-    policy trained on all tasks can be fine-tuned or evaluated on a subset."""
+    policy trained on all tasks can be fine-tuned or evaluated on a subset.  ``asynchronous``:
+    step the environments in subprocesses (default: ``POLICYGRADEX_ASYNC_ENVS=1``)."""
 
-    def __init__(self, suite: TaskSuite, envs_per_task: int, seed: int, tasks: list[int] | None = None):
+    def __init__(self, suite: TaskSuite, envs_per_task: int, seed: int, tasks: list[int] | None = None,
+                 asynchronous: bool | None = None):
         self.suite = suite
         self.n_tasks = suite.n
         chosen = list(range(suite.n)) if tasks is None else [int(i) for i in tasks]
         self.task_ids = np.repeat(np.array(chosen, dtype=np.int64), envs_per_task)
-        fns = [(lambda t=suite.tasks[i]: t.make()) for i in chosen for _ in range(envs_per_task)]
-        self.envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        fns = [functools.partial(_make_env, suite.tasks[i]) for i in chosen for _ in range(envs_per_task)]
+        if asynchronous is None:
+            asynchronous = os.environ.get("POLICYGRADEX_ASYNC_ENVS", "0") not in ("", "0")
+        vector = gym.vector.AsyncVectorEnv if asynchronous and len(fns) > 1 else gym.vector.SyncVectorEnv
+        self.envs = vector(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.num_envs = len(fns)
         # copy number of each env within its task: seeds depend on (task, copy), not on the
         # env's position, so a task sees the same seeds whichever other tasks run beside it
@@ -51,31 +70,147 @@ class MultiTaskEnv:
         try:
             base = (self.seed if seed is None else seed) * 100_003
             obs, _ = self.envs.reset(seed=[base + int(t) * 1_009 + int(c) for t, c in zip(self.task_ids, self.copy_ids)])
+        except UserError:
+            raise
         except Exception as exc:
             raise UserError(f"an environment of suite {self.suite.name!r} raised in reset: {type(exc).__name__}: {exc}") from None
-        self._check(obs, "observation")
+        self._check(obs, "observation", "reset")
         self.obs = obs
         return obs
 
     def step(self, actions: np.ndarray):
         try:
             obs, rew, term, trunc, info = self.envs.step(actions)
+        except UserError:
+            raise
         except Exception as exc:
             raise UserError(f"an environment of suite {self.suite.name!r} raised in step: {type(exc).__name__}: {exc}") from None
-        self._check(obs, "observation")
-        self._check(rew, "reward")
+        self._check(obs, "observation", "step")
+        self._check(rew, "reward", "step")
         self.obs = obs
         return obs, rew, term, trunc, info
 
-    def _check(self, arr: np.ndarray, what: str) -> None:
+    def state(self) -> dict:
+        """Everything needed to put freshly made environments into their current state: per
+        environment, how its episode began and the actions since (``TaskEnv.record``), and the
+        current observations (checked after a replay)."""
+        return {"episodes": list(self.envs.get_attr("pgx_record")), "obs": None if self.obs is None else np.array(self.obs)}
+
+    def restore(self, state: dict) -> bool:
+        """Rebuild the state saved by :meth:`state` by replaying every environment's current
+        episode (the same seed or RNG state, the same actions).  Returns False when the replayed
+        observations differ from the saved ones (an environment that is not deterministic given
+        its seed and actions); the environments are then in the replayed state."""
+        self.reset()  # the vector env must have been reset once; the replay then resets each env again
+        try:
+            self.envs.set_attr("pgx_pending", list(state["episodes"]))
+            obs = self.envs.call("pgx_replay")
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"an environment of suite {self.suite.name!r} raised while resuming: {type(exc).__name__}: {exc}") from None
+        obs = np.stack([np.asarray(o) for o in obs]).astype(self.obs.dtype, copy=False)
+        self.obs = obs
+        saved = state.get("obs")
+        return saved is None or (np.shape(saved) == obs.shape and np.array_equal(np.asarray(saved), obs))
+
+    def _check(self, arr: np.ndarray, what: str, call: str) -> None:
         arr = np.asarray(arr, dtype=np.float64)
         if not np.isfinite(arr).all():
             bad = np.where(~np.isfinite(arr.reshape(self.num_envs, -1)).all(axis=1))[0][0]
             task = self.suite.tasks[self.task_ids[bad]].name
-            raise UserError(f"task {task!r} returned a non-finite {what} (NaN or inf); check its parameters")
+            raise UserError(f"task {task!r}: {call} returned a non-finite {what} (NaN or inf); check the task's parameters")
 
     def close(self) -> None:
         self.envs.close()
+
+
+def _make_env(task) -> gym.Env:
+    """``TaskEnv(task.make())`` (a module-level function, so that subprocess workers can unpickle it)."""
+    return TaskEnv(task.make(), task.name)
+
+
+class TaskEnv(gym.Wrapper):
+    """One task's environment, guarded and replayable.
+
+    *Guarded*: an exception in ``reset``/``step``, an observation whose shape is not the
+    observation space's and a non-numeric or non-finite reward raise a :class:`UserError`
+    naming the task and the call (non-finite observations: ``MultiTaskEnv._check``).
+    *Replayable*: ``pgx_record`` is how the current episode began (the reset seed, or the env's
+    RNG state when the reset was unseeded, as in an autoreset) and the actions taken since;
+    ``pgx_replay`` redoes a recorded episode in a fresh env."""
+
+    def __init__(self, env: gym.Env, task_name: str):
+        super().__init__(env)
+        self.task_name = task_name
+        self.pgx_record: dict = {"seed": None, "rng": None, "options": None, "actions": []}
+        self.pgx_pending: dict | None = None
+
+    def _fail(self, call: str, what: str) -> UserError:
+        return UserError(f"task {self.task_name!r}: {call} {what}")
+
+    def _check_obs(self, obs, call: str) -> None:
+        shape = getattr(self.observation_space, "shape", None)
+        arr = np.asarray(obs)
+        if shape is not None and arr.shape != tuple(shape):
+            raise self._fail(call, f"returned an observation of shape {arr.shape}, but the observation space "
+                                   f"{self.observation_space} has shape {tuple(shape)}")
+        if arr.dtype.kind not in "fiub":
+            raise self._fail(call, f"returned a non-numeric observation (dtype {arr.dtype})")
+        # NaN/inf observations are caught for the whole batch at once (MultiTaskEnv._check)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        rng = None
+        if seed is None:  # an unseeded reset (autoreset) draws from the env's RNG: remember its state
+            with contextlib.suppress(Exception):
+                rng = copy.deepcopy(self.env.unwrapped.np_random.bit_generator.state)
+        try:
+            obs, info = self.env.reset(seed=seed, options=options)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise self._fail("reset", f"raised {type(exc).__name__}: {exc}") from None
+        self._check_obs(obs, "reset")
+        self.pgx_record = {"seed": seed, "rng": rng, "options": options, "actions": []}
+        return obs, info
+
+    def step(self, action):
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise self._fail("step", f"raised {type(exc).__name__}: {exc}") from None
+        self._check_obs(obs, "step")
+        try:
+            r = float(reward)
+        except (TypeError, ValueError):
+            raise self._fail("step", f"returned a non-numeric reward {reward!r}") from None
+        if not math.isfinite(r):
+            raise self._fail("step", "returned a non-finite reward (NaN or inf); check the task's parameters")
+        self.pgx_record["actions"].append(np.array(action, copy=True))
+        return obs, reward, terminated, truncated, info
+
+    def pgx_replay(self):
+        """Redo the episode in ``pgx_pending`` (a ``pgx_record``); returns the observation reached."""
+        rec, self.pgx_pending = self.pgx_pending, None
+        if rec["seed"] is None and rec["rng"] is not None:
+            self.env.unwrapped.np_random = np.random.Generator(getattr(np.random, rec["rng"]["bit_generator"])())
+            self.env.unwrapped.np_random.bit_generator.state = copy.deepcopy(rec["rng"])
+        obs, _ = self.reset(seed=rec["seed"], options=rec.get("options"))
+        for a in rec["actions"]:
+            obs = self.step(a)[0]
+        return obs
+
+
+def _cpu_model(model: ActorCritic, mirror: ActorCritic | None) -> ActorCritic:
+    """``model`` itself on the CPU; otherwise a CPU copy holding its current weights."""
+    if next(model.parameters()).device.type == "cpu":
+        return model
+    if mirror is None:
+        mirror = copy.deepcopy(model).cpu()
+    mirror.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return mirror.eval()
 
 
 @dataclass
@@ -104,11 +239,16 @@ class RolloutCollector:
         self.env = env
         self.gen = generator
         self.ep_ret = np.zeros(env.num_envs)
+        self._mirror: ActorCritic | None = None  # CPU copy of a model that lives on another device
         if env.obs is None:
             env.reset()
 
     def collect(self, model: ActorCritic, num_steps: int, on_step: Callable[[int], None] | None = None) -> Rollout:
-        """Step every env ``num_steps`` times; ``on_step(num_envs)`` after each vector step."""
+        """Step every env ``num_steps`` times; ``on_step(num_envs)`` after each vector step.
+        The rollout is on the CPU whatever the model's device."""
+        acting = _cpu_model(model, self._mirror)
+        if acting is not model:
+            self._mirror = model = acting
         env, n, E = self.env, self.env.n_tasks, self.env.num_envs
         space = env.envs.single_action_space
         xs, acts, logps, vals, rews, nvals, terms, dones = [], [], [], [], [], [], [], []

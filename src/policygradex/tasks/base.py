@@ -67,7 +67,12 @@ class Task(Strict):
             raise UserError(f"task {self.name!r}: {self.env_id!r} raised in its constructor: {type(exc).__name__}: {exc}") from None
         self._apply_overrides(env.unwrapped)
         for w in self.wrappers:
-            env = WRAPPERS[w](env)
+            try:
+                env = WRAPPERS[w](env)
+            except Exception as exc:
+                env.close()
+                raise UserError(f"task {self.name!r}: wrapper {w!r} does not apply to {self.env_id!r}: "
+                                f"{type(exc).__name__}: {exc}") from None
         return env
 
     def _apply_overrides(self, raw: Any) -> None:
@@ -79,17 +84,32 @@ class Task(Strict):
                 raise UserError(f"task {self.name!r}: override {key!r} must be {type(old).__name__} like the env's own value, got {type(value).__name__}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"task {self.name!r}: override {key!r} must be finite, got {value}")
-            setattr(raw, key, type(old)(value) if isinstance(old, (int, float)) and not isinstance(old, bool) else value)
+            if isinstance(old, (int, np.integer)) and not isinstance(old, bool) and isinstance(value, float) and not value.is_integer():
+                raise UserError(f"task {self.name!r}: override {key!r} must be an integer like the env's own value, got {value}")
+            try:
+                setattr(raw, key, type(old)(value) if isinstance(old, (int, float)) and not isinstance(old, bool) else value)
+            except Exception as exc:  # a read-only property, a setter that validates
+                raise UserError(f"task {self.name!r}: cannot set {key!r} on {self.env_id!r}: {type(exc).__name__}: {exc}") from None
         fix = DERIVED.get(type(raw).__name__)
         if fix is not None and self.overrides:
             fix(raw)
 
 
 class TaskSuite:
-    """n tasks with shared spaces, an optional known partition and PPO presets."""
+    """n tasks with shared spaces, an optional known partition and PPO presets.
+
+    ``success_key``: the info key whose truthy value at any step of an episode marks the
+    episode a success (Meta-World: ``"success"``); ``rl.evaluate`` then reports success rates.
+    ``profile`` / ``run_preset``: the budget profile a built-in suite was made with and its
+    ``{"estimate": {...}, "group": {...}}`` defaults for ``run``; ``metadata``: facts about
+    the suite (versions, benchmark) kept with it.  Each is left out of :meth:`to_dict` when
+    unset, so suites without them serialize (and hash) as before.
+    """
 
     def __init__(self, name: str, tasks: list[Task], true_partition: list[list[str]] | None = None,
-                 description: str = "", ppo_preset: dict | None = None, params: list[dict] | None = None):
+                 description: str = "", ppo_preset: dict | None = None, params: list[dict] | None = None,
+                 success_key: str | None = None, profile: str | None = None, run_preset: dict | None = None,
+                 metadata: dict | None = None):
         if not tasks:
             raise UserError(f"suite {name!r}: has no tasks")
         names = [t.name for t in tasks]
@@ -106,6 +126,10 @@ class TaskSuite:
         self.description = description
         self.ppo_preset = dict(ppo_preset or {})
         self.params = params or []
+        self.success_key = success_key
+        self.profile = profile
+        self.run_preset = dict(run_preset or {})
+        self.metadata = dict(metadata or {})
         self.observation_space, self.action_space = self._check_spaces()
 
     @property
@@ -129,12 +153,18 @@ class TaskSuite:
             try:
                 spaces = (env.observation_space, env.action_space)
             finally:
-                env.close()
+                try:
+                    env.close()
+                except Exception:  # a failing close() says nothing about the spaces
+                    pass
             if first is None:
                 first = (task, spaces)
                 obs = spaces[0]
                 if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
                     raise UserError(f"task {task.name!r}: observation space {obs} is not a flat Box; add wrappers = [\"flatten_observation\"]")
+                act = spaces[1]
+                if not (isinstance(act, gym.spaces.Discrete) or (isinstance(act, gym.spaces.Box) and len(act.shape) == 1)):
+                    raise UserError(f"task {task.name!r}: action space {act} is not supported; allowed: Discrete or a 1-D Box")
                 continue
             for kind, a, b in (("observation", first[1][0], spaces[0]), ("action", first[1][1], spaces[1])):
                 if a != b:
@@ -142,14 +172,20 @@ class TaskSuite:
         return first[1]
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "name": self.name,
             "tasks": [t.model_dump() for t in self.tasks],
             "true_partition": self.true_partition,
             "description": self.description,
             "ppo_preset": self.ppo_preset,
         }
+        optional = {"success_key": self.success_key, "profile": self.profile, "run_preset": self.run_preset,
+                    "metadata": self.metadata}
+        d.update({k: v for k, v in optional.items() if v})
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSuite":
-        return cls(d["name"], [Task.model_validate(t) for t in d["tasks"]], d.get("true_partition"), d.get("description", ""), d.get("ppo_preset"))
+        return cls(d["name"], [Task.model_validate(t) for t in d["tasks"]], d.get("true_partition"), d.get("description", ""), d.get("ppo_preset"),
+                   success_key=d.get("success_key"), profile=d.get("profile"), run_preset=d.get("run_preset"),
+                   metadata=d.get("metadata"))

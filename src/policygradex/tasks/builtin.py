@@ -12,15 +12,28 @@
 ``lunarlander``      LunarLander-v3 (discrete actions), n tasks (default 10): gravity U[-11, -5]
                      (allowed range (-12, 0)), wind on for half the tasks with wind power
                      U[5, 20] and turbulence power U[0.5, 2.0] (recommended ranges).
+``highway``          highway-env highway-fast-v0, n tasks (default 10): lanes, vehicles, density
+                     and reward weights vary (tasks/highway.py); profiles quick (default), paper.
+``metaworld-mt10``   the ten Meta-World MT10 tasks (``--tasks k``: the first k), 50 goals each,
+``metaworld-mt50``   and the fifty MT50 tasks (tasks/metaworld.py); profiles quick (default),
+                     paper.  ``metaworld:<task>,<task>,...`` (loader) lists tasks by name.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import gymnasium as gym
 import numpy as np
 
 from .base import Task, TaskSuite
+
+# The environments of the highway and Meta-World suites; the entry points (and highway-env,
+# metaworld) are imported only when such an environment is made.
+for _id, _entry in (("policygradex/highway-fast-v0", "policygradex.tasks.highway:HighwayTaskEnv"),
+                    ("policygradex/metaworld-v3", "policygradex.tasks.metaworld:MetaWorldTaskEnv")):
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_entry)
 
 CARTPOLE_PPO = dict(envs_per_task=8, num_steps=32, minibatch_size=256, update_epochs=20, learning_rate=1e-3,
                     gamma=0.98, gae_lambda=0.8, ent_coef=0.0, clip_coef=0.2)
@@ -90,8 +103,77 @@ def single_task(env_id: str, kwargs: dict | None = None) -> TaskSuite:
                      description=f"single task {env_id}", ppo_preset=dict(preset))
 
 
+def profile_settings(profiles: dict[str, dict], profile: str, n: int, suite: str) -> tuple[dict, dict]:
+    """(PPO preset, run preset) of a suite's ``profile`` for n tasks.
+
+    ``profiles[name]`` holds ``steps_per_task`` (``total_steps`` = steps_per_task x n), ``ppo``
+    (PPOConfig fields) and optional ``estimate`` / ``group`` tables (defaults of ``run``).
+    """
+    from ..errors import UserError
+
+    if profile not in profiles:
+        raise UserError(f"--profile {profile!r}: suite {suite!r} has profiles {', '.join(profiles)}")
+    p = profiles[profile]
+    ppo = dict(p["ppo"], total_steps=p["steps_per_task"] * n)
+    run = {k: dict(p[k]) for k in ("estimate", "group") if p.get(k)}
+    return ppo, run
+
+
+def highway(n: int = 10, seed: int = 0, profile: str = "quick") -> TaskSuite:
+    """highway-env highway-fast-v0 with varied traffic and reward weights (tasks/highway.py)."""
+    from .highway import highway as make
+
+    return make(n, seed, profile)
+
+
+def metaworld_mt10(n: int | None = None, seed: int = 0, profile: str = "quick") -> TaskSuite:
+    """The Meta-World MT10 tasks, or the first ``n`` of them (tasks/metaworld.py)."""
+    from .metaworld import mt10
+
+    return mt10(n, seed, profile)
+
+
+def metaworld_mt50(n: int | None = None, seed: int = 0, profile: str = "quick") -> TaskSuite:
+    """The Meta-World MT50 tasks, or the first ``n`` of them (tasks/metaworld.py)."""
+    from .metaworld import mt50
+
+    return mt50(n, seed, profile)
+
+
 SUITES: dict[str, Callable[..., TaskSuite]] = {
     "cartpole": cartpole,
     "cartpole-planted": cartpole_planted,
     "lunarlander": lunarlander,
+    "highway": highway,
+    "metaworld-mt10": metaworld_mt10,
+    "metaworld-mt50": metaworld_mt50,
 }
+
+
+#: The families whose tasks are drawn from continuous parameter ranges, so that held-out tasks
+#: can be drawn from the same ranges (meta-RL, ``compare.meta``).
+HELDOUT_FAMILIES = ("cartpole", "cartpole-planted", "lunarlander")
+#: Entropy added to the suite seed for the held-out stream (never the training suite's seed).
+HELDOUT_STREAM = 0x7E57
+
+
+def heldout_seed(seed: int) -> int:
+    """The generator seed of the held-out tasks of a suite made with ``seed``: a different
+    stream (``SeedSequence([seed, HELDOUT_STREAM])``), so held-out tasks do not repeat the
+    training draws."""
+    return int(np.random.SeedSequence([int(seed), HELDOUT_STREAM]).generate_state(1)[0])
+
+
+def heldout(family: str, n_test: int, seed: int) -> TaskSuite:
+    """``n_test`` held-out tasks of a built-in family: the family's generator with the same
+    parameter ranges and :func:`heldout_seed` (``seed``: the training suite's seed); tasks are
+    named ``test-<name>`` and the suite has no known partition."""
+    from ..errors import UserError
+
+    if family not in HELDOUT_FAMILIES:
+        raise UserError(f"held-out tasks need a built-in family with continuous parameters ({', '.join(HELDOUT_FAMILIES)}), "
+                        f"got suite {family!r}")
+    base = SUITES[family](n=n_test, seed=heldout_seed(seed))
+    tasks = [t.model_copy(update={"name": f"test-{t.name}"}) for t in base.tasks]
+    return TaskSuite(f"{family}-heldout", tasks, description=f"{n_test} held-out tasks of {family} (seed stream {seed}, "
+                     f"{HELDOUT_STREAM:#x})", ppo_preset=base.ppo_preset, params=base.params)

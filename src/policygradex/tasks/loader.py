@@ -4,6 +4,7 @@ A suite file is TOML::
 
     name = "my-suite"                      # optional, defaults to the file stem
     true_partition = [["a", "b"], ["c"]]   # optional, a known grouping for validation
+    success_key = "success"                # optional: info key marking an episode's success (any step)
     [ppo]                                  # optional PPO preset (any PPOConfig field)
     envs_per_task = 4
     [[tasks]]
@@ -16,6 +17,7 @@ A suite file is TOML::
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 from pathlib import Path
 
@@ -27,28 +29,58 @@ from .base import Task, TaskSuite
 from .builtin import SUITES, single_task
 
 
+MAX_SEED = 2**32 - 1
+MAX_TASKS = 1000  # a built-in suite's --tasks; each task is an environment made at load time
+
+
 class SuiteFile(Strict):
     name: str | None = None
     description: str = ""
+    success_key: str | None = None
     true_partition: list[list[str]] | None = None
     ppo: dict = Field(default_factory=dict)
     tasks: list[Task] = Field(..., min_length=1)
 
 
-def load_suite(spec: str, n_tasks: int | None = None, seed: int = 0) -> TaskSuite:
-    """A built-in suite by name (``n_tasks`` and ``seed`` feed its generator), a TOML file,
-    or ``env:ID`` for a single gymnasium task."""
+def load_suite(spec: str, n_tasks: int | None = None, seed: int = 0, profile: str | None = None) -> TaskSuite:
+    """A built-in suite by name (``n_tasks``, ``seed`` and ``profile`` feed its generator),
+    ``metaworld:<task>,<task>,...``, a TOML file, or ``env:ID`` for a single gymnasium task.
+
+    ``profile`` (``quick`` or ``paper``) picks the budget presets of the suites that have them
+    (highway, Meta-World; default quick); the other suites have none and refuse it."""
+    if profile is not None and not (spec.startswith("metaworld:") or
+                                    (spec in SUITES and "profile" in inspect.signature(SUITES[spec]).parameters)):
+        with_profiles = [s for s, f in SUITES.items() if "profile" in inspect.signature(f).parameters]
+        raise UserError(f"--profile {profile!r}: suite {spec!r} has no profiles; suites with profiles: "
+                        f"{', '.join(with_profiles)}, metaworld:<tasks>")
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--suite-seed must be between 0 and {MAX_SEED}, got {seed}")
     if spec in SUITES:
-        if n_tasks is not None and n_tasks < 1:
-            raise UserError(f"--tasks must be >= 1, got {n_tasks}")
+        if n_tasks is not None and not 1 <= n_tasks <= MAX_TASKS:
+            raise UserError(f"--tasks must be between 1 and {MAX_TASKS}, got {n_tasks}")
         kwargs = {"seed": seed} if n_tasks is None else {"n": n_tasks, "seed": seed}
-        return SUITES[spec](**kwargs)
+        if profile is not None:
+            kwargs["profile"] = profile
+        suite = SUITES[spec](**kwargs)
+        suite.source = {"suite": spec, "tasks": n_tasks, "suite_seed": seed, "profile": profile}  # recorded in config.json
+        return suite
+    if spec.startswith("metaworld:"):
+        if n_tasks is not None:
+            raise UserError(f"--tasks does not apply to --suite {spec}: list the Meta-World tasks you want instead")
+        from .metaworld import custom
+
+        suite = custom(spec[len("metaworld:"):], seed, profile or "quick")
+        suite.source = {"suite": spec, "tasks": None, "suite_seed": seed, "profile": profile}  # recorded in config.json
+        return suite
     if spec.startswith("env:"):
+        if not spec[4:].strip():
+            raise UserError(f"--suite {spec!r}: env: needs a gymnasium id, e.g. env:CartPole-v1")
         return single_task(spec[4:])
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
         return load_suite_file(path)
-    raise UserError(f"--suite {spec!r}: unknown suite; allowed: {', '.join(SUITES)}, a .toml suite file, or env:<gymnasium id>")
+    raise UserError(f"--suite {spec!r}: unknown suite; allowed: {', '.join(SUITES)}, metaworld:<task>,<task>,..., "
+                    "a .toml suite file, or env:<gymnasium id>")
 
 
 def load_suite_file(path: Path) -> TaskSuite:
@@ -62,4 +94,4 @@ def load_suite_file(path: Path) -> TaskSuite:
         raise UserError(f"suite file {path}: not a UTF-8 text file") from None
     sf = parse(SuiteFile, data, f"suite file {path}")
     parse(PPOConfig, sf.ppo, f"suite file {path}: [ppo]")
-    return TaskSuite(sf.name or path.stem, sf.tasks, sf.true_partition, sf.description, sf.ppo)
+    return TaskSuite(sf.name or path.stem, sf.tasks, sf.true_partition, sf.description, sf.ppo, success_key=sf.success_key)
