@@ -35,7 +35,6 @@ Random grouping
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 

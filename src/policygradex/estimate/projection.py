@@ -131,6 +131,10 @@ class Projector(abc.ABC):
     def spec(self) -> dict[str, Any]:
         """A JSON-able description from which :func:`projector_from_spec` rebuilds ``self``."""
 
+    def _spec_head(self) -> dict[str, Any]:
+        """The fields every projector's spec starts with (kind, sizes, seed, dtype)."""
+        return {"kind": self.kind, "p": self.p, "d": self.d, "seed": self.seed, "dtype": _dtype_name(self.dtype)}
+
     @classmethod
     @abc.abstractmethod
     def from_spec(cls, spec: dict[str, Any]) -> Projector:
@@ -263,15 +267,7 @@ class GaussianProjector(Projector):
         return list(self._fingerprint)
 
     def spec(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "p": self.p,
-            "d": self.d,
-            "seed": self.seed,
-            "dtype": _dtype_name(self.dtype),
-            "block_rows": self.block_rows,
-            "fingerprint": self.fingerprint(),
-        }
+        return {**self._spec_head(), "block_rows": self.block_rows, "fingerprint": self.fingerprint()}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> GaussianProjector:

@@ -424,11 +424,7 @@ class StructuredProjector(Projector):
 
     def spec(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "p": self.p,
-            "d": self.d,
-            "seed": self.seed,
-            "dtype": _dtype_name(self.dtype),
+            **self._spec_head(),
             "block_rows": self.block_rows,
             "layers": [asdict(layer) for layer in self.layers],
             "dense": [asdict(prm) for prm in self.dense],
