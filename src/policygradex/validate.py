@@ -52,7 +52,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from . import artifacts as art
 from .config import RunConfig, ValidateConfig
 from .errors import UserError
-from .estimate.collect import load_rollouts
+from .estimate.collect import load_meta_policy, load_rollouts
 from .tasks import TaskSuite
 
 __all__ = [
@@ -602,7 +602,6 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     from .group.sdp import random_grouping
     from .pipeline import stage_seconds
     from .report import approx_error_plot, estimated_vs_true_plot
-    from .rl.checkpoint import load_checkpoint
     from .ui import console
 
     vcfg = vcfg or ValidateConfig()
@@ -614,8 +613,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
 
     sub = art.read_json(run_dir / "subsets.json")
     members = np.array([[name in s for name in suite.names] for s in sub["subsets"]], dtype=bool)
-    meta = art.read_json(run_dir / "collect" / "meta_policy.json")
-    model, _, _, _ = load_checkpoint(run_dir / "train" / "checkpoints" / meta["checkpoint"])
+    model = load_meta_policy(run_dir)
 
     ft, ft_digest = _finetune_stage(run_dir, vdir, model, suite, members, cfg, vcfg, backend)
 

@@ -43,8 +43,10 @@ import torch
 from torch.func import functional_call
 
 from ..config import PPOConfig
+from ..estimate.collect import load_meta_policy
 from ..errors import UserError
 from ..group.sdp import group_tasks, groups_from_labels, random_grouping
+from ..rl.ppo import clipped_surrogate
 from ..tasks import TaskSuite
 
 __all__ = ["random_groups", "gradient_similarity", "tag_affinity", "groups_from_affinity"]
@@ -63,15 +65,6 @@ def groups_from_affinity(U: np.ndarray, k: int) -> list[list[int]]:
     if k >= n:
         return [[i] for i in range(n)]
     return [list(g) for g in group_tasks(U, k=k).groups]
-
-
-def _meta_model(run_dir: Path):
-    from ..artifacts import read_json
-    from ..rl.checkpoint import load_checkpoint
-
-    meta = read_json(run_dir / "collect" / "meta_policy.json")
-    model, _, _, _ = load_checkpoint(run_dir / "train" / "checkpoints" / meta["checkpoint"])
-    return model
 
 
 def per_task_mean_gradients(actor, x: torch.Tensor, a: torch.Tensor, adv: torch.Tensor, task: torch.Tensor, n: int) -> torch.Tensor:
@@ -100,7 +93,7 @@ def gradient_similarity(run_dir: Path, n: int) -> dict:
     from ..estimate.collect import load_rollouts
     from ..estimate.features import FeatureStore
 
-    model = _meta_model(run_dir)
+    model = load_meta_policy(run_dir)
     c = load_rollouts(run_dir)
     G = per_task_mean_gradients(model.actor, c["x"], c["actions"], c["adv"], c["task"], n)
     U = _cosine(G)
@@ -112,8 +105,7 @@ def gradient_similarity(run_dir: Path, n: int) -> dict:
 
 
 def _clipped_objective_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, clip: float) -> torch.Tensor:
-    ratio = (logp_new - logp_old).exp()
-    return torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+    return clipped_surrogate((logp_new - logp_old).exp(), adv, clip).mean()
 
 
 def tag_affinity(run_dir: Path, suite: TaskSuite, cfg: PPOConfig, checkpoints: int, transitions: int, delta: float,

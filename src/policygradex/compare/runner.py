@@ -65,10 +65,9 @@ def _unit_arch(method: Method, cfg: CompareConfig) -> str:
 
 def _theta_star_state(ctx: CompareContext) -> dict:
     if "theta_star" not in ctx.cache:
-        from ..rl.checkpoint import load_checkpoint
+        from ..estimate.collect import load_meta_policy
 
-        meta = art.read_json(ctx.run_dir / "collect" / "meta_policy.json")
-        model, _, _, _ = load_checkpoint(ctx.run_dir / "train" / "checkpoints" / meta["checkpoint"])
+        model = load_meta_policy(ctx.run_dir)
         ctx.cache["theta_star"] = {k: v.clone() for k, v in model.state_dict().items()}
     return ctx.cache["theta_star"]
 

@@ -97,6 +97,16 @@ def load_rollouts(run_dir: str | Path) -> dict:
     return torch.load(Path(run_dir) / "collect" / "rollouts.pt", weights_only=False)
 
 
+def load_meta_policy(run_dir: str | Path):
+    """The model theta* that the collect stage chose (``collect/meta_policy.json``) from a run directory."""
+    from ..artifacts import read_json
+    from ..rl.checkpoint import load_checkpoint
+
+    meta = read_json(Path(run_dir) / "collect" / "meta_policy.json")
+    model, _, _, _ = load_checkpoint(Path(run_dir) / "train" / "checkpoints" / meta["checkpoint"])
+    return model
+
+
 def collect(model, suite: TaskSuite, cfg: PPOConfig, transitions_per_task: int, envs_per_task: int,
             heldout_frac: float, seed: int, on_step=None) -> Collected:
     if getattr(model, "algo", "ppo") == "sac":  # MT-SAC theta*: advantages Q(s, a) - V(s) (rl.sac.collect)

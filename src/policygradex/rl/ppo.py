@@ -62,6 +62,11 @@ def normalize_advantages(adv: torch.Tensor, task_of: torch.Tensor, n_tasks: int)
     return out
 
 
+def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, clip: float) -> torch.Tensor:
+    """PPO's clipped objective per sample, as a loss: max(-A r, -A clip(r, 1 - eps, 1 + eps))."""
+    return torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip))
+
+
 def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig, n_tasks: int,
                clip: float, gen: torch.Generator, grad_surgery: GradSurgery | None = None) -> dict[str, float]:
     """``grad_surgery(model, per_sample_loss, task_of)``, when given, replaces ``loss.backward()``:
@@ -93,16 +98,16 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
             a_mb = adv[idx]
             if cfg.norm_adv == "batch" and len(idx) > 1:
                 a_mb = (a_mb - a_mb.mean()) / (a_mb.std() + 1e-8)
-            pg_loss = torch.max(-a_mb * ratio, -a_mb * ratio.clamp(1 - clip, 1 + clip)).mean()
-            v_loss = 0.5 * (model.value(x[idx]) - ret[idx]).pow(2).mean()
-            entropy = dist.entropy().mean()
+            pg_per_sample = clipped_surrogate(ratio, a_mb, clip)
+            v_per_sample = 0.5 * (model.value(x[idx]) - ret[idx]).pow(2)
+            ent_per_sample = dist.entropy()
+            pg_loss, v_loss, entropy = pg_per_sample.mean(), v_per_sample.mean(), ent_per_sample.mean()
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
             optimizer.zero_grad()
             if grad_surgery is None:
                 loss.backward()
             else:
-                per_sample = (torch.max(-a_mb * ratio, -a_mb * ratio.clamp(1 - clip, 1 + clip)) - cfg.ent_coef * dist.entropy()
-                              + cfg.vf_coef * 0.5 * (model.value(x[idx]) - ret[idx]).pow(2))
+                per_sample = pg_per_sample - cfg.ent_coef * ent_per_sample + cfg.vf_coef * v_per_sample
                 grad_surgery(model, per_sample, task_of[idx])
             nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
