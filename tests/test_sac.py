@@ -251,3 +251,38 @@ def test_same_seed_same_training_and_softmod_body(tmp_path):
 
     with pytest.raises(UserError, match="different algorithm, config or suite"):
         sac.train(suite, small_cfg(total_steps=80, learning_starts=40, batch_size=16, seed=9), tmp_path / "sm")
+
+
+def test_group_sac_budget_rule_gives_every_task_the_same_steps():
+    from policygradex.compare.train import group_sac
+
+    cfg = small_cfg(learning_starts=1000, batch_size=100)
+    whole = group_sac(cfg, 10, 10, 3000, seed=5)
+    part = group_sac(cfg, 3, 10, 3000, seed=5)
+    assert whole.total_steps // (10 * cfg.envs_per_task) == part.total_steps // (3 * cfg.envs_per_task) == 3000
+    assert (whole.learning_starts, part.learning_starts) == (1000, 300)
+    assert (whole.batch_size, part.batch_size) == (100, 30)
+    assert group_sac(cfg, 3, 10, 3000, seed=5, rule="preset_size").batch_size == 100
+    assert part.seed == 5 and part.checkpoint_every == part.total_steps
+
+
+def test_train_group_sac_trains_only_its_tasks_and_warm_starts(tmp_path):
+    from policygradex.compare.train import group_sac, train_group_sac
+
+    suite = toy_suite((1.0, -1.0, 1.0))
+    cfg = group_sac(small_cfg(envs_per_task=1), 2, 3, 300, seed=7)
+    res = train_group_sac(suite, [0, 2], cfg, tmp_path / "g")
+    assert res.env_steps == {0: 300, 2: 300} and res.tasks == [0, 2] and res.checkpoint.exists()
+    hist = json.loads((tmp_path / "g" / "train_history.json").read_text())
+    assert hist[-1]["returns"]["reach-mirrored-1"] is None  # never stepped
+    # the untouched task's temperature never moves; the trained tasks' do
+    la = res.model.log_alpha.detach()
+    assert la[1] == np.log(cfg.init_alpha) and (la[[0, 2]] != np.log(cfg.init_alpha)).all()
+    # same seed, same policy; a warm start begins from the given state
+    again = train_group_sac(suite, [0, 2], cfg, tmp_path / "g2")
+    assert all(torch.equal(p, q) for p, q in zip(res.model.state_dict().values(), again.model.state_dict().values()))
+    init = {k: v.clone() for k, v in res.model.state_dict().items()}
+    warm = train_group_sac(suite, [0, 2], cfg.model_copy(update={"total_steps": 2, "learning_starts": 10**6}), tmp_path / "w",
+                           init_state=init)
+    assert torch.equal(warm.model.actor.state_dict()[next(iter(warm.model.actor.state_dict()))],
+                       init[next(k for k in init if k.startswith("actor."))])

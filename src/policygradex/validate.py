@@ -298,7 +298,7 @@ def _effective_steps(n_sub_tasks: int, cfg, total: int) -> int:
 # the order of execution or the other units.
 
 #: Version of the per-unit cache format (part of every unit's key).
-_UNIT_FORMAT = 1
+_UNIT_FORMAT = 2
 
 
 def finetune_units(names: Sequence[str], members: np.ndarray, ppo_cfg, vcfg: ValidateConfig, prefix: str = "") -> tuple[list, dict]:
@@ -364,7 +364,7 @@ def _finetune_unit(ctx: dict, payload: tuple) -> dict:
     ev = evaluate_policy(res.model, suite, episodes=ctx["episodes"], deterministic=False, seed=ctx["eval_seed"], tasks=list(tasks))
     t_ev = time.perf_counter() - t0
     out = {"f": [ev[suite.names[i]]["mean"] for i in tasks], "returns": [ev[suite.names[i]]["returns"] for i in tasks],
-           "finetune_s": res.wall_s, "eval_s": t_ev, "env_steps": res.env_steps}
+           "finetune_s": res.wall_s, "eval_s": t_ev, "env_steps": res.env_steps, "final": flat_params(res.model.actor).to(torch.float32)}
     if keep_path:
         probe, path = ctx["probe"], []
         for _, state in res.snapshots:
@@ -401,7 +401,8 @@ def finetune_subsets(model, suite: TaskSuite, members: np.ndarray, ppo_cfg, vcfg
     ``f_true_repeats`` [r, m, n], ``paths`` (per subset a [K, p] float32 tensor: the actor after
     each PPO iteration of the first repeat), ``steps`` (env steps at each snapshot),
     ``returns`` (per subset, per task, the episode returns of every repeat), ``finetune_s`` /
-    ``eval_s`` (wall time per subset, all repeats) and ``theta_star_returns`` (theta*
+    ``eval_s`` (wall time per subset, all repeats), ``finals`` (per repeat, per subset, the
+    fine-tuned actor theta_S as a flat float32 vector) and ``theta_star_returns`` (theta*
     evaluated the same way on every task).
 
     The work runs as independent units (:func:`finetune_units`) on ``backend`` (default: this
@@ -436,6 +437,7 @@ def finetune_subsets(model, suite: TaskSuite, members: np.ndarray, ppo_cfg, vcfg
 
     f_rep = np.full((reps, m, n), np.nan)
     paths, steps, returns, ft_s, ev_s = [], [], [], [], []
+    finals: list[list[torch.Tensor]] = [[] for _ in range(reps)]
     for s in range(m):
         tasks = np.flatnonzero(members[s]).tolist()
         rets: dict[str, list[float]] = {suite.names[i]: [] for i in tasks}
@@ -444,6 +446,7 @@ def finetune_subsets(model, suite: TaskSuite, members: np.ndarray, ppo_cfg, vcfg
             r = results[index[(s, j)]]
             t_ev += r["eval_s"]
             t_ft += r["finetune_s"]
+            finals[j].append(r["final"])
             for pos, i in enumerate(tasks):
                 f_rep[j, s, i] = r["f"][pos]
                 rets[suite.names[i]] += r["returns"][pos]
@@ -455,7 +458,7 @@ def finetune_subsets(model, suite: TaskSuite, members: np.ndarray, ppo_cfg, vcfg
         returns.append(rets)
     base = results[index[("theta*",)]]["theta_star_returns"]
     return {"f_true": f_rep.mean(axis=0), "f_true_repeats": f_rep, "paths": paths, "steps": steps, "returns": returns,
-            "finetune_s": ft_s, "eval_s": ev_s, "theta_star_returns": dict(base)}
+            "finetune_s": ft_s, "eval_s": ev_s, "finals": finals, "theta_star_returns": dict(base)}
 
 
 # ============================================================================ the validation
@@ -570,6 +573,33 @@ def _hessian(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, pat
     return out
 
 
+def surrogate_truth(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, finals: list[list[torch.Tensor]]) -> np.ndarray:
+    """``f_sur[j, S, i] = mean_t A_t (pi_theta_S(a_t|s_t) / pi_theta*(a_t|s_t) - 1)`` over task
+    ``i``'s held-out rows, ``theta_S`` the actor really fine-tuned on ``S`` with repeat ``j``:
+    the real improvement of the PPO surrogate objective whose first-order estimate is the run's
+    ``first_order_ppo`` evaluator (``exp(g^T u_S) - 1`` in place of the true ratio minus one).
+    No rollouts, so no evaluation noise: it isolates how well the estimate predicts what real
+    fine-tuning does to each task's objective.  [r, m, n], NaN outside the subsets."""
+    act64 = _double(model.actor)
+    reps, (m, n) = len(finals), members.shape
+    out = np.full((reps, m, n), np.nan)
+    held = ro["heldout"]
+    fns = {}
+    for i in range(n):
+        rows = (ro["task"] == i) & held
+        fns[i] = (_functional_logprob(act64, ro["x"][rows], ro["actions"][rows]), ro["adv"][rows].double())
+    ts = theta_star.detach().double()
+    with torch.no_grad():
+        base = {i: f(ts) for i, (f, _) in fns.items()}
+        for j in range(reps):
+            for s in range(m):
+                th = finals[j][s].double()
+                for i in np.flatnonzero(members[s]):
+                    f, adv = fns[int(i)]
+                    out[j, s, i] = float((adv * torch.expm1(f(th) - base[int(i)])).mean())
+    return out
+
+
 def _grouping(f: np.ndarray, members: np.ndarray, grp) -> tuple:
     from .estimate.affinity import build_affinity
     from .group.null import null_test
@@ -666,6 +696,27 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     U_est = art.read_table(run_dir / "affinity.csv", index=True)
     iu = np.triu_indices(n, k=1)
     rho_aff = spearmanr(U_est[iu], aff_true.U[iu]).statistic if n > 2 else float("nan")
+
+    # 3b. the same, with the real surrogate improvement in place of the return (no rollout noise)
+    with console.status("ground truth from the real surrogate improvement: SDP + null test"):
+        sur_reps = surrogate_truth(model, theta_star, ro, members, ft["finals"])
+        f_sur = sur_reps.mean(axis=0)
+        aff_sur, g_sur, nt_sur = _grouping(f_sur, members, cfg.group)
+    z_sur = _standardized(f_sur, members)
+    zs_reps = [_standardized(r_, members)[members] for r_ in sur_reps]
+    pair_sur = [float(spearmanr(zs_reps[a], zs_reps[b]).statistic) for a in range(len(zs_reps)) for b in range(a + 1, len(zs_reps))]
+    rnd_nmi_sur = np.array([normalized_mutual_info_score(g_sur.labels, r) for r in rnd])
+    sur = {"definition": "f_sur(S, i) = mean over task i's held-out rows of A_t (pi_theta_S(a|s) / pi_theta*(a|s) - 1), "
+                         "theta_S really fine-tuned on S (mean over the fine-tuning seeds)",
+           **agreement(g_sur.labels, est_labels),
+           "random_nmi": float(rnd_nmi_sur.mean()),
+           "spearman": float(spearmanr(z_est[members], z_sur[members]).statistic),
+           "affinity_spearman": float(spearmanr(U_est[iu], aff_sur.U[iu]).statistic) if n > 2 else None,
+           "spearman_between_seeds": pair_sur, "mean_between_seeds": float(np.mean(pair_sur)) if pair_sur else None,
+           "groups": [[suite.names[i] for i in g] for g in g_sur.groups], "labels": [int(x) for x in g_sur.labels],
+           "k": int(g_sur.k), "null_p": float(nt_sur.p_value),
+           "distinguishable_from_noise": bool(nt_sur.p_value < cfg.group.alpha)}
+    art.write_table(vdir / "f_true_surrogate.csv", f_sur, suite.names)
     t_truth = time.perf_counter() - t1
 
     # 5. Hessian trace and generalization gap
@@ -711,6 +762,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
         "speedup_breakdown": breakdown,
         "hessian_trace": hess,
         "ground_truth": gt,
+        "surrogate_truth": sur,
         "estimated": {"groups": groups["groups"], "labels": groups["labels"], "k": groups["k"], "null_p": groups["null_p"]},
         "finetune": {"env_steps_per_subset": [s[-1] for s in ft["steps"]], "iterations_per_subset": [len(s) for s in ft["steps"]],
                      "final_delta": final_delta, "final_delta_median": float(np.median(final_delta)),
@@ -722,11 +774,12 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     if suite.true_labels() is not None:
         result["ground_truth"]["nmi_vs_true_partition"] = agreement(suite.true_labels(), g_true.labels)["nmi"]
         result["estimated"]["nmi_vs_true_partition"] = agreement(suite.true_labels(), est_labels)["nmi"]
+        result["surrogate_truth"]["nmi_vs_true_partition"] = agreement(suite.true_labels(), g_sur.labels)["nmi"]
 
     approx_error_plot(points, vcfg.buckets, run_dir / "approx_error.png")
     estimated_vs_true_plot(z_est, z_true, members, suite.names, g_true.labels, rho, run_dir / "estimated_vs_true.png")
     result["timings_s"]["analysis_total"] = time.perf_counter() - t0
     result["timings_s"]["validate_call"] = time.perf_counter() - t_start
     art.write_json(run_dir / "validation.json", result)
-    stage.done(["validation.json", "approx_error.png", "estimated_vs_true.png", "validate/f_true.csv"])
+    stage.done(["validation.json", "approx_error.png", "estimated_vs_true.png", "validate/f_true.csv", "validate/f_true_surrogate.csv"])
     return result

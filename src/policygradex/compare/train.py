@@ -15,6 +15,13 @@ so, as in :func:`policygradex.rl.ppo.train`.  The suite presets fix a minibatch 
 for the all-task batch; with ``same_count`` (:func:`group_ppo`, the default) a smaller group's
 minibatches shrink with its batch, so every policy makes the same number of optimizer steps
 per iteration and only the data differ between methods.
+
+SAC (``--algo sac``; :func:`train_group_sac`): a group policy of ``s`` tasks runs
+``envs_per_task`` environments of each of its tasks and makes ``gradient_steps`` updates per
+vector step, for ``steps_per_task`` steps of every task; the random-action warm-up is
+``learning_starts * s / n`` steps (the same per task as the all-task policy) and, with
+``same_count``, the batch is ``ceil(batch_size * s / n)`` rows (the same rows per task and
+update as the all-task policy, which makes the same number of updates per task-step).
 """
 
 from __future__ import annotations
@@ -22,19 +29,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..config import PPOConfig
+from ..config import PPOConfig, SACConfig
 from ..rl.checkpoint import build_model
 from ..rl.networks import ActorCritic
 from ..rl.ppo import GradSurgery, ppo_iteration
 from ..rl.rollout import MultiTaskEnv, RolloutCollector
 from ..tasks import TaskSuite
 
-__all__ = ["group_ppo", "iterations_for", "GroupResult", "train_group"]
+__all__ = ["group_ppo", "group_sac", "iterations_for", "GroupResult", "train_group", "train_group_sac"]
 
 
 def group_ppo(cfg: PPOConfig, group_size: int, n_tasks: int, rule: str = "same_count") -> PPOConfig:
@@ -51,6 +59,18 @@ def group_ppo(cfg: PPOConfig, group_size: int, n_tasks: int, rule: str = "same_c
     return cfg.model_copy(update={"minibatch_size": max(1, math.ceil(group_size * per_task / ref))})
 
 
+def group_sac(cfg: SACConfig, group_size: int, n_tasks: int, steps_per_task: int, seed: int,
+              rule: str = "same_count") -> SACConfig:
+    """The SAC config of a policy for ``group_size`` of the ``n_tasks`` tasks (module docstring)."""
+    frac = group_size / n_tasks
+    total = steps_per_task * group_size * cfg.envs_per_task
+    update = {"total_steps": total, "checkpoint_every": total, "seed": seed,
+              "learning_starts": math.ceil(cfg.learning_starts * frac)}
+    if rule == "same_count":
+        update["batch_size"] = max(1, math.ceil(cfg.batch_size * frac))
+    return cfg.model_copy(update=update)
+
+
 def iterations_for(cfg: PPOConfig, steps_per_task: int) -> int:
     """PPO iterations that give every task at least ``steps_per_task`` steps (at least one)."""
     return max(1, math.ceil(steps_per_task / (cfg.envs_per_task * cfg.num_steps)))
@@ -64,6 +84,7 @@ class GroupResult:
     iterations: int
     wall_s: float
     train_returns: dict[int, float | None]  # mean of the last 20 finished training episodes per task
+    checkpoint: Path | None = None           # SAC: the final checkpoint that train_group_sac wrote
 
 
 def train_group(suite: TaskSuite, tasks: list[int], cfg: PPOConfig, steps_per_task: int, seed: int,
@@ -105,3 +126,21 @@ def train_group(suite: TaskSuite, tasks: list[int], cfg: PPOConfig, steps_per_ta
     model.eval()
     rets = {t: (float(np.mean(r)) if r else None) for t, r in recent.items()}
     return GroupResult(model, [int(t) for t in tasks], steps, iters, time.perf_counter() - t0, rets)
+
+
+def train_group_sac(suite: TaskSuite, tasks: list[int], cfg: SACConfig, work_dir: Path, init_state: dict | None = None,
+                    on_step: Callable[[int], None] | None = None) -> GroupResult:
+    """Train one multi-task SAC policy on ``tasks`` with ``cfg`` from :func:`group_sac`; the
+    run's checkpoints and ``train_history.json`` go to ``work_dir`` (``GroupResult.checkpoint`` is
+    the final one)."""
+    from ..rl import sac
+
+    t0 = time.perf_counter()
+    res = sac.train(suite, cfg, work_dir, on_update=(lambda k, _info: on_step(k)) if on_step is not None else None,
+                    tasks=[int(t) for t in tasks], init_state=init_state)
+    per_task = res.global_step // len(tasks)
+    last = res.history[-1]["returns"] if res.history else {}
+    rets = {int(t): last.get(suite.names[int(t)]) for t in tasks}
+    return GroupResult(res.model, [int(t) for t in tasks], {int(t): per_task for t in tasks},
+                       math.ceil(cfg.total_steps / (len(tasks) * cfg.envs_per_task)), time.perf_counter() - t0, rets,
+                       res.checkpoints[-1] if res.checkpoints else None)

@@ -377,13 +377,18 @@ def _check_out_dir(out_dir: Path, cfg: SACConfig, suite: TaskSuite) -> None:
 
 
 def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
-          on_update: Callable[[int, dict], None] | None = None) -> TrainResult:
+          on_update: Callable[[int, dict], None] | None = None, tasks: list[int] | None = None,
+          init_state: dict | None = None) -> TrainResult:
     """Multi-task SAC on ``suite`` for ``cfg.total_steps`` environment steps (over all tasks).
 
     Every vector step acts in every environment (uniform random actions before
     ``learning_starts`` transitions), stores the transitions and then makes ``gradient_steps``
     updates of batch ``batch_size``.  Checkpoints every ``checkpoint_every`` environment steps
-    and at the end, in ``out_dir/checkpoints``; ``on_update(steps, info)`` after each vector step."""
+    and at the end, in ``out_dir/checkpoints``; ``on_update(steps, info)`` after each vector step.
+
+    ``tasks``: train on these suite indices only (a group policy; the one-hot width and the
+    per-task temperatures stay the suite's, so the policy is evaluated with the suite's task ids);
+    ``init_state``: a :class:`SACModel` state dict to start from (warm start from theta*)."""
     from ..ui import console
     from .checkpoint import list_checkpoints
     from .evaluate import step_flags
@@ -394,6 +399,8 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     model = build_model(suite, cfg)  # initialized on the CPU, then moved
+    if init_state is not None:
+        model.load_state_dict(init_state)
     dev = resolve_device(cfg.device)
     model.to(dev)
     _check_out_dir(out_dir, cfg, suite)
@@ -404,7 +411,7 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
     h_target = target_entropy(cfg, model.actor.act_dim)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    env = MultiTaskEnv(suite, cfg.envs_per_task, cfg.seed)
+    env = MultiTaskEnv(suite, cfg.envs_per_task, cfg.seed, tasks)
     obs = env.reset()
     n, E = suite.n, env.num_envs
     space = suite.action_space
