@@ -144,6 +144,8 @@ def _cli_in_process(capsys, *argv: str):
     ("validate", ["--ray-address", "auto"], ["--ray-address needs --backend ray"]),
     ("validate", ["--backend", "ray", "--ray-address", "127.0.0.1:9"], ["--ray-address 127.0.0.1:9: cannot connect"]),
     ("run", ["--backend", "ray", "--ray-address", "nonsense"], ["--ray-address 'nonsense': expected auto, HOST:PORT"]),
+    ("compare", ["--workers", "0"], ["--workers must be an integer >= 1"]),
+    ("compare", ["--ray-address", "auto"], ["--ray-address needs --backend ray"]),
 ])
 def test_bad_backend_options_on_the_cli(capsys, tmp_path, cmd, args, needles):
     if "ray" in args and not HAVE_RAY:
@@ -313,3 +315,146 @@ def test_an_interrupted_validation_resumes_from_its_finished_units(ray_cluster, 
     assert ex["units_run"] == 1 and ex["units_reused"] == ex["units"] - 1
     ft_c = torch.load(out / "validate" / "finetune.pt", weights_only=False)
     assert np.array_equal(ft_a["f_true_repeats"], ft_c["f_true_repeats"], equal_nan=True)
+
+
+# ---------------------------------------------------------------- compare's units and the null test on a backend
+
+# 3 CartPole tasks, one PPO iteration per task; a PPO method, Soft Modularization and a meta-RL
+# method (its own run_unit): 6 (method, seed) units, no PolicyGradEx run needed
+TINY_COMPARE = dict(methods="multitask,softmod,meta-maml", seeds=2, steps_per_task=64, episodes=1, n_test=2, adapt_steps=1,
+                    probe_episodes=1)
+_WALL = ("wall_s", "train_wall_s", "grouping_s")
+
+
+def _compare_inputs(**overrides):
+    from policygradex.cli import _run_config
+    from policygradex.config import CompareConfig
+    from policygradex.tasks import load_suite
+
+    suite = load_suite("cartpole", 3, 0)
+    cfg = _run_config(suite, None, 0, None, None, None, None, None, None, None, None, None, None, None, None, None, None)
+    opts = {**TINY_COMPARE, "methods": tuple(TINY_COMPARE["methods"].split(",")), **overrides}
+    return suite, cfg, CompareConfig(**opts)
+
+
+def _unit_numbers(out: Path) -> dict:
+    """Every unit's result.json without its wall times, and its policies' tensors."""
+    import torch
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in _WALL}
+        return x
+
+    units = {}
+    for res in sorted((out / "compare").rglob("result.json")):
+        key = str(res.parent.relative_to(out / "compare"))
+        r = json.loads(res.read_text())
+        models = [torch.load(res.parent / p, weights_only=False)["model"] for p in r["policies"]]
+        units[key] = (strip(r), [{k: v.tolist() for k, v in m.items()} for m in models])
+    return units
+
+
+def _same_comparison(a: dict, b: dict) -> None:
+    assert a["methods_order"] == b["methods_order"]
+    for name, ea in a["methods"].items():
+        eb = b["methods"][name]
+        for key in ("per_seed_mean", "per_task", "mean", "ci95", "env_steps_per_task", "groups", "seeds"):
+            assert ea[key] == eb[key], (name, key)
+
+
+@pytest.fixture(scope="module")
+def serial_compare(tmp_path_factory):
+    """The tiny comparison in this process, serially (the default backend)."""
+    from policygradex.compare import compare
+
+    out = tmp_path_factory.mktemp("cmp") / "serial"
+    return out, compare(*_compare_inputs(), out)
+
+
+def test_compare_on_a_process_pool_equals_serial(serial_compare, tmp_path):
+    from policygradex.compare import compare
+
+    out_s, serial = serial_compare
+    out = tmp_path / "pool"
+    with make_backend("local", workers=2) as be:
+        pooled = compare(*_compare_inputs(), out, backend=be)
+    _same_comparison(serial, pooled)
+    assert _unit_numbers(out) == _unit_numbers(out_s)  # results and trained policies, bit for bit
+    assert serial["execution"] == {"backend": "local", "parallelism": 1, "retries": 2, "workers": 1,
+                                   "units": 6, "units_reused": 0, "units_run": 6}
+    assert json.loads((out / "comparison.json").read_text())["execution"]["workers"] == 2
+    man = json.loads((out / "compare" / "meta-maml" / "seed_1.manifest.json").read_text())
+    assert man["extra"]["execution"]["workers"] == 2 and "meta-maml/seed_1/init_0.pt" in man["files"]
+
+
+def _boom_unit(ctx, method, seed, groups, info, ppo, warm, unit_dir, bar):
+    raise ValueError(f"diverged at seed {seed}")
+
+
+def test_a_failing_compare_unit_names_its_method_seed_and_tasks(tmp_path, monkeypatch):
+    from policygradex.compare import compare
+    from policygradex.compare.methods import METHODS, Method, _all_tasks
+
+    monkeypatch.setitem(METHODS, "boom", Method("boom", "always fails", _all_tasks, run_unit=_boom_unit))
+    suite, cfg, ccfg = _compare_inputs(methods=("boom",), seeds=1)
+    with pytest.raises(UnitFailed) as info:
+        compare(suite, cfg, ccfg, tmp_path / "o", backend=LocalBackend(retries=1))
+    err = info.value
+    assert err.tasks == tuple(suite.names) and err.attempts == 2
+    assert "method boom seed 0 (tasks: cartpole-00, cartpole-01, cartpole-02) failed 2 times" in str(err)
+    assert "diverged at seed 0" in str(err)
+    assert not (tmp_path / "o" / "compare" / "boom" / "seed_0.manifest.json").exists()
+
+
+def _planted_table(seed: int = 0):
+    """An f table with two planted groups of 3 tasks (subsets of 3 of 6 tasks)."""
+    rng = np.random.default_rng(seed)
+    n, m = 6, 24
+    members = np.zeros((m, n), bool)
+    for s in range(m):
+        members[s, rng.choice(n, 3, replace=False)] = True
+    grp = np.array([0, 0, 0, 1, 1, 1])
+    bonus = np.array([[sum(grp[j] == grp[i] for j in np.flatnonzero(members[s]) if j != i) for i in range(n)] for s in range(m)])
+    f = np.where(members, bonus + 0.5 * rng.standard_normal((m, n)), np.nan)
+    return f, members
+
+
+def _same_null(a, b) -> None:
+    assert a.p_value == b.p_value and a.observed == b.observed
+    assert np.array_equal(a.null_stats, b.null_stats) and np.array_equal(a.null_k, b.null_k)
+    assert np.array_equal(a.grouping.labels, b.grouping.labels)
+
+
+def test_null_test_on_a_process_pool_equals_serial():
+    from policygradex.group.null import null_test
+
+    f, members = _planted_table()
+    serial = null_test(f, members, n_perm=30, seed=4)
+    assert serial.p_value < 0.2  # a real test: the planted groups beat most permutations
+    _same_null(serial, null_test(f, members, n_perm=30, seed=4, backend=LocalBackend()))  # parallelism 1: the serial loop
+    with make_backend("local", workers=2) as be:
+        _same_null(serial, null_test(f, members, n_perm=30, seed=4, backend=be, chunk=7))  # 5 units, the last one short
+
+
+@requires_ray
+def test_compare_resumes_on_ray_and_ray_equals_serial(ray_cluster, serial_compare, tmp_path):
+    from policygradex.compare import compare
+    from policygradex.group.null import null_test
+
+    out_s, serial = serial_compare
+    suite, cfg, ccfg = _compare_inputs()
+    be = make_backend("ray")
+    out = tmp_path / "ray"
+    with pytest.raises(KeyboardInterrupt):  # interrupted in this process, resumed on Ray
+        compare(suite, cfg, ccfg, out, backend=_StopAfter(LocalBackend(), 2))
+    done = {p: p.stat().st_mtime_ns for p in (out / "compare").rglob("*.manifest.json")}
+    assert len(done) == 2 and not (out / "comparison.json").exists()
+    r = compare(suite, cfg, ccfg, out, backend=be)
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # the finished units were reused
+    assert r["execution"]["backend"] == "ray" and r["execution"]["units_reused"] == 2 and r["execution"]["units_run"] == 4
+    _same_comparison(serial, r)
+    assert _unit_numbers(out) == _unit_numbers(out_s)
+    f, members = _planted_table(1)
+    _same_null(null_test(f, members, n_perm=20, seed=2), null_test(f, members, n_perm=20, seed=2, backend=be, chunk=6))
+    _same_null(null_test(f, members, k=2, n_perm=12, seed=1), null_test(f, members, k=2, n_perm=12, seed=1, backend=be, chunk=5))

@@ -225,6 +225,25 @@ def test_run_algo_sac_on_metaworld_writes_groups(cli, tmp_path):
     model, _, _, ckpt = load_checkpoint(ckpts[-1])
     assert ckpt["algo"] == "sac" and isinstance(model, sac.SACModel)
 
+    # compare --algo sac on that run: SAC per-group policies, equal steps per task, success rates
+    common = ["--suite", "metaworld:reach-v3,push-v3", "--algo", "sac", "--steps", "800", "--transitions", "64", "--d", "16",
+              "--null-permutations", "10", "--config", str(cfg), "--run-dir", str(out), "--seeds", "1",
+              "--steps-per-task", "150", "--episodes", "1"]
+    assert_user_error(cli("compare", *common, "--methods", "multitask,gradsim", "--out", str(tmp_path / "bad")),
+                      "--methods gradsim", "--algo sac", "multitask, softmod, random, policygradex")
+    proc = cli("compare", *common, "--methods", "multitask,policygradex", "--k", "2", "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    comp = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert comp["budget"]["learner"] == "sac" and comp["budget"]["steps_per_task"] == 150 and comp["budget"]["equal_across_methods"]
+    for name in ("multitask", "policygradex"):
+        e = comp["methods"][name]
+        assert e["env_steps_per_task"] == {"reach-v3": 150, "push-v3": 150}
+        assert 0.0 <= e["success_rate"]["mean"] <= 1.0 and set(e["per_task"]) == {"reach-v3", "push-v3"}
+    assert [len(g) for g in comp["methods"]["policygradex"]["groups"][0]] == [1, 1]
+    policy, _, _, ck = load_checkpoint(tmp_path / "cmp" / "compare" / "policygradex" / "seed_0" / "group_0.pt")
+    assert ck["algo"] == "sac" and isinstance(policy, sac.SACModel)
+    assert not list((tmp_path / "cmp" / "compare" / "policygradex" / "seed_0").glob("group_*_train"))
+
 
 def test_same_seed_same_training_and_softmod_body(tmp_path):
     suite = toy_suite((1.0, -1.0))
@@ -259,7 +278,8 @@ def test_group_sac_budget_rule_gives_every_task_the_same_steps():
     cfg = small_cfg(learning_starts=1000, batch_size=100)
     whole = group_sac(cfg, 10, 10, 3000, seed=5)
     part = group_sac(cfg, 3, 10, 3000, seed=5)
-    assert whole.total_steps // (10 * cfg.envs_per_task) == part.total_steps // (3 * cfg.envs_per_task) == 3000
+    assert whole.total_steps // 10 == part.total_steps // 3 == 3000  # every task: 3000 steps (envs_per_task = 2)
+    assert group_sac(cfg, 3, 10, 2999, seed=5).total_steps == 3 * 3000  # whole vector steps
     assert (whole.learning_starts, part.learning_starts) == (1000, 300)
     assert (whole.batch_size, part.batch_size) == (100, 30)
     assert group_sac(cfg, 3, 10, 3000, seed=5, rule="preset_size").batch_size == 100

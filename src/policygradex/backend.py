@@ -3,7 +3,10 @@
 A *unit* is a piece of work whose result depends only on its own inputs (e.g. the real PPO
 fine-tuning of one subset with one seed in ``validate``).  A backend runs a function over many
 units and yields ``(unit, result)`` as the units finish, in completion order, so the caller can
-store every finished unit at once (atomically) and a killed run resumes from them::
+store every finished unit at once (atomically) and a killed run resumes from them.  The units
+of the project: ``validate``'s fine-tuning per (subset, seed), ``run``'s features per task, the
+null test's SDP solves (chunks of permutations, ``group/null.py``) and ``compare``'s training
+and evaluation per (method, seed) (``compare/runner.py``)::
 
     from policygradex.backend import Resources, Unit, make_backend
 

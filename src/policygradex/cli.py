@@ -46,7 +46,7 @@ CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="pin 
 MinReturnOpt = Annotated[Optional[float], typer.Option("--min-return", help="refuse a meta-policy whose mean return is below this")]
 NullPermutationsOpt = Annotated[Optional[int], typer.Option("--null-permutations", help="permutations of the null test (default 200)")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default 1)")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="where independent units run (validate: fine-tuning per subset and seed; run: features per task): local (this machine) or ray (docs/scaling.md)")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="where independent units run (run: features per task, null-test permutations; validate: fine-tuning per subset and seed; compare: training per method and seed): local (this machine) or ray (docs/scaling.md)")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="with --backend ray: an existing Ray cluster (auto, HOST:6379 or ray://HOST:10001); default: start a local Ray instance")]
 AlgoOpt = Annotated[str, typer.Option("--algo", help="meta-trainer: ppo (multi-task PPO, the default) or sac (multi-task SAC with a "
                                             "per-task entropy temperature, continuous actions; options in a \\[sac] table of --config; docs/sac.md)")]
@@ -393,6 +393,7 @@ def compare(
     inner_lr: Optional[float] = typer.Option(None, "--inner-lr", help="meta-* methods: SGD step size of the inner loop and of adaptation (default 0.1)"),
     tasks: TasksOpt = None,
     suite_seed: SuiteSeedOpt = 0,
+    profile: ProfileOpt = None,
     steps: StepsOpt = None,
     seed: int = typer.Option(0, "--seed", help="seed of the PolicyGradEx run (downstream training uses seeds 0..N-1)"),
     config: ConfigOpt = None,
@@ -410,15 +411,20 @@ def compare(
     min_return: MinReturnOpt = None,
     null_permutations: NullPermutationsOpt = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    algo: AlgoOpt = "ppo",
 ):
     """Train one policy per group for every method under the same per-task budget; compare per-task returns."""
     from .compare import compare as run_compare
     from .config import CompareConfig, parse
     from .tasks import load_suite
 
-    s = load_suite(suite, tasks, suite_seed)
+    _check_algo(algo)
+    s = load_suite(suite, tasks, suite_seed, profile)
     cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector)
+                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector, algo=algo)
     cdata = dict(seeds=seeds, steps_per_task=steps_per_task, episodes=episodes, arch=arch, n_test=n_test, adapt_steps=adapt_steps,
                  probe_episodes=probe_episodes, inner_steps=inner_steps, inner_lr=inner_lr,
                  methods=None if methods is None else tuple(m.strip() for m in methods.split(",") if m.strip()))
@@ -428,17 +434,25 @@ def compare(
               "methods": "--methods", "n_test": "--n-test", "adapt_steps": "--adapt-steps", "probe_episodes": "--probe-episodes",
               "inner_steps": "--inner-steps", "inner_lr": "--inner-lr"}
     ccfg = parse(CompareConfig, cdata, "options", cflags)
-    r = run_compare(s, cfg, ccfg, out_dir, run_dir)
+    be = _backend(backend, workers, ray_address)
+    try:
+        r = run_compare(s, cfg, ccfg, out_dir, run_dir, backend=be)
+    finally:
+        be.close()
     b = r["budget"]
-    t = Table(title=f"{s.name} (n = {s.n}): {b['steps_per_task']:,} env steps per task for every method, "
+    budget = (f"{b['steps_per_task']:,} env steps per task for every method" if b["steps_per_task"] is not None else
+              f"{b['steps_per_task_requested']:,} env steps per task requested (unequal across methods)")
+    t = Table(title=f"{s.name} (n = {s.n}): {budget}, "
                     f"{ccfg.seeds} seed{'s' if ccfg.seeds > 1 else ''}, mean return over tasks ± 95% CI")
-    for col in ("method", "mean return", "± 95% CI", "vs multitask", "groups (seed 0)", "wall s / seed"):
+    success = any("success_rate" in e for e in r["methods"].values())  # suites with a success flag (Meta-World)
+    for col in ("method", "mean return", "± 95% CI", "vs multitask", *(["success"] if success else []), "groups (seed 0)", "wall s / seed"):
         t.add_column(col, justify="left" if col in ("method", "groups (seed 0)") else "right")
     for name in r["methods_order"]:
         e = r["methods"][name]
         rel = e.get("vs_multitask", {}).get("relative")
+        sr = [f"{e['success_rate']['mean']:.0%}" if "success_rate" in e else "-"] if success else []
         t.add_row(name, f"{e['mean']:.1f}", "-" if e["ci95_halfwidth"] is None else f"{e['ci95_halfwidth']:.1f}",
-                  "-" if rel is None else f"{rel:+.1%}", " | ".join(str(len(g)) for g in e["groups"][0]) + " tasks",
+                  "-" if rel is None else f"{rel:+.1%}", *sr, " | ".join(str(len(g)) for g in e["groups"][0]) + " tasks",
                   f"{e['wall_s']['mean']:.0f}")
     out.print(t)
     out.print(f"outputs: {out_dir}/comparison.json, comparison.csv, comparison.png; trained policies in {out_dir}/compare/<method>/seed_<s>/")

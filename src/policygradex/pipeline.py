@@ -185,7 +185,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
         aff = build_affinity(f, members)
         with console.status(f"grouping: SDP + null test ({grp.null_permutations} permutations)"):
             nt = null_test(f, members, k=grp.k, penalty_scale=grp.penalty_scale, n_perm=grp.null_permutations,
-                           seed=grp.null_seed, solver=grp.solver)
+                           seed=grp.null_seed, solver=grp.solver, backend=backend)
         g = nt.grouping
         if grp.penalty is not None and grp.k is None:  # an explicit price per group overrides the rule
             from .group.sdp import group_tasks

@@ -494,7 +494,8 @@ def _finetune_stage(run_dir: Path, vdir: Path, model, suite: TaskSuite, members:
     from .ui import progress_bar
 
     ft_fields = vcfg.model_dump(mode="json", include={"finetune_steps", "finetune_seed", "finetune_seeds", "episodes", "eval_seed"})
-    key = art.config_hash([_stage_digest(run_dir, ("train", "collect", "subsets")), cfg.ppo.model_dump(mode="json"), ft_fields])
+    key = art.config_hash([_UNIT_FORMAT, _stage_digest(run_dir, ("train", "collect", "subsets")), cfg.ppo.model_dump(mode="json"),
+                           ft_fields])
     st = art.Stage(run_dir, "validate_finetune", key)
     if not st.current:
         # what every unit depends on besides its own tasks and seed (not the subsets stage, nor
@@ -600,14 +601,14 @@ def surrogate_truth(model, theta_star: torch.Tensor, ro: dict, members: np.ndarr
     return out
 
 
-def _grouping(f: np.ndarray, members: np.ndarray, grp) -> tuple:
+def _grouping(f: np.ndarray, members: np.ndarray, grp, backend=None) -> tuple:
     from .estimate.affinity import build_affinity
     from .group.null import null_test
     from .group.sdp import group_tasks
 
     aff = build_affinity(f, members)
     nt = null_test(f, members, k=grp.k, penalty_scale=grp.penalty_scale, n_perm=grp.null_permutations,
-                   seed=grp.null_seed, solver=grp.solver)
+                   seed=grp.null_seed, solver=grp.solver, backend=backend)
     g = nt.grouping
     if grp.penalty is not None and grp.k is None:  # as in the run: an explicit price per group overrides the rule
         g = group_tasks(aff.U, penalty=grp.penalty, solver=grp.solver)
@@ -670,7 +671,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     # 3. ground truth and agreement
     t1 = time.perf_counter()
     with console.status(f"ground-truth grouping: SDP + null test ({cfg.group.null_permutations} permutations)"):
-        aff_true, g_true, nt_true = _grouping(f_true, members, cfg.group)
+        aff_true, g_true, nt_true = _grouping(f_true, members, cfg.group, backend)
     groups = art.read_json(run_dir / "groups.json")
     est_labels = np.asarray(groups["labels"])
     agree = agreement(g_true.labels, est_labels)
@@ -701,7 +702,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     with console.status("ground truth from the real surrogate improvement: SDP + null test"):
         sur_reps = surrogate_truth(model, theta_star, ro, members, ft["finals"])
         f_sur = sur_reps.mean(axis=0)
-        aff_sur, g_sur, nt_sur = _grouping(f_sur, members, cfg.group)
+        aff_sur, g_sur, nt_sur = _grouping(f_sur, members, cfg.group, backend)
     z_sur = _standardized(f_sur, members)
     zs_reps = [_standardized(r_, members)[members] for r_ in sur_reps]
     pair_sur = [float(spearmanr(zs_reps[a], zs_reps[b]).statistic) for a in range(len(zs_reps)) for b in range(a + 1, len(zs_reps))]

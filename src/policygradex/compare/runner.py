@@ -15,23 +15,38 @@ A unit (method, seed) is skipped when its manifest matches its key (suite, downs
 config, budget, evaluation settings, method, seed, the groups it trains, and theta* when warm
 starting) and its files check out, so a killed ``compare`` resumes from the finished units and
 a changed option reruns only the units it affects.
+
+Execution.  The units that are not cached run on an execution backend
+(:mod:`policygradex.backend`: this process, a process pool or Ray; ``--backend``,
+``--workers``, ``--ray-address``).  A unit's result depends only on its own inputs (it seeds
+itself from its seed and group index, and sets its own torch thread count), never on the
+backend or the order of execution.  The driver stores each unit as it finishes (its files,
+``result.json``, then the manifest, each written atomically), so a killed ``compare`` resumes on
+any backend.  In this process the units write their files straight into the cache and the
+progress bar advances per PPO iteration; in other processes a unit writes into a temporary
+directory and sends the files back with its result (so a remote Ray cluster needs no shared
+file system), and the bar advances as each unit finishes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .. import artifacts as art
-from ..config import CompareConfig, PPOConfig, RunConfig
+from ..backend import LocalBackend, Resources, Unit
+from ..config import CompareConfig, PPOConfig, RunConfig, SACConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
 from ..ui import console, progress_bar
 from .methods import CompareContext, Method, get_method
-from .train import group_ppo, iterations_for, train_group
+from .train import group_ppo, group_sac, iterations_for, train_group, train_group_sac
 
 __all__ = ["compare", "ci95", "summarize", "UNIT_KEYS", "BASELINE"]
 
@@ -55,8 +70,31 @@ def ci95(values) -> tuple[float, float | None, float | None]:
 
 
 def _downstream_ppo(run_cfg: RunConfig, arch: str) -> PPOConfig:
-    net = run_cfg.ppo.net.model_copy(update={"arch": arch})
-    return run_cfg.ppo.model_copy(update={"net": net})
+    learner = run_cfg.learner()  # PPOConfig, or SACConfig with --algo sac
+    net = learner.net.model_copy(update={"arch": arch})
+    return learner.model_copy(update={"net": net})
+
+
+#: Methods that train with the run's SAC config under ``--algo sac`` (the others are PPO-only:
+#: gradient similarity and TAG read PPO quantities, PCGrad is a PPO update, meta-RL is FOMAML on PPO).
+SAC_METHODS = ("multitask", "softmod", "random", "policygradex")
+
+
+def _is_sac(learner) -> bool:
+    return isinstance(learner, SACConfig)
+
+
+def _iterations(learner, steps_per_task: int) -> int:
+    """PPO iterations, or SAC vector steps, that give every task ``steps_per_task`` steps."""
+    if _is_sac(learner):
+        return max(1, math.ceil(steps_per_task / learner.envs_per_task))
+    return iterations_for(learner, steps_per_task)
+
+
+def _task_steps(learner, steps_per_task: int) -> int:
+    """Environment steps every task actually gets (whole iterations / vector steps)."""
+    per = learner.envs_per_task * (1 if _is_sac(learner) else learner.num_steps)
+    return _iterations(learner, steps_per_task) * per
 
 
 def _unit_arch(method: Method, cfg: CompareConfig) -> str:
@@ -74,7 +112,7 @@ def _theta_star_state(ctx: CompareContext) -> dict:
 
 def _warm(ctx: CompareContext, ppo: PPOConfig) -> bool:
     """Warm start when asked and theta*'s network is the unit's network."""
-    return bool(ctx.cfg.warm_start and ctx.run_dir is not None and ppo.net == ctx.run_cfg.ppo.net)
+    return bool(ctx.cfg.warm_start and ctx.run_dir is not None and ppo.net == ctx.run_cfg.learner().net)
 
 
 def _unit_key(ctx: CompareContext, method: Method, seed: int, groups: list[list[int]], ppo: PPOConfig, warm: bool) -> str:
@@ -99,23 +137,34 @@ def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[lis
     for g, tasks in enumerate(groups):
         gseed = seed * 1000 + g
         surgery = PCGrad(gseed) if method.pcgrad else None
-        gppo = group_ppo(ppo, len(tasks), suite.n, c.minibatches).model_copy(update={"seed": gseed})
-        minibatch_sizes.append(gppo.minibatch_size)
-        res = train_group(suite, tasks, gppo, c.steps_per_task, gseed,
-                          init_state=_theta_star_state(ctx) if warm else None, grad_surgery=surgery,
-                          on_step=lambda k: bar.advance(k, f"{method.name} seed {seed}"))
+        advance = lambda k: bar.advance(k, f"{method.name} seed {seed}")  # noqa: E731
+        init = _theta_star_state(ctx) if warm else None
+        if _is_sac(ppo):
+            gppo = group_sac(ppo, len(tasks), suite.n, c.steps_per_task, gseed, c.minibatches)
+            minibatch_sizes.append(gppo.batch_size)
+            res = train_group_sac(suite, tasks, gppo, unit_dir / f"group_{g}_train", init_state=init, on_step=advance)
+        else:
+            gppo = group_ppo(ppo, len(tasks), suite.n, c.minibatches).model_copy(update={"seed": gseed})
+            minibatch_sizes.append(gppo.minibatch_size)
+            res = train_group(suite, tasks, gppo, c.steps_per_task, gseed, init_state=init, grad_surgery=surgery, on_step=advance)
         ev = evaluate_policy(res.model, suite, episodes=c.episodes, deterministic=c.deterministic, seed=c.eval_seed, tasks=tasks)
         for t in tasks:
             name = suite.names[t]
             per_task[name] = {"mean": ev[name]["mean"], "std": ev[name]["std"], "returns": ev[name]["returns"]}
+            if "success_rate" in ev[name]:
+                per_task[name]["success_rate"] = ev[name]["success_rate"]
             steps[name] = res.env_steps[t]
             train_ret[name] = res.train_returns[t]
         if surgery is not None:
             surgery_stats.append({"conflicting_pairs": surgery.conflicts, "pairs": surgery.pairs})
         path = unit_dir / f"group_{g}.pt"
         total = sum(res.env_steps.values())
-        save_checkpoint(path, res.model, None, gppo.model_copy(update={"total_steps": total}), suite, total, res.iterations,
-                        {suite.names[t]: per_task[suite.names[t]]["mean"] for t in tasks})
+        rets = {suite.names[t]: per_task[suite.names[t]]["mean"] for t in tasks}
+        if _is_sac(ppo):  # the final SAC checkpoint as the group's policy; the training run's folder goes
+            art.write_bytes(path, res.checkpoint.read_bytes())
+            shutil.rmtree(unit_dir / f"group_{g}_train", ignore_errors=True)
+        else:
+            save_checkpoint(path, res.model, None, gppo.model_copy(update={"total_steps": total}), suite, total, res.iterations, rets)
         files.append(path)
     per_task = {name: per_task[name] for name in suite.names}
     result = {
@@ -124,18 +173,101 @@ def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[lis
         "mean": float(np.mean([v["mean"] for v in per_task.values()])),
         "env_steps_per_task": {name: steps[name] for name in suite.names},
         "env_steps": int(sum(steps.values())),
-        "iterations": iterations_for(ppo, c.steps_per_task),
+        "iterations": _iterations(ppo, c.steps_per_task),
         "wall_s": time.perf_counter() - t0,
         "groups": [[suite.names[t] for t in grp] for grp in groups],
         "grouping": info,
         "arch": ppo.net.arch, "init": "theta*" if warm else "scratch", "minibatch_sizes": minibatch_sizes,
+        "learner": "sac" if _is_sac(ppo) else "ppo",
         "train_returns_last20": train_ret,
         "policies": [f"group_{g}.pt" for g in range(len(groups))],
     }
+    rates = [v["success_rate"] for v in per_task.values() if "success_rate" in v]
+    if rates:
+        result["success_rate"] = float(np.mean(rates))
     if surgery_stats:
         tot = sum(s["pairs"] for s in surgery_stats)
         result["pcgrad"] = {"conflict_fraction": (sum(s["conflicting_pairs"] for s in surgery_stats) / tot) if tot else None}
     return result, files
+
+
+# ----------------------------------------------------------------------------- units on a backend
+
+
+class _NoBar:
+    """The progress bar of a unit that runs in another process (the driver advances per unit)."""
+
+    def advance(self, *args, **kwargs) -> None:
+        pass
+
+
+def _compare_unit(uctx: dict, payload: tuple) -> dict:
+    """One (method, seed) unit: train and evaluate (``Method.run_unit`` or :func:`_train_unit`).
+
+    In this process (``uctx["bar"]`` set) the unit writes its files into its cache directory;
+    elsewhere into a temporary directory, and its files travel back as bytes (``blobs``)."""
+    import torch
+
+    ctx, bar = uctx["ctx"], uctx.get("bar")
+    name, seed, groups, info, ppo, warm, unit_dir = payload
+    method = uctx["methods"][name]
+    torch.set_num_threads(ppo.threads)
+    run_unit = method.run_unit if method.run_unit is not None else _train_unit
+    if bar is not None:
+        result, files = run_unit(ctx, method, seed, groups, info, ppo, warm, Path(unit_dir), bar)
+        return {"result": result, "files": [Path(p) for p in files]}
+    with tempfile.TemporaryDirectory(prefix="policygradex-unit-") as tmp:
+        result, files = run_unit(ctx, method, seed, groups, info, ppo, warm, Path(tmp), _NoBar())
+        blobs = {Path(p).relative_to(tmp).as_posix(): Path(p).read_bytes() for p in files}
+    return {"result": result, "blobs": blobs}
+
+
+def _portable_context(ctx: CompareContext, warm: bool) -> CompareContext:
+    """What a unit in another process needs of the context (theta* read here, once, when warm
+    starting; the groupings are already made): no file of the run is read by the unit."""
+    cache = {"theta_star": _theta_star_state(ctx)} if warm else {}
+    return CompareContext(ctx.suite, ctx.run_cfg, ctx.cfg, ctx.out_dir, ctx.run_dir, ctx.run_groups, cache)
+
+
+def _run_pending(ctx: CompareContext, be, pending: list, total: int) -> None:
+    """Run the pending units on ``be``, storing each one as it finishes."""
+    suite, cfg = ctx.suite, ctx.cfg
+    in_process = getattr(be, "name", "") == "local" and be.parallelism == 1
+    methods = {p[0].name: p[0] for p in pending}
+    units, stages = [], {}
+    for m, s, groups, info, ppo, warm, st in pending:
+        unit_dir = ctx.cache_dir / m.name / f"seed_{s}"
+        key = f"{m.name}/seed_{s}"
+        stages[key] = (m, unit_dir, st)
+        cost = suite.n * _task_steps(ppo, cfg.steps_per_task)
+        units.append(Unit(key, (m.name, s, groups, info, ppo, warm, str(unit_dir)),
+                          tuple(suite.names[t] for g in groups for t in g), f"method {m.name} seed {s}", float(cost)))
+    threads = max(p[4].threads for p in pending)
+    with progress_bar(total, f"compare {suite.name}" + ("" if in_process else f" ({be.name}, {len(units)} units)")) as bar:
+        if in_process:
+            shared = {"ctx": ctx, "methods": methods, "bar": bar}
+        else:  # sent once; the Method's grouping and key functions stay here (only run_unit travels)
+            shared = {"ctx": _portable_context(ctx, any(p[5] for p in pending)),
+                      "methods": {n: dataclasses.replace(m, grouping=None, key_parts=None) for n, m in methods.items()}}
+        for unit, out in be.map(_compare_unit, units, shared=shared, resources=Resources(cpus=threads)):
+            m, unit_dir, st = stages[unit.key]
+            result = out["result"]
+            missing = [k for k in UNIT_KEYS if k not in result]
+            if missing:
+                raise RuntimeError(f"method {m.name!r} returned a unit result without {', '.join(missing)}")
+            if "blobs" in out:
+                files = []
+                for rel, data in out["blobs"].items():
+                    art.write_bytes(unit_dir / rel, data)
+                    files.append(unit_dir / rel)
+                bar.advance(int(unit.cost), unit.label)
+            else:
+                files = out["files"]
+            art.write_json(unit_dir / "result.json", result)
+            st.t0 = time.perf_counter() - float(result["wall_s"])  # the manifest's seconds: the unit's own wall time
+            # the manifest last: the unit is done
+            st.done([str(p.relative_to(ctx.cache_dir)) for p in [*files, unit_dir / "result.json"]],
+                    {"execution": be.describe()})
 
 
 def _check_methods(cfg: CompareConfig) -> list[Method]:
@@ -143,8 +275,12 @@ def _check_methods(cfg: CompareConfig) -> list[Method]:
 
 
 def compare(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, out_dir: str | Path,
-            run_dir: str | Path | None = None) -> dict:
-    """Run (or resume) the comparison; returns the content of ``comparison.json``."""
+            run_dir: str | Path | None = None, backend=None) -> dict:
+    """Run (or resume) the comparison; returns the content of ``comparison.json``.
+
+    ``backend`` (:mod:`policygradex.backend`; default: this process, serially) runs the
+    (method, seed) units that are not cached, and the PolicyGradEx run's own units; the caller
+    closes it.  The results do not depend on it."""
     methods = _check_methods(cfg)
     if suite.n < 2:
         raise UserError(f"suite {suite.name!r} has {suite.n} task; compare needs at least 2")
@@ -152,14 +288,18 @@ def compare(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, out_dir: s
     ctx = CompareContext(suite, run_cfg, cfg, out_dir)
     import torch
 
-    torch.set_num_threads(run_cfg.ppo.threads)
+    torch.set_num_threads(run_cfg.learner().threads)
+    if run_cfg.algo == "sac":
+        other = [m.name for m in methods if m.name not in SAC_METHODS]
+        if other:
+            raise UserError(f"--methods {other[0]}: not available with --algo sac (allowed: {', '.join(SAC_METHODS)})")
     t_run = 0.0
     if any(m.needs_run for m in methods):
         from ..pipeline import run as run_pipeline
 
         ctx.run_dir = Path(run_dir) if run_dir is not None else out_dir / "run"
         t0 = time.perf_counter()
-        res = run_pipeline(suite, run_cfg, ctx.run_dir)
+        res = run_pipeline(suite, run_cfg, ctx.run_dir, backend=backend)
         t_run = time.perf_counter() - t0
         ctx.run_groups = res.groups
         if res.groups["k"] == 1:
@@ -179,28 +319,19 @@ def compare(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, out_dir: s
             plan.append((m, s, groups, info, ppo, warm, st))
     # seed-major order: an interrupted comparison has every method at the seeds it finished
     pending = sorted((p for p in plan if not p[-1].current), key=lambda p: p[1])
-    per_iter = run_cfg.ppo.envs_per_task * run_cfg.ppo.num_steps
-    total = sum(suite.n * iterations_for(p[4], cfg.steps_per_task) * p[4].envs_per_task * p[4].num_steps for p in pending)
+    total = sum(suite.n * _task_steps(p[4], cfg.steps_per_task) for p in pending)
     if pending:
         console.print(f"compare: {len(plan) - len(pending)} of {len(plan)} (method, seed) units cached; "
-                      f"training {len(pending)} ({total:,} env steps, {iterations_for(run_cfg.ppo, cfg.steps_per_task) * per_iter:,} per task)")
-    with progress_bar(total, f"compare {suite.name}") as bar:
-        for m, s, groups, info, ppo, warm, st in pending:
-            unit_dir = ctx.cache_dir / m.name / f"seed_{s}"
-            st.t0 = time.perf_counter()
-            if m.run_unit is not None:
-                result, files = m.run_unit(ctx, m, s, groups, info, ppo, warm, unit_dir, bar)
-            else:
-                result, files = _train_unit(ctx, m, s, groups, info, ppo, warm, unit_dir, bar)
-            missing = [k for k in UNIT_KEYS if k not in result]
-            if missing:
-                raise RuntimeError(f"method {m.name!r} returned a unit result without {', '.join(missing)}")
-            art.write_json(unit_dir / "result.json", result)
-            st.done([str(p.relative_to(ctx.cache_dir)) for p in [*files, unit_dir / "result.json"]])
+                      f"training {len(pending)} ({total:,} env steps, {_task_steps(run_cfg.learner(), cfg.steps_per_task):,} per task)")
+    be = backend if backend is not None else LocalBackend()
+    execution = {**be.describe(), "units": len(plan), "units_reused": len(plan) - len(pending), "units_run": len(pending)}
+    if pending:
+        _run_pending(ctx, be, pending, total)
     units = {}
     for m, s, *_ in plan:
         units.setdefault(m.name, []).append(art.read_json(ctx.cache_dir / m.name / f"seed_{s}" / "result.json"))
     comparison = summarize(suite, run_cfg, cfg, methods, units, ctx, t_run)
+    comparison["execution"] = execution
     write_outputs(out_dir, comparison)
     return comparison
 
@@ -218,6 +349,8 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
             vals = [r["per_task"][name]["mean"] for r in rs]
             tm, th, _ = ci95(vals)
             per_task[name] = {"mean": tm, "ci95_halfwidth": th, "per_seed": vals}
+            if all("success_rate" in r["per_task"][name] for r in rs):
+                per_task[name]["success_rate"] = float(np.mean([r["per_task"][name]["success_rate"] for r in rs]))
         steps = [r["env_steps_per_task"] for r in rs]
         entry = {
             "description": m.description, "kind": m.kind,
@@ -235,6 +368,9 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
             "grouping": rs[0].get("grouping", {}),
             "arch": rs[0].get("arch"), "init": rs[0].get("init"),
         }
+        if all("success_rate" in r for r in rs):
+            sm, sh, _ = ci95([r["success_rate"] for r in rs])
+            entry["success_rate"] = {"mean": sm, "ci95_halfwidth": sh, "per_seed": [r["success_rate"] for r in rs]}
         if "pcgrad" in rs[0]:
             entry["pcgrad"] = {"conflict_fraction_per_seed": [r["pcgrad"]["conflict_fraction"] for r in rs]}
         out_methods[m.name] = entry
@@ -247,15 +383,16 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
                                  "paired_diff_mean": dm, "paired_diff_ci95_halfwidth": dh}
     all_steps = [e["env_steps_per_task"] for e in out_methods.values()]
     equal = all(isinstance(s, dict) and s == all_steps[0] for s in all_steps)
-    ppo = run_cfg.ppo
+    learner = run_cfg.learner()
     res = {
         "suite": suite.name, "tasks": suite.names, "n_tasks": suite.n,
         "methods_order": [m.name for m in methods],
         "budget": {"steps_per_task_requested": cfg.steps_per_task,
                    "steps_per_task": next(iter(all_steps[0].values())) if equal and all_steps else None,
                    "equal_across_methods": equal,
-                   "iterations": iterations_for(ppo, cfg.steps_per_task),
-                   "per_task_steps_per_iteration": ppo.envs_per_task * ppo.num_steps,
+                   "learner": run_cfg.algo,
+                   "iterations": _iterations(learner, cfg.steps_per_task),
+                   "per_task_steps_per_iteration": learner.envs_per_task * (1 if _is_sac(learner) else learner.num_steps),
                    "rule": "every task gets the same environment steps; a group of s tasks trains for s x steps_per_task"},
         "evaluation": {"episodes": cfg.episodes, "deterministic": cfg.deterministic, "seed": cfg.eval_seed,
                        "common_random_numbers": True},

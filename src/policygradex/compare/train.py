@@ -63,7 +63,7 @@ def group_sac(cfg: SACConfig, group_size: int, n_tasks: int, steps_per_task: int
               rule: str = "same_count") -> SACConfig:
     """The SAC config of a policy for ``group_size`` of the ``n_tasks`` tasks (module docstring)."""
     frac = group_size / n_tasks
-    total = steps_per_task * group_size * cfg.envs_per_task
+    total = math.ceil(steps_per_task / cfg.envs_per_task) * cfg.envs_per_task * group_size  # whole vector steps
     update = {"total_steps": total, "checkpoint_every": total, "seed": seed,
               "learning_starts": math.ceil(cfg.learning_starts * frac)}
     if rule == "same_count":
