@@ -200,6 +200,9 @@ def test_planted_estimate_agrees_with_the_surrogate_ground_truth(tiny_validation
     assert r["estimated"]["nmi_vs_true_partition"] == pytest.approx(1.0)
     assert sur["spearman"] > 0.3 and sur["random_nmi"] < 0.5
     assert len(sur["spearman_between_seeds"]) == 1
+    report = (out / "report.md").read_text()
+    assert report.startswith("# PolicyGradEx run") and report.count("## Validation against real fine-tuning") == 1
+    assert "| real surrogate improvement | 1.000 / 1.000 |" in report
     f_sur = np.genfromtxt(out / "validate" / "f_true_surrogate.csv", delimiter=",", skip_header=1)
     assert f_sur.shape == (r["subsets"]["m"], 8) and (np.isfinite(f_sur).sum(axis=1) == 4).all()
 
@@ -244,6 +247,7 @@ def test_rerun_reuses_the_cached_fine_tuning(tiny_validation):
     proc = run_cli("validate", *TINY, *cfg, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert {f: (out / f).stat().st_mtime_ns for f in files} == before
+    assert (out / "report.md").read_text().count("## Validation against real fine-tuning") == 1  # replaced, not appended twice
     # an analysis-only option recomputes the analysis, not the fine-tuning
     proc = run_cli("validate", *TINY[:-1], "40", *cfg, "--out", str(out))
     assert proc.returncode == 0, proc.stderr

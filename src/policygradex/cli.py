@@ -358,6 +358,11 @@ def validate(
     if "nmi_vs_true_partition" in r["ground_truth"]:
         t.add_row("NMI vs known partition: estimated / ground truth",
                   f"{r['estimated']['nmi_vs_true_partition']:.3f} / {r['ground_truth']['nmi_vs_true_partition']:.3f}")
+    sur = r.get("surrogate_truth")
+    if sur is not None:  # the ground truth from the real surrogate improvement (no rollout noise)
+        t.add_row("NMI / ARI vs surrogate ground truth", f"{sur['nmi']:.3f} / {sur['ari']:.3f} (random NMI {sur['random_nmi']:.3f})")
+        t.add_row("surrogate ground truth: k, null p, seed-to-seed ρ",
+                  f"{sur['k']}, {sur['null_p']:.3f}, {num(sur['mean_between_seeds'], '.2f')}")
     sb = r["speedup_breakdown"]
     t.add_row("speedup (real route / PolicyGradEx route)",
               f"{num(r['speedup'], '.1f')}x ({sb['real_s']['total']:.0f} s / {sb['policygradex_s']['total']:.0f} s)")

@@ -113,6 +113,52 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
     art.write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
 
 
+VALIDATION_HEADING = "## Validation against real fine-tuning"
+
+
+def validation_section(r: dict) -> list[str]:
+    """The lines of report.md's validation section, from the content of ``validation.json``."""
+    def pct(x):
+        return "-" if x is None else f"{x:.2%}"
+
+    o, gt, sb = r["options"], r["ground_truth"], r["speedup_breakdown"]
+    lines = [VALIDATION_HEADING, "",
+             f"`policygradex validate`: {r['subsets']['m']} subsets fine-tuned for real with PPO "
+             f"({o['finetune_steps']:,} steps x {o['finetune_seeds']} seeds each; median final relative distance "
+             f"{pct(r['finetune']['final_delta_median'])}), {o['episodes']} evaluation episodes per task.", "",
+             "| relative distance | first-order error (median) | points |", "|---|---:|---:|"]
+    for label, b in r["approx_error"].items():
+        lines.append(f"| {label} | {pct(b['median'])} | {b['n']} |")
+    lines += ["", "| ground truth | NMI / ARI vs the estimate | random NMI | its k, null p | seed-to-seed Spearman |",
+              "|---|---:|---:|---:|---:|",
+              f"| returns after fine-tuning | {r['nmi']:.3f} / {r['ari']:.3f} | {r['random_nmi']:.3f} | {gt['k']}, {gt['null_p']:.3f} | "
+              f"{'-' if r['f_true_reliability']['mean_between_seeds'] is None else format(r['f_true_reliability']['mean_between_seeds'], '.2f')} |"]
+    sur = r.get("surrogate_truth")
+    if sur is not None:
+        lines.append(f"| real surrogate improvement | {sur['nmi']:.3f} / {sur['ari']:.3f} | {sur['random_nmi']:.3f} | "
+                     f"{sur['k']}, {sur['null_p']:.3f} | {'-' if sur['mean_between_seeds'] is None else format(sur['mean_between_seeds'], '.2f')} |")
+    lines += ["", f"Spearman of the estimated f against f_true (standardized): {'-' if r['spearman'] is None else format(r['spearman'], '.3f')}. "
+              f"Speedup: {'-' if r['speedup'] is None else format(r['speedup'], '.1f')}x (real route {sb['real_s']['total']:.0f} s, "
+              f"PolicyGradEx route {sb['policygradex_s']['total']:.0f} s).", ""]
+    weak = [name for name, ok in (("returns", gt["distinguishable_from_noise"]),
+                                  ("surrogate", sur["distinguishable_from_noise"] if sur else True)) if not ok]
+    if weak:
+        lines += [f"**Weak ground truth ({' and '.join(weak)}):** its grouping is not distinguishable from noise; read the "
+                  "agreement with caution (more --finetune-seeds, or fewer --finetune-steps to stay near theta*).", ""]
+    lines += ["![first-order error](approx_error.png) ![estimated vs true](estimated_vs_true.png)", "",
+              "Details: `validation.json`; formulas: docs/validation.md."]
+    return lines
+
+
+def add_validation(run_dir: Path, r: dict) -> None:
+    """(Re)write the validation section at the end of ``run_dir/report.md`` (a later `run` rewrites
+    the report without it; `validate` adds it back)."""
+    path = Path(run_dir) / "report.md"
+    text = path.read_text() if path.is_file() else ""
+    head = text.split("\n" + VALIDATION_HEADING)[0].rstrip("\n")
+    art.write_text(path, head + "\n\n" + "\n".join(validation_section(r)) + "\n")
+
+
 def approx_error_plot(points: list[dict], buckets, path: Path) -> None:
     """Log-log scatter of the first-order relative error against the relative distance delta:
     real fine-tuning snapshots (filled), points rescaled along the paths (open) and random

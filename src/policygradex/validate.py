@@ -632,7 +632,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     from .estimate.features import flat_params
     from .group.sdp import random_grouping
     from .pipeline import stage_seconds
-    from .report import approx_error_plot, estimated_vs_true_plot
+    from .report import add_validation, approx_error_plot, estimated_vs_true_plot
     from .ui import console
 
     vcfg = vcfg or ValidateConfig()
@@ -653,7 +653,9 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
                               an_fields])
     stage = art.Stage(run_dir, "validate", an_key)
     if stage.current:
-        return art.read_json(run_dir / "validation.json")
+        result = art.read_json(run_dir / "validation.json")
+        add_validation(run_dir, result)
+        return result
 
     t0 = time.perf_counter()
     f_true = np.asarray(ft["f_true"], dtype=float)
@@ -782,5 +784,6 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     result["timings_s"]["analysis_total"] = time.perf_counter() - t0
     result["timings_s"]["validate_call"] = time.perf_counter() - t_start
     art.write_json(run_dir / "validation.json", result)
+    add_validation(run_dir, result)
     stage.done(["validation.json", "approx_error.png", "estimated_vs_true.png", "validate/f_true.csv", "validate/f_true_surrogate.csv"])
     return result
