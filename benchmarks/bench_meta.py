@@ -1,6 +1,6 @@
 """Meta-RL on held-out tasks (`policygradex compare --methods meta-maml,meta-policygradex,meta-multitask`).
 
-    python benchmarks/bench_meta.py cartpole [--seeds 3] [--steps-per-task N] [--n-test N] [--adapt-steps N]
+    python benchmarks/bench_meta.py cartpole|lunarlander [--seeds 3] [--steps-per-task N] [--n-test N] [--adapt-steps N]
 
 n = 10 training tasks; held-out tasks drawn from the same parameter ranges (compare/meta.py).
 The PolicyGradEx groups come from the `bench_compare.py cartpole` run (same run options, k = 3;
@@ -30,7 +30,8 @@ from policygradex.tasks import load_suite  # noqa: E402
 
 METHODS = ("meta-maml", "meta-policygradex", "meta-multitask")
 # What fits a 2-core machine shared with other jobs (the paper: 50 test tasks, 200 adaptation steps).
-META = {"cartpole": dict(steps_per_task=5120, n_test=50, adapt_steps=20, episodes=5, probe_episodes=2)}
+META = {"cartpole": dict(steps_per_task=5120, n_test=50, adapt_steps=20, episodes=5, probe_episodes=2),
+        "lunarlander": dict(steps_per_task=4096, n_test=50, adapt_steps=20, episodes=3, probe_episodes=2)}
 
 
 def main() -> None:

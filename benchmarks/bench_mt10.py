@@ -58,6 +58,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1280, help="[sac] batch_size (rows per update, all tasks)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_mt10")
     ap.add_argument("--copy-to", type=Path, default=None, help="copy the main artifacts here as they are made")
+    ap.add_argument("--reuse-run", type=Path, default=None,
+                    help="an existing `policygradex run --suite metaworld-mt10 --algo sac` directory made with the default options "
+                         "(e.g. runs/bench_sac_mt10 of bench_sac.py --run): skip step 1 and compare on it")
+    ap.add_argument("--compare-steps-per-task", type=int, default=None, help="fix step 3's budget instead of sizing it by time")
     args = ap.parse_args()
 
     import torch
@@ -70,7 +74,7 @@ def main() -> None:
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
-    run_dir, cmp_dir = args.work / "run", args.work / "compare"
+    run_dir, cmp_dir = (args.reuse_run or args.work / "run"), args.work / "compare"
     cfg = args.work / "sac.toml"
     cfg.write_text(f"[sac]\nbatch_size = {args.batch_size}\n")
     n = 10
@@ -89,6 +93,13 @@ def main() -> None:
     meta_steps = args.meta_steps_per_task * n
     run_args = ["--suite", "metaworld-mt10", "--algo", "sac", "--steps", str(meta_steps), "--config", str(cfg),
                 "--out", str(run_dir)]
+    if args.reuse_run is not None:  # the run's own options: the defaults of the quick profile
+        from policygradex.config import RunConfig
+
+        conf = json.loads((run_dir / "config.json").read_text())
+        meta_steps = RunConfig.model_validate(conf["config"]).sac.total_steps
+        run_args = ["--suite", "metaworld-mt10", "--algo", "sac", "--out", str(run_dir)]
+        cfg.write_text("")
     wall, proc = cli("run", *run_args, timeout=args.time_budget)
     if proc.returncode != 0:
         out["run"] = {"error": proc.stderr[-2000:]}
@@ -129,12 +140,14 @@ def main() -> None:
     # both devices, so its time is about k * steps_per_task * n / train_rate
     steps_pt = int(min(args.max_compare_steps_per_task, max(0.0, left) * train_rate / (k * n)))
     steps_pt = (steps_pt // 100) * 100
+    if args.compare_steps_per_task is not None:
+        steps_pt = args.compare_steps_per_task
     out["compare_budget"] = {"seconds_left": left, "k": k, "steps_per_task": steps_pt}
     if steps_pt < args.min_compare_steps_per_task:
         out["compare"] = {"skipped": f"{left:.0f} s left: under {args.min_compare_steps_per_task} steps per task"}
         checkpoint_result()
         return
-    cmp_args = ["--suite", "metaworld-mt10", "--algo", "sac", "--config", str(cfg), "--steps", str(meta_steps),
+    cmp_args = ["--suite", "metaworld-mt10", "--algo", "sac", *(["--config", str(cfg), "--steps", str(meta_steps)] if args.reuse_run is None else []),
                 "--methods", "multitask,policygradex", "--seeds", "1", "--steps-per-task", str(steps_pt),
                 "--episodes", str(args.episodes), "--run-dir", str(run_dir), "--workers", "2", "--out", str(cmp_dir)]
     wall, proc = cli("compare", *cmp_args, timeout=max(60.0, args.time_budget - (time.perf_counter() - t_start)))

@@ -342,6 +342,21 @@ def test_cli_run_writes_groups_json(tmp_path, capsys, suite):
         assert code == 0, err
         assert set(json.loads(stdout)["reach-v3"]) == {"mean", "std", "success_rate"}
 
+    # validate and compare work on the suite, on the same run (its options repeated)
+    same = ["--suite", suite, "--tasks", "3", "--steps", "96", "--transitions", "64", "--null-permutations", "10"]
+    code, _, err = cli_main(capsys, "validate", *same, "--finetune-steps", "32", "--finetune-seeds", "1", "--episodes", "1",
+                            "--probes", "2", "--hessian-subsets", "0", "--random-draws", "5", "--out", str(out))
+    assert code == 0, err
+    v = json.loads((out / "validation.json").read_text())
+    assert set(v["approx_error"]) == {"0.1%", "0.5%", "1%", "5%"} and 0.0 <= v["surrogate_truth"]["nmi"] <= 1.0
+    code, _, err = cli_main(capsys, "compare", *same, "--methods", "multitask,random", "--seeds", "1", "--steps-per-task", "32",
+                            "--episodes", "1", "--run-dir", str(out), "--out", str(tmp_path / "cmp"))
+    assert code == 0, err
+    c = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert c["budget"]["equal_across_methods"] and set(c["methods"]) == {"multitask", "random"}
+    if suite == "metaworld-mt10":
+        assert 0.0 <= c["methods"]["multitask"]["success_rate"]["mean"] <= 1.0
+
 
 def test_bad_metaworld_task_name_is_a_one_line_user_error(tmp_path):
     proc = run_cli("train", "--suite", "metaworld:reach-v3,nope-v3", "--steps", "64", "--out", str(tmp_path / "o"))
