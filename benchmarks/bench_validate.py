@@ -12,6 +12,15 @@ directory (a temporary one unless --out is given), so that both routes are timed
 session, and saves benchmarks/results/validate_planted.json: the first-order error per
 distance bucket, NMI / ARI against the ground truth and the random floor, Spearman, the
 reliability of the ground truth, the speedup with its stage breakdown, and the Hessian traces.
+
+  python benchmarks/bench_validate.py --suite highway
+  python benchmarks/bench_validate.py --suite metaworld-mt10
+      the first-order approximation error table on the slow suites (highway: ~150 env steps/s per
+      task in pure Python; MT10: MuJoCo) at a budget that finishes in about 25 minutes on a
+      loaded 2-core machine: the quick profile, fewer fine-tuning seeds (2 / 3), fine-tuning
+      steps, episodes and Hessian probes (SUITE_DEFAULTS; options after -- override them).  The budget
+      is recorded in the JSON under "budget".  Results: validate_highway.json,
+      validate_metaworld_mt10.json.
 """
 
 from __future__ import annotations
@@ -27,6 +36,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
+
+#: Per-suite `policygradex validate` options, put before the user's extra options (which win).
+SUITE_DEFAULTS: dict[str, list[str]] = {
+    "highway": ["--profile", "quick", "--finetune-seeds", "2", "--finetune-steps", "2048", "--episodes", "8",
+                "--probes", "8"],
+    "metaworld-mt10": ["--profile", "quick", "--finetune-seeds", "3", "--finetune-steps", "8192", "--episodes", "8",
+                       "--probes", "8"],
+}
 
 
 def validate_cli(*args: str) -> float:
@@ -74,7 +91,8 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = a.out or Path(tmp) / f"val_{a.suite}"
-        cmd = ["validate", "--suite", a.suite, "--seed", str(a.seed), "--out", str(out), *a.extra]
+        defaults = SUITE_DEFAULTS.get(a.suite, [])
+        cmd = ["validate", "--suite", a.suite, "--seed", str(a.seed), "--out", str(out), *defaults, *a.extra]
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "policygradex.cli", *cmd], check=True,
                        env={**os.environ, "POLICYGRADEX_QUIET": "1"})
@@ -84,6 +102,7 @@ def main() -> None:
     summary = {
         "cli": "policygradex " + " ".join(cmd),
         "wall_s": round(wall, 1),
+        "budget": {"suite_defaults": defaults, "extra": list(a.extra)},
         "options": r["options"],
         "subsets": r["subsets"],
         "approx_error": r["approx_error"],
