@@ -1,10 +1,11 @@
 """`policygradex validate` on the planted family: PolicyGradEx against real fine-tuning.
 
   python benchmarks/bench_validate.py [--suite cartpole-planted] [--out DIR] [--seed 0] [-- extra validate options]
-  python benchmarks/bench_validate.py budget [--out DIR]
-      the same run validated with 2,048 / 8,192 / 16,384 fine-tuning steps (3 seeds each):
-      how reproducible the ground truth is (seed-to-seed Spearman of f_true), and how well it
-      agrees with the estimate; saves benchmarks/results/validate_budget.json.
+  python benchmarks/bench_validate.py budget [--suite S] [--steps-list 1024,2048,8192,16384] [--out DIR] [-- --k 2]
+      the same run validated with each fine-tuning budget (3 seeds each): how reproducible the
+      two ground truths are (seed-to-seed Spearman of f_true and of the surrogate truth), and how
+      well they agree with the estimate; saves benchmarks/results/validate_budget.json
+      (cartpole-planted) or validate_budget_<suite>[<options>].json.
 
 Runs `policygradex validate --suite cartpole-planted --out DIR` (defaults: 200k meta-training
 steps, 8,192 fine-tuning steps x 3 seeds per subset, 16 evaluation episodes) in a fresh
@@ -53,12 +54,12 @@ def validate_cli(*args: str) -> float:
     return time.perf_counter() - t0
 
 
-def budget(out: Path | None, seed: int, steps_list: list[int]) -> dict:
+def budget(out: Path | None, seed: int, steps_list: list[int], suite: str = "cartpole-planted", extra: list[str] = ()) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        d = out or Path(tmp) / "val_planted"
+        d = out or Path(tmp) / "val_budget"
         for steps in steps_list:
-            args = ["--suite", "cartpole-planted", "--seed", str(seed), "--finetune-steps", str(steps), "--out", str(d)]
+            args = ["--suite", suite, "--seed", str(seed), "--finetune-steps", str(steps), "--out", str(d), *extra]
             wall = validate_cli(*args)
             r = json.loads((d / "validation.json").read_text())
             rel = r["f_true_reliability"]
@@ -69,9 +70,12 @@ def budget(out: Path | None, seed: int, steps_list: list[int]) -> dict:
                          "ground_truth_nmi_vs_planted": r["ground_truth"].get("nmi_vs_true_partition"),
                          "f_true_mean_return": r["finetune"]["f_true_mean_return"],
                          "final_delta_median": r["finetune"]["final_delta_median"], "speedup": r["speedup"],
-                         "real_route_s": r["speedup_breakdown"]["real_s"]["total"], "wall_s_incremental": round(wall, 1)})
+                         "real_route_s": r["speedup_breakdown"]["real_s"]["total"], "wall_s_incremental": round(wall, 1),
+                         "estimated_k": r["estimated"]["k"], "estimated_null_p": r["estimated"]["null_p"],
+                         "surrogate_truth": {k: v for k, v in r["surrogate_truth"].items() if k not in ("definition", "labels")}})
             print(rows[-1], flush=True)
-    return {"suite": "cartpole-planted", "seed": seed, "rows": rows}
+    return {"suite": suite, "seed": seed, "extra_options": list(extra), "rows": rows,
+            "surrogate_truth_definition": r["surrogate_truth"]["definition"]}
 
 
 def main() -> None:
@@ -80,8 +84,14 @@ def main() -> None:
         ap.add_argument("part", choices=["budget"])
         ap.add_argument("--out", type=Path, default=None)
         ap.add_argument("--seed", type=int, default=0)
+        ap.add_argument("--suite", default="cartpole-planted")
+        ap.add_argument("--steps-list", default="1024,2048,8192,16384", help="fine-tuning steps per subset, comma-separated")
+        ap.add_argument("extra", nargs="*", help="further `policygradex validate` options (after --), e.g. -- --k 2")
         a = ap.parse_args()
-        print(save("validate_budget", budget(a.out, a.seed, [2048, 8192, 16384])))
+        steps_list = [int(x) for x in a.steps_list.split(",")]
+        name = "validate_budget" if a.suite == "cartpole-planted" and not a.extra else \
+            "validate_budget_" + a.suite.replace("-", "_") + "".join(x.strip("-") for x in a.extra)
+        print(save(name, budget(a.out, a.seed, steps_list, a.suite, a.extra)))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None, help="run directory (default: a fresh temporary one)")
@@ -110,7 +120,7 @@ def main() -> None:
         "random_ari": r["random_ari"],
         "spearman": r["spearman"], "spearman_per_task": r["spearman_per_task"], "affinity_spearman": r["affinity_spearman"],
         "f_true_reliability": r["f_true_reliability"],
-        "ground_truth": r["ground_truth"], "estimated": r["estimated"],
+        "ground_truth": r["ground_truth"], "estimated": r["estimated"], "surrogate_truth": r.get("surrogate_truth"),
         "estimated_null_p": groups["null_p"], "theta_star_step": groups["meta_policy"]["step"],
         "delta_median_of_surrogates": groups["delta"]["median"],
         "speedup": r["speedup"], "speedup_breakdown": r["speedup_breakdown"],
