@@ -113,12 +113,14 @@ def _permute_within_tasks(f: np.ndarray, members: np.ndarray, rng: np.random.Gen
 def _null_chunk(ctx: dict, payload: tuple) -> tuple[list[float], list[int]]:
     """One unit of the parallel null test: the grouping and statistic of each affinity in ``payload``."""
     _, Us = payload
-    stats, ks = [], []
-    for U_b in Us:
-        g_b = group_tasks(U_b, k=ctx["k"], penalty_scale=ctx["penalty_scale"], solver=ctx["solver"])
-        stats.append(within_between_contrast(U_b, g_b.labels))
-        ks.append(int(g_b.k))
-    return stats, ks
+    solved = [_solve_one(U_b, ctx["k"], ctx["penalty_scale"], ctx["solver"]) for U_b in Us]
+    return [st for st, _ in solved], [k for _, k in solved]
+
+
+def _solve_one(U_b: np.ndarray, k, penalty_scale, solver) -> tuple[float, int]:
+    """The statistic and the number of groups of one permuted affinity."""
+    g_b = group_tasks(U_b, k=k, penalty_scale=penalty_scale, solver=solver)
+    return within_between_contrast(U_b, g_b.labels), int(g_b.k)
 
 
 def _chunk_size(n_perm: int, parallelism: int) -> int:
@@ -181,9 +183,7 @@ def null_test(
     else:
         for b in range(int(n_perm)):
             U_b = build_affinity(_permute_within_tasks(f_arr, m_arr, rng), m_arr).U
-            g_b = group_tasks(U_b, k=k, penalty_scale=penalty_scale, solver=solver)
-            null_stats[b] = within_between_contrast(U_b, g_b.labels)
-            null_k[b] = g_b.k
+            null_stats[b], null_k[b] = _solve_one(U_b, k, penalty_scale, solver)
     # Statistics equal up to rounding count as ties (>=), keeping the test conservative.
     tol = 1e-12 * max(1.0, abs(observed))
     exceed = int(np.sum(null_stats >= observed - tol))
