@@ -86,8 +86,10 @@ def main() -> None:
         ap.add_argument("--seed", type=int, default=0)
         ap.add_argument("--suite", default="cartpole-planted")
         ap.add_argument("--steps-list", default="1024,2048,8192,16384", help="fine-tuning steps per subset, comma-separated")
-        ap.add_argument("extra", nargs="*", help="further `policygradex validate` options (after --), e.g. -- --k 2")
-        a = ap.parse_args()
+        argv = sys.argv[1:]
+        cut = argv.index("--") if "--" in argv else len(argv)
+        a = ap.parse_args(argv[:cut])
+        a.extra = argv[cut + 1:]  # further `policygradex validate` options, e.g. -- --k 2
         steps_list = [int(x) for x in a.steps_list.split(",")]
         name = "validate_budget" if a.suite == "cartpole-planted" and not a.extra else \
             "validate_budget_" + a.suite.replace("-", "_") + "".join(x.strip("-") for x in a.extra)
