@@ -62,6 +62,9 @@ def main() -> None:
                     help="an existing `policygradex run --suite metaworld-mt10 --algo sac` directory made with the default options "
                          "(e.g. runs/bench_sac_mt10 of bench_sac.py --run): skip step 1 and compare on it")
     ap.add_argument("--compare-steps-per-task", type=int, default=None, help="fix step 3's budget instead of sizing it by time")
+    ap.add_argument("--seeds", type=int, default=1, help="compare's training seeds per method")
+    ap.add_argument("--keep-work", action="store_true",
+                    help="keep --work from an earlier call: compare resumes from its finished (method, seed) units")
     args = ap.parse_args()
 
     import torch
@@ -71,9 +74,9 @@ def main() -> None:
     out: dict = {"device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
                  "torch": torch.__version__, "cpu_count": os.cpu_count(),
                  "async_envs": os.environ.get("POLICYGRADEX_ASYNC_ENVS", "0")}
-    if args.work.exists():
+    if args.work.exists() and not args.keep_work:
         shutil.rmtree(args.work)
-    args.work.mkdir(parents=True)
+    args.work.mkdir(parents=True, exist_ok=True)
     run_dir, cmp_dir = (args.reuse_run or args.work / "run"), args.work / "compare"
     cfg = args.work / "sac.toml"
     cfg.write_text(f"[sac]\nbatch_size = {args.batch_size}\n")
@@ -148,7 +151,7 @@ def main() -> None:
         checkpoint_result()
         return
     cmp_args = ["--suite", "metaworld-mt10", "--algo", "sac", *(["--config", str(cfg), "--steps", str(meta_steps)] if args.reuse_run is None else []),
-                "--methods", "multitask,policygradex", "--seeds", "1", "--steps-per-task", str(steps_pt),
+                "--methods", "multitask,policygradex", "--seeds", str(args.seeds), "--steps-per-task", str(steps_pt),
                 "--episodes", str(args.episodes), "--run-dir", str(run_dir), "--workers", "2", "--out", str(cmp_dir)]
     wall, proc = cli("compare", *cmp_args, timeout=max(60.0, args.time_budget - (time.perf_counter() - t_start)))
     if proc.returncode == 0:
