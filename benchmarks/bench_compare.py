@@ -5,7 +5,7 @@
     python benchmarks/bench_compare.py cartpole-planted --methods multitask,random,gradsim,policygradex
 
 Seeds are added one at a time (compare resumes from its cached units), and the result file
-benchmarks/results/compare_<suite>.json is rewritten after every seed, so a benchmark cut
+benchmarks/results/compare_<suite>[_<steps-per-task>].json is rewritten after every seed, so a benchmark cut
 short still leaves every method at the seeds it finished.  Budgets per family are below; all
 methods get the same environment steps per task.
 """
@@ -65,7 +65,8 @@ def main() -> None:
                      "vs_multitask": e.get("vs_multitask", {}).get("relative"), "wall_s_per_seed": e["wall_s"]["mean"],
                      "groups_seed0": e["groups"][0]}
                  for m, e in r["methods"].items()}
-        path = save(f"compare_{args.suite}", {
+        name = f"compare_{args.suite}" + (f"_{args.steps_per_task}" if args.steps_per_task else "")
+        path = save(name, {
             "suite": args.suite, "n_tasks": suite.n, "seeds_done": n_seeds, "seeds_planned": args.seeds,
             "budget": {**b, "per_task_env_steps": r["budget"]["steps_per_task"], "equal_across_methods": r["budget"]["equal_across_methods"],
                        "ppo_iterations": r["budget"]["iterations"], "ppo_preset": suite.ppo_preset},
