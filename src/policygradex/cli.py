@@ -375,7 +375,9 @@ def validate(
         out.print("[bold red]warning:[/] the ground truth is weak: its grouping is not distinguishable from noise (null p "
                   f"{r['ground_truth']['null_p']:.3f}"
                   + (f", seed-to-seed Spearman of f_true {rel:.2f}" if rel is not None else "")
-                  + "); read NMI and ARI against it with caution (more --finetune-seeds averages the noise down)")
+                  + "); read NMI and ARI against it with caution (more --finetune-seeds averages the noise down)"
+                  + (f"; the surrogate ground truth is distinguishable from noise (p {sur['null_p']:.3f}): NMI {sur['nmi']:.3f} against it"
+                     if sur is not None and sur["distinguishable_from_noise"] else ""))
     out.print(f"outputs: {out_dir}/validation.json, approx_error.png, estimated_vs_true.png, validate/")
 
 
