@@ -5,7 +5,7 @@
 n = 10 training tasks; held-out tasks drawn from the same parameter ranges (compare/meta.py).
 The PolicyGradEx groups come from the `bench_compare.py cartpole` run (same run options, k = 3;
 `runs/bench_compare_cartpole/run`, reused when it exists).  Seeds are added one at a time and
-benchmarks/results/compare_meta_<suite>.json is rewritten after every seed.
+benchmarks/results/compare_meta_<suite>[_<non-default budget>].json is rewritten after every seed.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def main() -> None:
                            "chosen_group_counts_per_seed": [u["test"]["chosen_group_counts"] for u in units],
                            "train_env_steps_per_task": e["env_steps_per_task"], "wall_s_per_seed": e["wall_s"]["mean"],
                            "groups_seed0": e["groups"][0]}
-        path = save(f"compare_meta_{args.suite}", {
+        suffix = "".join(f"_{k.replace('_', '')}{m[k]}" for k in ("steps_per_task", "n_test", "adapt_steps")
+                         if m[k] != META[args.suite][k])
+        path = save(f"compare_meta_{args.suite}{suffix}", {
             "suite": args.suite, "n_tasks": suite.n, "seeds_done": n_seeds, "seeds_planned": args.seeds,
             "budget": {**m, "meta_iterations": meta_iterations(cfg),
                        "rollout": f"{cfg.meta_envs} envs x {cfg.meta_rollout_steps} steps", "inner_steps": cfg.inner_steps,

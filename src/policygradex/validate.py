@@ -479,6 +479,24 @@ def _check_run(run_dir: Path, suite: TaskSuite, cfg: RunConfig) -> None:
         raise UserError(f"{run_dir} holds a run of another suite or config; validate with the same options as the run")
 
 
+def _rho(a, b) -> float | None:
+    """Spearman's rank correlation (scipy), or None where it is undefined (a constant input)."""
+    import warnings
+
+    from scipy.stats import ConstantInputWarning, spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        r = float(spearmanr(a, b).statistic)
+    return r if np.isfinite(r) else None
+
+
+def _mean(xs: list) -> float | None:
+    """Mean of the defined values, None if there are none."""
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
 def _standardized(f: np.ndarray, members: np.ndarray) -> np.ndarray:
     from .estimate.affinity import standardize_per_task
 
@@ -626,7 +644,6 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     ``backend`` (:mod:`policygradex.backend`, default: this process, serially) runs the
     fine-tuning units; the caller closes it.  The result does not depend on it.
     """
-    from scipy.stats import spearmanr
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     from .estimate.features import flat_params
@@ -684,21 +701,20 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     rnd_ari = np.array([adjusted_rand_score(g_true.labels, r) for r in rnd])
     f_est = art.read_table(run_dir / "f_table.csv")
     z_est, z_true = _standardized(f_est, members), _standardized(f_true, members)
-    rho = spearmanr(z_est[members], z_true[members]).statistic
+    rho = _rho(z_est[members], z_true[members])
     per_task = {}
     for i, name in enumerate(suite.names):
         col = members[:, i]
-        r = spearmanr(f_est[col, i], f_true[col, i]).statistic if col.sum() > 2 else float("nan")
-        per_task[name] = None if not np.isfinite(r) else float(r)
+        per_task[name] = _rho(f_est[col, i], f_true[col, i]) if col.sum() > 2 else None
     reps = np.asarray(ft["f_true_repeats"])
     z_reps = [_standardized(r_, members)[members] for r_ in reps]
-    rho_reps = [float(spearmanr(z_est[members], z).statistic) for z in z_reps]
-    pair = [float(spearmanr(z_reps[a], z_reps[b]).statistic) for a in range(len(z_reps)) for b in range(a + 1, len(z_reps))]
-    rel1 = float(np.mean(pair)) if pair else None
+    rho_reps = [_rho(z_est[members], z) for z in z_reps]
+    pair = [_rho(z_reps[a], z_reps[b]) for a in range(len(z_reps)) for b in range(a + 1, len(z_reps))]
+    rel1 = _mean(pair)
     rel_mean = (len(z_reps) * rel1 / (1 + (len(z_reps) - 1) * rel1)) if rel1 is not None and rel1 > -1 / max(len(z_reps) - 1, 1) else None
     U_est = art.read_table(run_dir / "affinity.csv", index=True)
     iu = np.triu_indices(n, k=1)
-    rho_aff = spearmanr(U_est[iu], aff_true.U[iu]).statistic if n > 2 else float("nan")
+    rho_aff = _rho(U_est[iu], aff_true.U[iu]) if n > 2 else None
 
     # 3b. the same, with the real surrogate improvement in place of the return (no rollout noise)
     with console.status("ground truth from the real surrogate improvement: SDP + null test"):
@@ -707,15 +723,15 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
         aff_sur, g_sur, nt_sur = _grouping(f_sur, members, cfg.group, backend)
     z_sur = _standardized(f_sur, members)
     zs_reps = [_standardized(r_, members)[members] for r_ in sur_reps]
-    pair_sur = [float(spearmanr(zs_reps[a], zs_reps[b]).statistic) for a in range(len(zs_reps)) for b in range(a + 1, len(zs_reps))]
+    pair_sur = [_rho(zs_reps[a], zs_reps[b]) for a in range(len(zs_reps)) for b in range(a + 1, len(zs_reps))]
     rnd_nmi_sur = np.array([normalized_mutual_info_score(g_sur.labels, r) for r in rnd])
     sur = {"definition": "f_sur(S, i) = mean over task i's held-out rows of A_t (pi_theta_S(a|s) / pi_theta*(a|s) - 1), "
                          "theta_S really fine-tuned on S (mean over the fine-tuning seeds)",
            **agreement(g_sur.labels, est_labels),
            "random_nmi": float(rnd_nmi_sur.mean()),
-           "spearman": float(spearmanr(z_est[members], z_sur[members]).statistic),
-           "affinity_spearman": float(spearmanr(U_est[iu], aff_sur.U[iu]).statistic) if n > 2 else None,
-           "spearman_between_seeds": pair_sur, "mean_between_seeds": float(np.mean(pair_sur)) if pair_sur else None,
+           "spearman": _rho(z_est[members], z_sur[members]),
+           "affinity_spearman": _rho(U_est[iu], aff_sur.U[iu]) if n > 2 else None,
+           "spearman_between_seeds": pair_sur, "mean_between_seeds": _mean(pair_sur),
            "groups": [[suite.names[i] for i in g] for g in g_sur.groups], "labels": [int(x) for x in g_sur.labels],
            "k": int(g_sur.k), "null_p": float(nt_sur.p_value),
            "distinguishable_from_noise": bool(nt_sur.p_value < cfg.group.alpha)}
