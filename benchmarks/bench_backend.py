@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, save  # noqa: E402
+from common import RESULTS, policygradex, save  # noqa: E402
 
 STAGES = ("train", "collect", "features", "subsets", "surrogate", "evaluate", "group")
 
@@ -48,10 +47,7 @@ def loadavg() -> list[float]:
 
 
 def cli(*args: str) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "policygradex.cli", *args], check=True,
-                   env={**os.environ, "POLICYGRADEX_QUIET": "1"}, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return policygradex(*args)[0]
 
 
 def manifest(d: Path, stage: str) -> dict:

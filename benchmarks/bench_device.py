@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import policygradex, save  # noqa: E402
 
 
 def run_pair(tmp: Path, devices: list[str]) -> dict:
@@ -37,16 +35,15 @@ def run_pair(tmp: Path, devices: list[str]) -> dict:
         cfg = tmp / f"{dev}.toml"
         cfg.write_text(f'[ppo]\ndevice = "{dev}"\n')
         d = tmp / f"run_{dev}"
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "policygradex.cli", "run", "--suite", "cartpole", "--tasks", "4", "--steps", "20000",
-                               "--transitions", "1024", "--null-permutations", "50", "--config", str(cfg), "--out", str(d)],
-                              capture_output=True, text=True, env={**os.environ, "POLICYGRADEX_QUIET": "1"})
+        wall, proc = policygradex("run", "--suite", "cartpole", "--tasks", "4", "--steps", "20000", "--transitions", "1024",
+                                  "--null-permutations", "50", "--config", str(cfg), "--out", str(d),
+                                  check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             out[dev] = {"error": proc.stderr[-1500:]}
             continue
         g = json.loads((d / "groups.json").read_text())
         U = np.genfromtxt(d / "affinity.csv", delimiter=",", skip_header=1)[:, 1:]
-        out[dev] = {"wall_s": time.perf_counter() - t0, "groups": g["groups"], "null_p": g["null_p"], "meta_policy": g["meta_policy"],
+        out[dev] = {"wall_s": wall, "groups": g["groups"], "null_p": g["null_p"], "meta_policy": g["meta_policy"],
                     "affinity": U.tolist()}
     if all("affinity" in out.get(d, {}) for d in devices) and len(devices) == 2:
         a, b = (np.array(out[d]["affinity"]) for d in devices)

@@ -32,16 +32,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import policygradex, save  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, timeout: float | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "policygradex.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "POLICYGRADEX_QUIET": "1"})
-    wall = time.perf_counter() - t0
+    wall, proc = policygradex(*args, check=False, capture_output=True, text=True, timeout=timeout)
     print(f"$ policygradex {' '.join(args)}  [{wall:.0f} s, exit {proc.returncode}]", flush=True)
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", flush=True)
@@ -102,7 +99,6 @@ def main() -> None:
         conf = json.loads((run_dir / "config.json").read_text())
         meta_steps = RunConfig.model_validate(conf["config"]).sac.total_steps
         run_args = ["--suite", "metaworld-mt10", "--algo", "sac", "--out", str(run_dir)]
-        cfg.write_text("")
     wall, proc = cli("run", *run_args, timeout=args.time_budget)
     if proc.returncode != 0:
         out["run"] = {"error": proc.stderr[-2000:]}

@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import policygradex, save  # noqa: E402
 
 
 def cli(*args: str) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "policygradex.cli", *args], check=True, env={**os.environ, "POLICYGRADEX_QUIET": "1"},
-                   stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return policygradex(*args)[0]
 
 
 def planted(seeds: int, steps: int) -> dict:

@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, provenance, save  # noqa: E402
+from common import RESULTS, provenance, policygradex, save  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {"obs_dim": 4, "n_tasks": 10, "n_actions": 2, "hidden": (64, 64, 64)},
@@ -246,10 +244,7 @@ def big(dense_rows: int, dense_chunk: int) -> dict[str, Any]:
 
 
 def _cli(*args: str) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "policygradex.cli", *args], check=True, env={**os.environ, "POLICYGRADEX_QUIET": "1"},
-                   stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return policygradex(*args)[0]
 
 
 def _groups(run_dir: Path) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import resource
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import save  # noqa: E402
+from common import policygradex, save  # noqa: E402
 
 from policygradex.config import NetConfig, SACConfig  # noqa: E402
 from policygradex.rl import sac  # noqa: E402
@@ -60,10 +59,8 @@ def part_run() -> dict:
     if RUN_DIR.exists():
         shutil.rmtree(RUN_DIR)
     load0 = os.getloadavg()
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "policygradex.cli", "run", "--suite", "metaworld-mt10", "--algo", "sac",
-                           "--out", str(RUN_DIR)], capture_output=True, text=True, env={**os.environ, "POLICYGRADEX_QUIET": "1"})
-    wall = time.perf_counter() - t0
+    wall, proc = policygradex("run", "--suite", "metaworld-mt10", "--algo", "sac", "--out", str(RUN_DIR),
+                              check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])
     from policygradex.pipeline import stage_seconds

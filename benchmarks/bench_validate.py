@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import policygradex, save  # noqa: E402
 
 #: Per-suite `policygradex validate` options, put before the user's extra options (which win).
 SUITE_DEFAULTS: dict[str, list[str]] = {
@@ -48,10 +45,7 @@ SUITE_DEFAULTS: dict[str, list[str]] = {
 
 
 def validate_cli(*args: str) -> float:
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "policygradex.cli", "validate", *args], check=True,
-                   env={**os.environ, "POLICYGRADEX_QUIET": "1"}, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return policygradex("validate", *args)[0]
 
 
 def budget(out: Path | None, seed: int, steps_list: list[int], suite: str = "cartpole-planted", extra: list[str] = ()) -> dict:
@@ -105,10 +99,7 @@ def main() -> None:
         out = a.out or Path(tmp) / f"val_{a.suite}"
         defaults = SUITE_DEFAULTS.get(a.suite, [])
         cmd = ["validate", "--suite", a.suite, "--seed", str(a.seed), "--out", str(out), *defaults, *a.extra]
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "policygradex.cli", *cmd], check=True,
-                       env={**os.environ, "POLICYGRADEX_QUIET": "1"})
-        wall = time.perf_counter() - t0
+        wall, _ = policygradex(*cmd, stdout=None)
         r = json.loads((out / "validation.json").read_text())
         groups = json.loads((out / "groups.json").read_text())
     summary = {

@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from policygradex.artifacts import versions, write_json
@@ -25,6 +26,16 @@ def provenance() -> dict:
         "git_commit": commit,
         "versions": versions(),
     }
+
+
+def policygradex(*args: str, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
+    """``python -m policygradex.cli ARGS`` with the progress bars off (``POLICYGRADEX_QUIET=1``):
+    ``(wall seconds, the finished process)``.  ``kwargs`` go to ``subprocess.run`` (defaults:
+    ``check=True`` and stdout discarded unless ``capture_output`` is given)."""
+    opts = {"check": True, **({} if kwargs.get("capture_output") else {"stdout": subprocess.DEVNULL}), **kwargs}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "policygradex.cli", *args], env={**os.environ, "POLICYGRADEX_QUIET": "1"}, **opts)
+    return time.perf_counter() - t0, proc
 
 
 def save(name: str, results: dict) -> Path:

@@ -497,6 +497,19 @@ def _mean(xs: list) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+def _seed_pairs(reps: np.ndarray, members: np.ndarray) -> tuple[list[np.ndarray], list[float | None]]:
+    """Every repeat's f standardized per task (the in-subset entries), and the Spearman
+    correlation of every pair of repeats: how reproducible a ground truth is across seeds."""
+    z = [_standardized(r_, members)[members] for r_ in reps]
+    return z, [_rho(z[a], z[b]) for a in range(len(z)) for b in range(a + 1, len(z))]
+
+
+def _grouping_summary(g, nt, names: Sequence[str], alpha: float) -> dict:
+    """The JSON fields of a ground-truth grouping and its null test."""
+    return {"groups": [[names[i] for i in grp] for grp in g.groups], "labels": [int(x) for x in g.labels],
+            "k": int(g.k), "null_p": float(nt.p_value), "distinguishable_from_noise": bool(nt.p_value < alpha)}
+
+
 def _standardized(f: np.ndarray, members: np.ndarray) -> np.ndarray:
     from .estimate.affinity import standardize_per_task
 
@@ -707,9 +720,8 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
         col = members[:, i]
         per_task[name] = _rho(f_est[col, i], f_true[col, i]) if col.sum() > 2 else None
     reps = np.asarray(ft["f_true_repeats"])
-    z_reps = [_standardized(r_, members)[members] for r_ in reps]
+    z_reps, pair = _seed_pairs(reps, members)
     rho_reps = [_rho(z_est[members], z) for z in z_reps]
-    pair = [_rho(z_reps[a], z_reps[b]) for a in range(len(z_reps)) for b in range(a + 1, len(z_reps))]
     rel1 = _mean(pair)
     rel_mean = (len(z_reps) * rel1 / (1 + (len(z_reps) - 1) * rel1)) if rel1 is not None and rel1 > -1 / max(len(z_reps) - 1, 1) else None
     U_est = art.read_table(run_dir / "affinity.csv", index=True)
@@ -722,8 +734,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
         f_sur = sur_reps.mean(axis=0)
         aff_sur, g_sur, nt_sur = _grouping(f_sur, members, cfg.group, backend)
     z_sur = _standardized(f_sur, members)
-    zs_reps = [_standardized(r_, members)[members] for r_ in sur_reps]
-    pair_sur = [_rho(zs_reps[a], zs_reps[b]) for a in range(len(zs_reps)) for b in range(a + 1, len(zs_reps))]
+    _, pair_sur = _seed_pairs(sur_reps, members)
     rnd_nmi_sur = np.array([normalized_mutual_info_score(g_sur.labels, r) for r in rnd])
     sur = {"definition": "f_sur(S, i) = mean over task i's held-out rows of A_t (pi_theta_S(a|s) / pi_theta*(a|s) - 1), "
                          "theta_S really fine-tuned on S (mean over the fine-tuning seeds)",
@@ -732,9 +743,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
            "spearman": _rho(z_est[members], z_sur[members]),
            "affinity_spearman": _rho(U_est[iu], aff_sur.U[iu]) if n > 2 else None,
            "spearman_between_seeds": pair_sur, "mean_between_seeds": _mean(pair_sur),
-           "groups": [[suite.names[i] for i in g] for g in g_sur.groups], "labels": [int(x) for x in g_sur.labels],
-           "k": int(g_sur.k), "null_p": float(nt_sur.p_value),
-           "distinguishable_from_noise": bool(nt_sur.p_value < cfg.group.alpha)}
+           **_grouping_summary(g_sur, nt_sur, suite.names, cfg.group.alpha)}
     art.write_table(vdir / "f_true_surrogate.csv", f_sur, suite.names)
     t_truth = time.perf_counter() - t1
 
@@ -754,9 +763,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
         return float(x) if x is not None and np.isfinite(x) else None
 
     final_delta = [float((p[-1].double() - theta_star).norm() / theta_star.norm()) for p in ft["paths"]]
-    gt = {"groups": [[suite.names[i] for i in g] for g in g_true.groups], "labels": [int(x) for x in g_true.labels],
-          "k": int(g_true.k), "penalty": g_true.penalty, "null_p": float(nt_true.p_value),
-          "distinguishable_from_noise": bool(nt_true.p_value < cfg.group.alpha),
+    gt = {**_grouping_summary(g_true, nt_true, suite.names, cfg.group.alpha), "penalty": g_true.penalty,
           "constant_tasks": [suite.names[i] for i in aff_true.constant_tasks]}
     result = {
         "suite": suite.name,
