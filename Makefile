@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/default
 
-.PHONY: run test install clean
+.PHONY: run test install clean figures
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Rewrite the README's generated blocks (quick start, `make run`) from benchmarks/results/.
+figures: $(STAMP)
+	$(BIN)/python benchmarks/readme_figures.py
 
 clean:
 	rm -rf $(VENV) runs

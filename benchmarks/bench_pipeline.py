@@ -6,13 +6,25 @@
   python benchmarks/bench_pipeline.py transitions [--seeds 3]
       NMI on cartpole-planted for 2,048 / 4,096 / 8,192 transitions per task (same theta* per seed).
   python benchmarks/bench_pipeline.py makerun
-      wall time of `policygradex run --suite cartpole` (what `make run` does) from an empty run dir.
+      `policygradex run --suite cartpole --out runs/default` (what `make run` does) from an empty run
+      dir: wall time, the groups, and the exact stdout (pipeline_makerun.json).
+  python benchmarks/bench_pipeline.py quickstart
+      the README's quick start, `policygradex run --suite cartpole-planted --out runs/planted`: the
+      exact stdout, the groups and report.md's verdict (pipeline_quickstart.json).
+
+makerun and quickstart run the command in an empty temporary working directory (so the printed
+paths are the README's runs/default and runs/planted) with COLUMNS=100; `--extra` appends options
+to the command and `--save-as NAME` writes results/NAME.json instead (a quick check of the script:
+`quickstart --extra "--steps 2048 --transitions 256 --null-permutations 20" --save-as check_quickstart`).
+The README's blocks are rendered from these files by `python benchmarks/readme_figures.py`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -54,26 +66,56 @@ def transitions(seeds: int, steps: int, values: list[int]) -> dict:
     return {"suite": "cartpole-planted", "steps": steps, "runs": rows, "nmi_by_transitions": summary}
 
 
-def makerun() -> dict:
+COLUMNS = 100  # terminal width of the captured output (the README shows it at this width)
+
+
+def readme_run(suite: str, out: str, extra: list[str]) -> dict:
+    """``policygradex run --suite SUITE --out OUT EXTRA`` in an empty temporary working directory:
+    wall time, exact stdout, groups.json and report.md's verdict."""
+    args = ["run", "--suite", suite, "--out", out, *extra]
+    os.environ["COLUMNS"] = str(COLUMNS)
     with tempfile.TemporaryDirectory() as d:
-        wall = cli("run", "--suite", "cartpole", "--out", d)
-        g = json.loads((Path(d) / "groups.json").read_text())
-    return {"command": "policygradex run --suite cartpole --out DIR (as make run, after install)", "wall_s": round(wall, 1),
-            "target_s": 300, "k": g["k"], "null_p": g["null_p"], "groups": g["groups"]}
+        wall, proc = policygradex(*args, capture_output=True, text=True, cwd=d, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"policygradex {shlex.join(args)} exited with {proc.returncode}:\n{proc.stderr}")
+        run_dir = Path(d) / out
+        g = json.loads((run_dir / "groups.json").read_text())
+        report = (run_dir / "report.md").read_text()
+    verdict = report.split("## Verdict\n", 1)[1].split("\n## ", 1)[0].strip()
+    return {"command": "policygradex " + shlex.join(args), "columns": COLUMNS, "wall_s": round(wall, 1), "stdout": proc.stdout,
+            "k": g["k"], "null_p": g["null_p"], "groups": g["groups"], "distinguishable_from_noise": g["distinguishable_from_noise"],
+            "signal_collapsed": g["signal_collapsed"], "signal": g.get("signal"), "stability": g["stability"]["per_task"],
+            "nmi_vs_true_partition": g.get("nmi_vs_true_partition"), "delta_median": g["delta"]["median"],
+            "meta_policy": g["meta_policy"], "report_verdict": verdict}
+
+
+def makerun(extra: list[str]) -> dict:
+    return {**readme_run("cartpole", "runs/default", extra), "target_s": 300,
+            "note": "what `make run` does (after install), from an empty run directory"}
+
+
+def quickstart(extra: list[str]) -> dict:
+    return {**readme_run("cartpole-planted", "runs/planted", extra), "note": "the README's quick start, from an empty run directory"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["planted", "makerun", "transitions"])
+    ap.add_argument("part", choices=["planted", "makerun", "transitions", "quickstart"])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=60_000)
+    ap.add_argument("--extra", default="", help="makerun / quickstart: options appended to the command (a quick check)")
+    ap.add_argument("--save-as", default=None, help="result name (default: pipeline_<part>)")
     a = ap.parse_args()
+    extra = shlex.split(a.extra)
     if a.part == "transitions":
-        save("pipeline_transitions", transitions(a.seeds, a.steps, [2048, 4096, 8192]))
+        res = transitions(a.seeds, a.steps, [2048, 4096, 8192])
     elif a.part == "planted":
-        save("pipeline_planted", planted(a.seeds, a.steps))
+        res = planted(a.seeds, a.steps)
+    elif a.part == "makerun":
+        res = makerun(extra)
     else:
-        save("pipeline_makerun", makerun())
+        res = quickstart(extra)
+    print(save(a.save_as or f"pipeline_{a.part}", res))
 
 
 if __name__ == "__main__":

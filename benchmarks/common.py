@@ -1,4 +1,5 @@
-"""Shared helpers for benchmark scripts: provenance header and result writing."""
+"""Shared helpers for benchmark scripts: provenance header (command, machine, CPU model, load
+average, commit, versions) and result writing."""
 
 from __future__ import annotations
 
@@ -19,13 +20,25 @@ def provenance() -> dict:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
     except OSError:
         commit = ""
+    vers = versions()
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "nproc": os.cpu_count(),
+        # float results (and so training outcomes) differ across CPU models; timings depend on the load
+        "cpu_model": vers.get("cpu_model", "unknown"),
+        "load_average": _load_average(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": commit,
-        "versions": versions(),
+        "versions": vers,
     }
+
+
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages when the result is saved (None where unsupported)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def policygradex(*args: str, **kwargs) -> tuple[float, subprocess.CompletedProcess]:

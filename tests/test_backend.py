@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, seeded
 from policygradex.backend import LocalBackend, Resources, Unit, UnitFailed, make_backend
 from policygradex.errors import UserError
 
@@ -220,9 +220,9 @@ def test_ray_retries_raised_and_killed_units_then_reports_the_tasks(ray_cluster,
 
 
 # 7 subsets x 2 seeds + theta*: 15 fine-tuning units of one PPO iteration each
-TINY_RUN = ["--suite", "cartpole-planted", "--steps", "2048", "--transitions", "256", "--null-permutations", "10",
-            "--coverage", "1", "--finetune-steps", "256", "--finetune-seeds", "2", "--episodes", "2", "--hessian-subsets", "0",
-            "--probes", "2", "--random-draws", "20"]
+TINY_RUN = ["--suite", "cartpole-planted", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "2048",
+            "--transitions", "256", "--null-permutations", "10", "--coverage", "1", "--finetune-steps", "256", "--finetune-seeds",
+            "2", "--episodes", "2", "--hessian-subsets", "0", "--probes", "2", "--random-draws", "20"]
 
 
 def _fresh_copy(src: Path, dst: Path) -> Path:
@@ -244,6 +244,7 @@ def local_validation(tmp_path_factory):
 
 
 @requires_ray
+@pytest.mark.trains
 def test_validate_on_ray_gives_the_local_ground_truth(ray_cluster, local_validation, tmp_path):
     out = _fresh_copy(local_validation, tmp_path / "ray")
     proc = run_cli("validate", *TINY_RUN, "--backend", "ray", "--ray-address", ray_cluster, "--out", str(out))
@@ -279,6 +280,7 @@ class _StopAfter:
 
 
 @requires_ray
+@pytest.mark.trains
 def test_an_interrupted_validation_resumes_from_its_finished_units(ray_cluster, local_validation, tmp_path):
     import torch
 
@@ -331,8 +333,8 @@ def _compare_inputs(**overrides):
     from policygradex.config import CompareConfig
     from policygradex.tasks import load_suite
 
-    suite = load_suite("cartpole", 3, 0)
-    cfg = _run_config(suite, None, 0, None, None, None, None, None, None, None, None, None, None, None, None, None, None)
+    suite = load_suite("cartpole", 3, seeded(0))
+    cfg = _run_config(suite, None, seeded(0), None, None, None, None, None, None, None, None, None, None, None, None, None, None)
     opts = {**TINY_COMPARE, "methods": tuple(TINY_COMPARE["methods"].split(",")), **overrides}
     return suite, cfg, CompareConfig(**opts)
 
@@ -372,6 +374,7 @@ def serial_compare(tmp_path_factory):
     return out, compare(*_compare_inputs(), out)
 
 
+@pytest.mark.trains
 def test_compare_on_a_process_pool_equals_serial(serial_compare, tmp_path):
     from policygradex.compare import compare
 
@@ -438,6 +441,7 @@ def test_null_test_on_a_process_pool_equals_serial():
 
 
 @requires_ray
+@pytest.mark.trains
 def test_compare_resumes_on_ray_and_ray_equals_serial(ray_cluster, serial_compare, tmp_path):
     from policygradex.compare import compare
     from policygradex.group.null import null_test

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, seeded
 
 GOOD_TASK = '[[tasks]]\nname = "a"\nenv_id = "CartPole-v1"\n'
 
@@ -49,20 +49,22 @@ def test_bad_train_options(tmp_path, args, needles):
     assert_user_error(proc, *needles)
 
 
-def test_evaluate_rejects_corrupted_checkpoint(tmp_path):
+def test_evaluate_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     bad = tmp_path / "step_000000001.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert_user_error(run_cli("evaluate", str(bad)), str(bad), "corrupted")
+    assert_user_error(run_cli("evaluate", str(bad)), str(bad), "is not a policygradex checkpoint", "expected a checkpoint")
     assert_user_error(run_cli("evaluate", str(tmp_path / "none.pt")), "does not exist")
 
 
+@pytest.mark.trains
 def test_train_then_evaluate_from_cli(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("train", "--suite", "cartpole", "--tasks", "2", "--steps", "1024", "--out", str(out), "--eval-episodes", "2")
+    proc = run_cli("train", "--suite", "cartpole", "--tasks", "2", "--suite-seed", str(seeded(0)), "--seed", str(seeded(0)),
+                   "--steps", "1024", "--out", str(out), "--eval-episodes", "2")
     assert proc.returncode == 0, proc.stderr
     assert "cartpole-00" in proc.stdout and "cartpole-01" in proc.stdout
     ckpt = sorted((out / "checkpoints").glob("step_*.pt"))[-1]
-    ev = run_cli("evaluate", str(ckpt), "--episodes", "2", "--json")
+    ev = run_cli("evaluate", str(ckpt), "--episodes", "2", "--seed", str(seeded(12345)), "--json")
     assert ev.returncode == 0, ev.stderr
     import json
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_user_error
+from conftest import assert_user_error, seeded
 from reliability_helpers import cli, with_pythonpath, write_helpers
 
 PLANTED = ["--suite", "cartpole-planted", "--steps", "64"]  # n = 8
@@ -141,6 +141,7 @@ def test_out_is_a_file(tmp_path):
 def test_out_in_use_by_another_process(tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
+    (out / ".policygradex").write_text('{"tool": "policygradex"}')  # a directory policygradex made
     with open(out / ".lock", "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         fh.write(f"{os.getpid()}\n")
@@ -184,9 +185,11 @@ def test_corrupted_and_truncated_checkpoints(tmp_path):
     assert_user_error(cli("evaluate", str(tmp_path)), str(tmp_path), "not a file")
 
 
+@pytest.mark.trains
 def test_meta_policy_too_weak_to_trust(tmp_path):
-    proc = cli("run", "--suite", "cartpole", "--tasks", "2", "--steps", "512", "--transitions", "64", "--d", "8",
-               "--min-return", "100000", "--out", str(tmp_path / "o"))
+    # 100000 is above any CartPole return (at most 500 per episode): refused for any seed
+    proc = cli("run", "--suite", "cartpole", "--tasks", "2", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)),
+               "--steps", "512", "--transitions", "64", "--d", "8", "--min-return", "100000", "--out", str(tmp_path / "o"))
     assert_user_error(proc, "meta-policy too weak", "< --min-return 100000", "train longer (--steps)")
 
 

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import ROOT, assert_user_error, run_cli, seeded
 from policygradex.compare.groupings import groups_from_affinity, random_groups
 from policygradex.compare.pcgrad import PCGrad, pcgrad_coefficients, pcgrad_combine
 from policygradex.config import NetConfig, PPOConfig
 from policygradex.rl.networks import ActorCritic, SoftModNet
 
-RUN_ARGS = ["--suite", "cartpole", "--tasks", "4", "--steps", "2048", "--transitions", "256", "--null-permutations", "10",
-            "--k", "2"]
+# the run trains: its seeds shift with POLICYGRADEX_TEST_SEED_OFFSET (downstream training uses seeds 0..N-1)
+RUN_ARGS = ["--suite", "cartpole", "--tasks", "4", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "2048",
+            "--transitions", "256", "--null-permutations", "10", "--k", "2"]
 ALL = "multitask,softmod,random,gradsim,pcgrad,tag,policygradex"
 
 
@@ -86,19 +87,20 @@ def test_pcgrad_hook_uses_per_task_gradients():
     assert hook.pairs == 3
 
 
+@pytest.mark.trains
 def test_ppo_update_hook_is_backward_compatible():
     """A surgery hook that just backpropagates the mean gives the ordinary PPO update."""
     from policygradex.compare.train import train_group
     from policygradex.tasks import load_suite
 
-    suite = load_suite("cartpole", 2, 0)
+    suite = load_suite("cartpole", 2, seeded(0))
     cfg = PPOConfig.model_validate({**suite.ppo_preset, "update_epochs": 2})
 
     def plain(model, per_sample, task_of):
         per_sample.mean().backward()
 
-    a = train_group(suite, [0, 1], cfg, 64, seed=1)
-    b = train_group(suite, [0, 1], cfg, 64, seed=1, grad_surgery=plain)
+    a = train_group(suite, [0, 1], cfg, 64, seed=seeded(1))
+    b = train_group(suite, [0, 1], cfg, 64, seed=seeded(1), grad_surgery=plain)
     for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-6, msg=k)
 
@@ -190,6 +192,7 @@ def test_softmod_checkpoint_round_trip_and_mlp_config_unchanged(tmp_path):
 # ----------------------------------------------------------------------------- compare end to end
 
 
+@pytest.mark.trains
 def test_compare_outputs_and_budget_fairness(tiny):
     out, r = tiny
     assert r["methods_order"] == ALL.split(",")
@@ -222,6 +225,7 @@ def test_compare_outputs_and_budget_fairness(tiny):
     assert set(json.loads(proc.stdout)) == set(r["tasks"])
 
 
+@pytest.mark.trains
 def test_compare_resumes_after_kill(tiny, tmp_path):
     run_dir, _ = tiny
     out = tmp_path / "killed"
@@ -272,6 +276,7 @@ def test_compare_config_errors_name_the_option():
         parse(CompareConfig, {"steps_per_task": 0}, "options", flags)
 
 
+@pytest.mark.trains
 def test_warm_start_from_theta_star(tiny, tmp_path):
     from policygradex.cli import _run_config
     from policygradex.compare import compare
@@ -279,9 +284,9 @@ def test_warm_start_from_theta_star(tiny, tmp_path):
     from policygradex.tasks import load_suite
 
     run_out, _ = tiny
-    suite = load_suite("cartpole", 4, 0)
+    suite = load_suite("cartpole", 4, seeded(0))
     # the same run as the CLI's RUN_ARGS, so the cached stages are reused
-    cfg = _run_config(suite, 2048, 0, None, None, 2, None, None, 256, None, None, None, None, None, None, None, 10)
+    cfg = _run_config(suite, 2048, seeded(0), None, None, 2, None, None, 256, None, None, None, None, None, None, None, 10)
     ccfg = CompareConfig(methods=("policygradex", "softmod"), seeds=1, steps_per_task=64, episodes=1, warm_start=True)
     r = compare(suite, cfg, ccfg, tmp_path / "warm", run_dir=run_out / "run")
     assert r["methods"]["policygradex"]["init"] == "theta*"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import seeded
 from reliability_helpers import (assert_every_file_whole, cli, is_temp, reference_run, tiny_run_args, with_pythonpath,
                                  write_helpers)
 
@@ -51,6 +52,7 @@ def assert_ctrl_c_message(proc, out: Path, kept: str) -> None:
     assert lines[0] == f"interrupted: kept in {out}: {kept}; rerun the same command to resume", lines[0]
 
 
+@pytest.mark.trains
 def test_killed_at_every_stage_then_rerun_is_byte_identical(reference):
     """One run directory, interrupted again and again as it progresses: SIGKILL during training
     (between checkpoints, and while one is written), collection, featurizing, the surrogates and
@@ -87,6 +89,7 @@ def test_killed_at_every_stage_then_rerun_is_byte_identical(reference):
     assert not [p for p in reads if is_temp(p)]  # no partial file was ever read
 
 
+@pytest.mark.trains
 def test_corrupted_and_truncated_artifacts_are_recomputed_not_used(reference):
     root, _, config, ref = reference
     out = root / "corrupted"
@@ -110,6 +113,7 @@ def test_corrupted_and_truncated_artifacts_are_recomputed_not_used(reference):
         assert (out / name).read_bytes() == (ref / name).read_bytes()
 
 
+@pytest.mark.trains
 def test_training_resume_is_bit_identical_and_skips_a_corrupted_checkpoint(tmp_path):
     """In-process: training stopped after any checkpoint (or with a corrupted one) and resumed
     writes the same checkpoints, byte for byte, as training that never stopped."""
@@ -118,9 +122,9 @@ def test_training_resume_is_bit_identical_and_skips_a_corrupted_checkpoint(tmp_p
     from policygradex.rl.ppo import train
     from policygradex.tasks import load_suite
 
-    suite = load_suite("cartpole", 2)
+    suite = load_suite("cartpole", 2, seeded(0))
     cfg = PPOConfig(total_steps=2048, envs_per_task=2, num_steps=64, minibatch_size=128, update_epochs=2,
-                    checkpoint_every=2, seed=3)
+                    checkpoint_every=2, seed=seeded(3))
     full = train(suite, cfg, tmp_path / "full")
     ref = list_checkpoints(tmp_path / "full" / "checkpoints")
     assert len(ref) == 4

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from conftest import seeded
 from reliability_helpers import cli, reference_run, tiny_run_args
 
 SAME = ("groups.json", "affinity.csv", "f_table.csv", "subsets.json", "surrogate.pt", "collect/rollouts.pt",
         "collect/meta_policy.json", "train/train_history.json", "affinity.png")
 
 
+@pytest.mark.trains
 def test_two_runs_with_the_same_seed_are_identical(tmp_path):
     a, config = reference_run()  # one run (shared with test_crash), and a second one here
     b = tmp_path / "b"
@@ -26,8 +30,9 @@ def test_two_runs_with_the_same_seed_are_identical(tmp_path):
 
     rec = json.loads((a / "config.json").read_text())
     assert {"torch", "numpy", "gymnasium", "python", "policygradex"} <= set(rec["versions"])
-    assert rec["seeds"] == {"suite": {"suite": "cartpole-planted", "tasks": 4, "suite_seed": 0, "profile": None},
-                            "train": 0, "collect": 0, "projector": 0, "subsets": 0, "null_test": 0}
+    s = seeded(0)  # --seed and --suite-seed of the tiny run
+    assert rec["seeds"] == {"suite": {"suite": "cartpole-planted", "tasks": 4, "suite_seed": s, "profile": None},
+                            "train": s, "collect": s, "projector": s, "subsets": s, "null_test": s}
     cfg = rec["config"]  # the full resolved config (defaults included): it validates back to itself
     from policygradex.config import RunConfig
 

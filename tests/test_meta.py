@@ -11,14 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, seeded
 from policygradex.compare import meta
 from policygradex.config import CompareConfig, PPOConfig
 from policygradex.errors import UserError
 from policygradex.tasks import load_suite
 
-RUN_ARGS = ["--suite", "cartpole", "--tasks", "4", "--steps", "2048", "--transitions", "256", "--null-permutations", "10",
-            "--k", "2"]
+# the run trains: its seeds shift with POLICYGRADEX_TEST_SEED_OFFSET
+RUN_ARGS = ["--suite", "cartpole", "--tasks", "4", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "2048",
+            "--transitions", "256", "--null-permutations", "10", "--k", "2"]
 META = "meta-maml,meta-policygradex,meta-multitask"
 
 
@@ -89,18 +90,27 @@ def test_heldout_task_adapts_the_group_policy_with_the_best_probe_return():
 # ----------------------------------------------------------------------------- FOMAML improves a held-out task
 
 
+@pytest.mark.trains
 def test_fomaml_then_adaptation_improves_a_heldout_cartpole_task():
+    """Robust for any seed and CPU: the held-out tasks are fixed (suite seed 0: pushes of force 11
+    and 8.5, learnable in a few steps), the training, adaptation and evaluation seeds shift with
+    POLICYGRADEX_TEST_SEED_OFFSET.  With 20 adaptation steps and 20 evaluation episodes the
+    improvement was >= 25 (median 45) at each of 16 seeds measured (offsets 0-7, 100, 200, 300,
+    1000-5000; AMD EPYC), five times the 5 asserted.  The earlier budget (10 steps, 10 episodes)
+    gave +1 at one seed; held-out tasks of other suite seeds with weak pushes (force 5-7) gain
+    only ~4 in 20 steps, which is why the suite seed is not shifted."""
     suite = load_suite("cartpole", 4, 0)
     ppo = _ppo(suite)
-    cfg = CompareConfig(steps_per_task=512, inner_steps=1, inner_lr=0.3, adapt_steps=10, episodes=10, n_test=2)
-    init, steps = meta.fomaml(suite.tasks[:2], ppo, cfg, seed=0)
+    cfg = CompareConfig(steps_per_task=512, inner_steps=1, inner_lr=0.3, adapt_steps=20, episodes=20, n_test=2,
+                        eval_seed=seeded(12345))
+    init, steps = meta.fomaml(suite.tasks[:2], ppo, cfg, seed=seeded(0))
     # 1 meta-iteration: 1 inner rollout + 1 outer rollout of 4 x 64 per task
     assert steps == {suite.names[0]: 512, suite.names[1]: 512}
     test = meta.heldout_suite(suite, 2)
-    out = meta.adapt_heldout([init], test, ppo, cfg, seed=0)
+    out = meta.adapt_heldout([init], test, ppo, cfg, seed=seeded(0))
     before = np.mean([r["before_adaptation"] for r in out.values()])
     after = np.mean([r["mean"] for r in out.values()])
-    assert all(r["adapt_env_steps"] == 10 * 4 * 64 for r in out.values())
+    assert all(r["adapt_env_steps"] == 20 * 4 * 64 for r in out.values())
     assert after > before + 5, (before, after)
 
 
@@ -116,6 +126,7 @@ def tiny(tmp_path_factory):
     return out, json.loads((out / "comparison.json").read_text())
 
 
+@pytest.mark.trains
 def test_meta_methods_rows_and_equal_budgets(tiny):
     out, r = tiny
     assert r["methods_order"] == META.split(",")
@@ -139,6 +150,7 @@ def test_meta_methods_rows_and_equal_budgets(tiny):
     assert (out / "comparison.csv").is_file() and (out / "comparison.png").is_file()
 
 
+@pytest.mark.trains
 def test_meta_units_are_cached(tiny):
     out, _ = tiny
     before = {p: p.stat().st_mtime_ns for p in (out / "compare").rglob("result.json")}

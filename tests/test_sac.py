@@ -14,7 +14,7 @@ from policygradex.rl import sac
 from policygradex.rl.checkpoint import list_checkpoints, load_checkpoint
 from policygradex.rl.evaluate import evaluate_policy
 from policygradex.tasks import Task, TaskSuite
-from conftest import assert_user_error
+from conftest import assert_user_error, seeded
 
 TOY_ID = "policygradex-test/Reach1D-v0"
 
@@ -54,8 +54,8 @@ def toy_suite(signs=(1.0,)) -> TaskSuite:
 
 
 def small_cfg(**kw) -> SACConfig:
-    base = dict(total_steps=1200, envs_per_task=2, learning_starts=200, batch_size=128, checkpoint_every=600, seed=3,
-                actor_lr=1e-3, critic_lr=1e-3, alpha_lr=3e-3, gamma=0.9, device="cpu", net=NetConfig(hidden=(32, 32), activation="relu"))
+    base = dict(total_steps=1200, envs_per_task=2, learning_starts=200, batch_size=128, checkpoint_every=600,
+                seed=seeded(3), actor_lr=1e-3, critic_lr=1e-3, alpha_lr=3e-3, gamma=0.9, device="cpu", net=NetConfig(hidden=(32, 32), activation="relu"))
     base.update(kw)
     return SACConfig(**base)
 
@@ -93,6 +93,7 @@ def test_logprob_matches_torch_transformed_distribution():
     assert torch.allclose(actor.mode(x), -0.75 + 1.25 * torch.tanh(actor.stats(x)[0]))
 
 
+@pytest.mark.trains
 def test_truncation_bootstraps_and_replay_stores_final_obs(tmp_path):
     suite = toy_suite()
     cfg = small_cfg(total_steps=40, learning_starts=1000)  # 20 vector steps of 2 envs, no update
@@ -116,17 +117,25 @@ def test_truncation_bootstraps_and_replay_stores_final_obs(tmp_path):
     assert np.allclose(nxt[9][:, 1], nxt[8][:, 1]) and not np.allclose(nxt[10][:, 1], nxt[9][:, 1])
 
 
+@pytest.mark.trains
 def test_sac_improves_return_deterministically(tmp_path):
     suite = toy_suite()
     cfg = small_cfg()
-    before = evaluate_policy(sac.build_model(suite, cfg), suite, episodes=8)["reach-plain-0"]["mean"]
+    ev_seed = seeded(12345)
+    torch.manual_seed(seeded(0))
+    before = evaluate_policy(sac.build_model(suite, cfg), suite, episodes=8, seed=ev_seed)["reach-plain-0"]["mean"]
     res = sac.train(suite, cfg, tmp_path / "a")
-    after = evaluate_policy(res.model, suite, episodes=8)
-    assert after["reach-plain-0"]["mean"] > before + 2.0, (before, after)
+    after = evaluate_policy(res.model, suite, episodes=8, seed=ev_seed)
+    # SAC learns: on the same 8 episodes (common random numbers) the trained policy's distance cost
+    # is at most half the untrained one's.  A ratio, not a fixed gain: the untrained cost varies
+    # with the seed (4 to 11), and the old "+2" came down to 2.9 at one seed.  The ratio
+    # untrained / trained was >= 3.6 (median 4.3) at each of 15 seeds measured (offsets 0-9,
+    # 1000-5000; AMD EPYC), above the 2 asserted.
+    assert after["reach-plain-0"]["mean"] > before / 2, (before, after)
     assert "success_rate" in after["reach-plain-0"]
     # sampled actions (f_true's evaluation) work through the same adapter, with common random numbers
-    s1 = evaluate_policy(res.model, suite, episodes=4, deterministic=False)
-    s2 = evaluate_policy(res.model, suite, episodes=4, deterministic=False)
+    s1 = evaluate_policy(res.model, suite, episodes=4, deterministic=False, seed=ev_seed)
+    s2 = evaluate_policy(res.model, suite, episodes=4, deterministic=False, seed=ev_seed)
     assert s1 == s2
     # checkpoints: the PPO place and format, loadable, bit-identical, same evaluation
     ckpts = list_checkpoints(tmp_path / "a" / "checkpoints")
@@ -135,22 +144,24 @@ def test_sac_improves_return_deterministically(tmp_path):
     assert isinstance(model, sac.SACModel) and cfg2 == cfg and ckpt["algo"] == "sac"
     for (k, p), (k2, q) in zip(res.model.state_dict().items(), model.state_dict().items()):
         assert k == k2 and torch.equal(p, q)
-    assert evaluate_policy(model, suite2, episodes=8) == after
+    assert evaluate_policy(model, suite2, episodes=8, seed=ev_seed) == after
     hist = json.loads((tmp_path / "a" / "train_history.json").read_text())
     assert [h["step"] for h in hist] == [600, 1200] and "alpha" in hist[-1]
 
 
+@pytest.mark.trains
 def test_per_task_alpha_moves_toward_its_target():
     suite = toy_suite((1.0, -1.0))
     cfg = small_cfg(alpha_lr=1e-2)
+    torch.manual_seed(seeded(0))
     model = sac.build_model(suite, cfg)
     opts = sac.make_optimizers(model, cfg)
     buf = sac.ReplayBuffer(256, 2, 1)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seeded(0))
     obs = rng.uniform(-1, 1, (256, 2)).astype(np.float32)
     # only task 0 has data: task 1's temperature must not move
     buf.add(obs, rng.uniform(-1, 1, (256, 1)), -np.abs(obs[:, 0] - obs[:, 1]), obs, np.zeros(256), np.zeros(256, np.int64))
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seeded(0))
     h = sac.target_entropy(cfg, 1)
     assert h == -1.0
     x0 = sac.policy_input(obs, np.zeros(256, np.int64), 2)
@@ -206,13 +217,15 @@ def test_cli_bad_algo_is_one_line_error(cli, tmp_path):
                       "--algo", "dqn")
 
 
+@pytest.mark.trains
 def test_run_algo_sac_on_metaworld_writes_groups(cli, tmp_path):
     cfg = tmp_path / "cfg.toml"
     cfg.write_text("[sac]\nlearning_starts = 400\nbatch_size = 64\ncheckpoint_every = 400\n"
                    "net = { hidden = [32, 32], activation = \"relu\" }\n"
                    "[estimate]\nprobe_transitions = 32\ncollect_envs_per_task = 2\n")
     out = tmp_path / "run"
-    proc = cli("run", "--suite", "metaworld:reach-v3,push-v3", "--algo", "sac", "--steps", "800", "--transitions", "64",
+    seed = ["--seed", str(seeded(0))]
+    proc = cli("run", "--suite", "metaworld:reach-v3,push-v3", "--algo", "sac", *seed, "--steps", "800", "--transitions", "64",
                "--d", "16", "--null-permutations", "10", "--config", str(cfg), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     groups = json.loads((out / "groups.json").read_text())
@@ -226,8 +239,8 @@ def test_run_algo_sac_on_metaworld_writes_groups(cli, tmp_path):
     assert ckpt["algo"] == "sac" and isinstance(model, sac.SACModel)
 
     # compare --algo sac on that run: SAC per-group policies, equal steps per task, success rates
-    common = ["--suite", "metaworld:reach-v3,push-v3", "--algo", "sac", "--steps", "800", "--transitions", "64", "--d", "16",
-              "--null-permutations", "10", "--config", str(cfg), "--run-dir", str(out), "--seeds", "1",
+    common = ["--suite", "metaworld:reach-v3,push-v3", "--algo", "sac", *seed, "--steps", "800", "--transitions", "64",
+              "--d", "16", "--null-permutations", "10", "--config", str(cfg), "--run-dir", str(out), "--seeds", "1",
               "--steps-per-task", "150", "--episodes", "1"]
     assert_user_error(cli("compare", *common, "--methods", "multitask,gradsim", "--out", str(tmp_path / "bad")),
                       "--methods gradsim", "--algo sac", "multitask, softmod, random, policygradex")
@@ -245,6 +258,7 @@ def test_run_algo_sac_on_metaworld_writes_groups(cli, tmp_path):
     assert not list((tmp_path / "cmp" / "compare" / "policygradex" / "seed_0").glob("group_*_train"))
 
 
+@pytest.mark.trains
 def test_same_seed_same_training_and_softmod_body(tmp_path):
     suite = toy_suite((1.0, -1.0))
     cfg = small_cfg(total_steps=160, learning_starts=80, batch_size=32, checkpoint_every=10_000)
@@ -253,7 +267,8 @@ def test_same_seed_same_training_and_softmod_body(tmp_path):
     assert a.history == b.history
     for (k, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(p, q), k
-    c = sac.train(suite, small_cfg(total_steps=160, learning_starts=80, batch_size=32, checkpoint_every=10_000, seed=4), tmp_path / "c")
+    c = sac.train(suite, small_cfg(total_steps=160, learning_starts=80, batch_size=32, checkpoint_every=10_000, seed=seeded(4)),
+                  tmp_path / "c")
     assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), c.model.parameters()))
     # Soft Modularization actor and critics (NetConfig.arch), trained and reloaded the same way
     sm = small_cfg(total_steps=80, learning_starts=40, batch_size=16, checkpoint_every=10_000,
@@ -269,7 +284,7 @@ def test_same_seed_same_training_and_softmod_body(tmp_path):
     from policygradex.errors import UserError
 
     with pytest.raises(UserError, match="different algorithm, config or suite"):
-        sac.train(suite, small_cfg(total_steps=80, learning_starts=40, batch_size=16, seed=9), tmp_path / "sm")
+        sac.train(suite, small_cfg(total_steps=80, learning_starts=40, batch_size=16, seed=seeded(9)), tmp_path / "sm")
 
 
 def test_group_sac_budget_rule_gives_every_task_the_same_steps():
@@ -286,11 +301,12 @@ def test_group_sac_budget_rule_gives_every_task_the_same_steps():
     assert part.seed == 5 and part.checkpoint_every == part.total_steps
 
 
+@pytest.mark.trains
 def test_train_group_sac_trains_only_its_tasks_and_warm_starts(tmp_path):
     from policygradex.compare.train import group_sac, train_group_sac
 
     suite = toy_suite((1.0, -1.0, 1.0))
-    cfg = group_sac(small_cfg(envs_per_task=1), 2, 3, 300, seed=7)
+    cfg = group_sac(small_cfg(envs_per_task=1), 2, 3, 300, seed=seeded(7))
     res = train_group_sac(suite, [0, 2], cfg, tmp_path / "g")
     assert res.env_steps == {0: 300, 2: 300} and res.tasks == [0, 2] and res.checkpoint.exists()
     hist = json.loads((tmp_path / "g" / "train_history.json").read_text())

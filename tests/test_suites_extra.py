@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, seeded
 
 from policygradex.config import PPOConfig
 from policygradex.errors import UserError
@@ -291,19 +291,20 @@ def test_device_is_automatic_and_auto_is_not_serialized():
     assert "device" not in PPOConfig().model_dump() and PPOConfig(device="cpu").model_dump()["device"] == "cpu"
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("spec,n", [("highway", 3), ("metaworld-mt10", 2)])
 def test_ppo_trains_a_few_updates_on_each_suite(tmp_path, spec, n):
-    suite = load_suite(spec, n)
+    suite = load_suite(spec, n, seeded(0))
     pre = suite.ppo_preset
     cfg = PPOConfig(**{**pre, "total_steps": 2 * n * pre["envs_per_task"] * 16, "num_steps": 16, "minibatch_size": 16,
-                       "checkpoint_every": 1})
+                       "checkpoint_every": 1, "seed": seeded(pre.get("seed", 0))})
     torch.manual_seed(cfg.seed)
     before = build_model(suite, cfg).state_dict()
     res = train(suite, cfg, tmp_path)
     assert res.global_step == cfg.num_updates(n) * cfg.batch_size(n) and len(res.checkpoints) == cfg.num_updates(n)
     assert next(res.model.parameters()).device.type == "cpu"
     assert any(not torch.equal(before[k], v) for k, v in res.model.state_dict().items())
-    ev = evaluate_policy(res.model, suite, episodes=1, tasks=[0])
+    ev = evaluate_policy(res.model, suite, episodes=1, tasks=[0], seed=seeded(12345))
     assert np.isfinite(ev[suite.names[0]]["mean"])
     assert ("success_rate" in ev[suite.names[0]]) == (suite.success_key is not None)
 
@@ -323,14 +324,16 @@ def cli_main(capsys, *args: str) -> tuple[int, str, str]:
     return e.value.code, out.out, out.err
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("suite", ["highway", "metaworld-mt10"])
 def test_cli_run_writes_groups_json(tmp_path, capsys, suite):
     out = tmp_path / "run"
-    code, _, err = cli_main(capsys, "run", "--suite", suite, "--tasks", "3", "--steps", "96", "--transitions", "64",
+    seeds = ["--seed", str(seeded(0)), "--suite-seed", str(seeded(0))]
+    code, _, err = cli_main(capsys, "run", "--suite", suite, "--tasks", "3", *seeds, "--steps", "96", "--transitions", "64",
                             "--null-permutations", "10", "--out", str(out))
     assert code == 0, err
     g = json.loads((out / "groups.json").read_text())
-    names = load_suite(suite, 3).names if suite == "highway" else mw.MT10_NAMES[:3]
+    names = load_suite(suite, 3, seeded(0)).names if suite == "highway" else mw.MT10_NAMES[:3]
     assert g["tasks"] == names
     assert sorted(t for grp in g["groups"] for t in grp) == sorted(names)
     assert g["k"] == len(g["groups"]) and 0.0 <= g["null_p"] <= 1.0
@@ -343,7 +346,7 @@ def test_cli_run_writes_groups_json(tmp_path, capsys, suite):
         assert set(json.loads(stdout)["reach-v3"]) == {"mean", "std", "success_rate"}
 
     # validate and compare work on the suite, on the same run (its options repeated)
-    same = ["--suite", suite, "--tasks", "3", "--steps", "96", "--transitions", "64", "--null-permutations", "10"]
+    same = ["--suite", suite, "--tasks", "3", *seeds, "--steps", "96", "--transitions", "64", "--null-permutations", "10"]
     code, _, err = cli_main(capsys, "validate", *same, "--finetune-steps", "32", "--finetune-seeds", "1", "--episodes", "1",
                             "--probes", "2", "--hessian-subsets", "0", "--random-draws", "5", "--out", str(out))
     assert code == 0, err

@@ -10,16 +10,20 @@ were truncated or corrupted.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import errno
 import hashlib
 import io
 import json
+import math
 import os
 import platform
+import re
+import secrets
+import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,7 +44,8 @@ def _fsync_dir(path: Path) -> None:
 # itself at that event, so tests can kill a run at a chosen point.  Events: ``write:<path>``
 # (an atomic write whose target path ends with <path>, killed after its temporary file is
 # written, left half-truncated, and before the rename) and ``train:update:<k>`` (after PPO
-# update k).  ``POLICYGRADEX_CRASH_SIGNAL=INT`` sends SIGINT (a Ctrl-C) instead of SIGKILL.
+# update k).  ``POLICYGRADEX_CRASH_SIGNAL=INT`` sends SIGINT (a Ctrl-C) instead of SIGKILL, ``TERM``
+# SIGTERM (what batch schedulers and ``docker stop`` send).
 # Unset, it costs one dictionary lookup.
 CRASH_ENV = "POLICYGRADEX_CRASH_AT"
 
@@ -59,36 +64,59 @@ def crash_point(event: str, tmp: str | None = None) -> None:
             os.truncate(tmp, os.path.getsize(tmp) // 2)
     import signal
 
-    sig = signal.SIGINT if os.environ.get("POLICYGRADEX_CRASH_SIGNAL", "").upper() in ("INT", "SIGINT") else signal.SIGKILL
-    os.kill(os.getpid(), sig)  # SIGINT: Python's handler raises KeyboardInterrupt as soon as this returns
+    name = os.environ.get("POLICYGRADEX_CRASH_SIGNAL", "").upper().removeprefix("SIG")
+    sig = {"INT": signal.SIGINT, "TERM": signal.SIGTERM}.get(name, signal.SIGKILL)
+    os.kill(os.getpid(), sig)  # SIGINT, SIGTERM (under the CLI): KeyboardInterrupt as soon as this returns
 
 
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def os_error_message(exc: OSError, path: str | Path) -> str:
-    """One line for an OSError met while writing ``path``: disk full, not writable, or other."""
+# errors of a bad output path met while writing (the CLI reports them as one line, exit code 2)
+PATH_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
+
+
+def os_error_message(exc: OSError, path: str | Path, flag: str = "--out") -> str:
+    """One line for an OSError met while writing ``path`` (under the directory given as ``flag``):
+    disk full, not writable, a bad path, or other."""
+    path = _shown(path)
     if exc.errno in DISK_FULL:
         return f"disk full while writing {path}; free space and rerun the same command (finished stages are kept)"
     if exc.errno in NOT_WRITABLE:
-        return f"cannot write {path}: {exc.strerror or 'permission denied'}; choose a writable --out"
+        return f"cannot write {path}: {exc.strerror or 'permission denied'}; choose a writable {flag}"
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):
-        return f"cannot write {path}: a path component is a file, not a directory ({exc.strerror}); choose another --out"
+        return f"cannot write {path}: a path component is a file, not a directory ({exc.strerror}); choose another {flag}"
+    if exc.errno == errno.ELOOP:
+        return f"cannot write {path}: too many levels of symbolic links (a symlink loop); choose another {flag}"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"cannot write {path}: the path or a name in it is too long for the file system; choose a shorter {flag}"
     return f"cannot write {path}: {exc.strerror or exc}"
 
 
-def _umask() -> int:
-    with contextlib.suppress(OSError, ValueError):  # Linux: read it without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+# Temporary files of atomic writes are named ``.<name>.policygradex-<12 hex digits>.tmp``: a
+# pattern the project owns, so the sweep of stale temporary files (``remove_stale_temps``)
+# never touches a user's own ``.*.tmp`` files.  (Earlier versions used ``.<name>.<random>.tmp``,
+# which cannot be told apart from a user's files: such leftovers are left alone.)
+TEMP_TAG = ".policygradex-"
+_TEMP_RE = re.compile(r"\..+\.policygradex-[0-9a-f]{12}\.tmp")
 
 
-_FILE_MODE = 0o666 & ~_umask()  # mkstemp creates 0600; artifacts get the usual permissions
+def is_project_temp(name: str) -> bool:
+    """True for the name of a temporary file of :func:`atomic_open` (and nothing else)."""
+    return _TEMP_RE.fullmatch(name) is not None
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, exclusively created temporary file next to ``path`` (usual permissions, 0666 & ~umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}{TEMP_TAG}{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(path))
 
 
 @contextlib.contextmanager
@@ -100,12 +128,10 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[io.IOBase]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temp(path)
     except OSError as exc:
         raise UserError(os_error_message(exc, path)) from exc
     try:
-        with contextlib.suppress(OSError):
-            os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -133,7 +159,22 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """``obj`` as strict JSON (RFC 8259): NaN and infinities, which strict parsers refuse, are
+    written as ``null``; readers get ``None`` for them."""
+    write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False, default=_json_default) + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """A copy of ``obj`` (dicts, lists, tuples, scalars, NumPy values) with every non-finite float as ``None``."""
+    if isinstance(obj, float):  # float and np.float64
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if type(obj).__module__ == "numpy":  # NumPy scalars and arrays, without importing NumPy
+        return strict_json(_json_default(obj))
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -174,8 +215,18 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` says): float
+    results can differ across CPU models, so every run and benchmark records it."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_model": cpu_model()}
     for mod in ("policygradex", "torch", "numpy", "gymnasium", "cvxpy", "sklearn"):
         with contextlib.suppress(Exception):
             out[mod] = __import__(mod).__version__
@@ -336,24 +387,173 @@ def _digest_into(h, obj: Any) -> None:
         h.update(b"P" + pickle.dumps(obj, protocol=4))
 
 
-# --- one process per run directory, stale temporary files, interruption ---------------------
+# --- output directories: checks, marker, lock, stale temporary files ------------------------
+
+# Every directory a command creates or claims for its outputs holds this marker file, and a
+# command writes only into a directory that is absent, empty, marked, or an output directory of
+# an earlier version (recognized by its files, see ``_earlier_output``): nothing of the user's is
+# overwritten.
+MARKER = ".policygradex"
+# Subdirectories the project writes below an output directory, where stale temporary files are
+# looked for (with the directory itself); anything else below it (a user's folder) is not visited.
+PROJECT_SUBDIRS = ("train", "checkpoints", "collect", "features", "validate", "compare")
+
+_command: list[str] = []
+
+
+def set_command(name: str | None) -> None:
+    """The CLI command this process runs (recorded in the markers it writes)."""
+    _command[:] = [name] if name else []
+
+
+def _shown(path: str | Path) -> str:
+    """A path for a one-line message (a very long one abbreviated in the middle)."""
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]}"
+
+
+def check_dir_path(path: str | Path, flag: str = "--out") -> bool:
+    """Refuse, as one line naming ``flag``, a directory path that cannot be used: a symlink loop,
+    a name too long for the file system, a component that is a file, an existing non-directory.
+    True when the directory exists."""
+    if str(path) == "":
+        raise UserError(f"{flag}: an empty path is not allowed; give a directory")
+    shown = _shown(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UserError(f"{flag} {shown} is a broken symbolic link; choose another {flag}") from None
+        return False
+    except OSError as exc:
+        raise UserError(path_error_message(exc, path, flag)) from None
+    except ValueError as exc:  # an embedded NUL byte
+        raise UserError(f"{flag} {shown}: not a valid path ({exc}); choose another {flag}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{flag} {shown} exists and is not a directory; choose another {flag}")
+    return True
+
+
+def path_error_message(exc: OSError, path: str | Path, flag: str) -> str:
+    """One line for an OSError met when looking up the directory ``path`` given as ``flag``."""
+    shown = _shown(path)
+    if exc.errno == errno.ELOOP:
+        return f"{flag} {shown}: too many levels of symbolic links (a symlink loop); choose another {flag}"
+    if exc.errno == errno.ENAMETOOLONG:
+        return (f"{flag} {shown}: the path or a name in it is too long for the file system "
+                f"(names are limited to {_name_max(path)} bytes); choose a shorter {flag}")
+    if exc.errno == errno.ENOTDIR:
+        return f"{flag} {shown}: a component of the path is a file, not a directory; choose another {flag}"
+    if exc.errno in NOT_WRITABLE:
+        return f"{flag} {shown}: {exc.strerror or 'permission denied'}; choose another {flag}"
+    return f"{flag} {shown}: {exc.strerror or exc}; choose another {flag}"
+
+
+def _name_max(path: str | Path) -> int:
+    for p in [Path(path), *Path(path).parents]:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if p.is_dir():
+                return os.pathconf(p, "PC_NAME_MAX")
+    return 255
+
+
+def read_marker(directory: str | Path) -> dict | None:
+    """The content of ``directory``'s marker, or None when it has no valid one."""
+    try:
+        data = json.loads((Path(directory) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("tool") == "policygradex" else None
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _earlier_output(directory: Path) -> str | None:
+    """What an unmarked directory is when an earlier version of policygradex made it (a run or
+    validate directory, a train directory, a compare directory), else None."""
+    conf = _json_file(directory / "config.json")
+    if isinstance(conf, dict) and {"suite", "config"} <= conf.keys():
+        return "run"
+    hist = _json_file(directory / "train_history.json")
+    if (isinstance(hist, list) and all(isinstance(h, dict) and "step" in h for h in hist)) or \
+            any((directory / "checkpoints").glob("step_*.pt")):
+        return "train"
+    comp = _json_file(directory / "comparison.json")
+    if (isinstance(comp, dict) and "methods" in comp) or any((directory / "compare").glob("*/seed_*.manifest.json")) or \
+            (directory / "run").is_dir() and _earlier_output(directory / "run") == "run":
+        return "compare"
+    return None
+
+
+def check_output_dir(directory: str | Path, flag: str = "--out") -> None:
+    """Refuse (one line naming ``flag``) an output directory that policygradex must not write
+    into: a bad path (:func:`check_dir_path`), or an existing directory that is neither empty,
+    nor marked as policygradex's (``.policygradex``), nor an earlier version's output
+    directory.  Changes nothing on disk."""
+    directory = Path(directory)
+    if not check_dir_path(directory, flag):
+        return
+    try:
+        with os.scandir(directory) as it:
+            empty = next(it, None) is None
+    except OSError as exc:
+        raise UserError(path_error_message(exc, directory, flag)) from None
+    if empty or read_marker(directory) is not None or _earlier_output(directory) is not None:
+        return
+    raise UserError(f"{flag} {_shown(directory)} is not empty and is not a policygradex output directory (it has no "
+                    f"{MARKER} file); nothing in it was changed; choose a new or empty directory, or one that "
+                    f"policygradex made")
+
+
+def mark_output_dir(directory: str | Path, command: str | None = None, flag: str = "--out") -> None:
+    """Create ``directory`` (given as ``flag``) if needed and mark it as policygradex's (kept if already marked)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(os_error_message(exc, directory, flag)) from exc
+    if read_marker(directory) is None:
+        from . import __version__
+
+        write_json(directory / MARKER, {"tool": "policygradex", "command": command or (_command[0] if _command else "python"),
+                                        "version": __version__})
+
 
 _LOCKS: dict[str, Any] = {}
 
 
-def lock_run_dir(directory: str | Path, flag: str = "--out") -> None:
-    """Hold ``directory/.lock`` (flock) until this process exits, so two processes never write
-    one run directory at once; the kernel drops the lock when the process dies, SIGKILL
-    included.  Re-entrant within a process.  Then remove temporary files that killed
-    processes left behind (``.<name>.<random>.tmp``; they are never read)."""
+@atexit.register
+def _release_locks() -> None:
+    """Close the lock files at exit (the kernel would drop the locks anyway; this is tidiness)."""
+    for fh in _LOCKS.values():
+        with contextlib.suppress(OSError):
+            fh.close()
+    _LOCKS.clear()
+
+
+def lock_run_dir(directory: str | Path, flag: str = "--out", command: str | None = None) -> None:
+    """Claim ``directory`` for this process's outputs: check it (:func:`check_output_dir`: absent,
+    empty, marked or an earlier version's; never a user's directory), mark it (``.policygradex``),
+    and hold ``directory/.lock`` (flock) until this process exits, so two processes never write
+    one output directory at once; the kernel drops the lock when the process dies, SIGKILL
+    included.  Re-entrant within a process.  Then remove the temporary files that killed
+    processes left behind (:func:`remove_stale_temps`; they are never read)."""
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise UserError(f"{flag} {directory} exists and is not a directory; choose another {flag}")
-    key = str(directory.resolve())
+    check_dir_path(directory, flag)
+    try:
+        key = str(directory.resolve())
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
+        raise UserError(f"{flag} {_shown(directory)}: cannot resolve the path ({exc}); choose another {flag}") from None
     if key in _LOCKS:
         return
+    check_output_dir(directory, flag)
+    mark_output_dir(directory, command, flag)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         fh = open(directory / ".lock", "a+")
     except OSError as exc:
         raise UserError(os_error_message(exc, directory)) from exc
@@ -382,13 +582,32 @@ def lock_run_dir(directory: str | Path, flag: str = "--out") -> None:
 
 
 def remove_stale_temps(directory: str | Path) -> list[Path]:
-    """Delete the temporary files of interrupted atomic writes under ``directory``."""
-    removed = []
-    for p in Path(directory).rglob(".*.tmp"):
-        if p.is_file():
-            with contextlib.suppress(OSError):
-                p.unlink()
-                removed.append(p)
+    """Delete the temporary files of interrupted atomic writes (names matching exactly
+    ``.<name>.policygradex-<12 hex>.tmp``) in ``directory`` and below it in the subdirectories
+    the project writes (``PROJECT_SUBDIRS``, at any depth).  Symbolic links are not followed and
+    a marked subdirectory (another output directory, perhaps in use) is left to its own owner."""
+    root = Path(directory)
+    removed: list[Path] = []
+
+    def sweep(d: Path, into: tuple[str, ...] | None) -> None:
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError:
+            return
+        for e in entries:
+            try:
+                if e.is_symlink():
+                    continue
+                if e.is_file() and is_project_temp(e.name):
+                    os.unlink(e.path)
+                    removed.append(Path(e.path))
+                elif e.is_dir() and (into is None or e.name in into) and not (Path(e.path) / MARKER).exists():
+                    sweep(Path(e.path), None)
+            except OSError:
+                continue
+
+    sweep(root, PROJECT_SUBDIRS)
     return removed
 
 
@@ -439,3 +658,91 @@ def interrupt_summary(directory: str | Path) -> Iterator[None]:
 def interruption_message() -> str:
     """The account of the latest interruption in this process (a generic line if none)."""
     return _last_interrupt[-1] if _last_interrupt else _GENERIC_INTERRUPT
+
+
+# --- the CLI's view: empty paths, which option a failing path came from, SIGTERM ----------------
+
+PATH_OPTIONS = ("--out", "--run-dir", "--tensorboard", "--config")
+
+
+def _path_options(args: list[str]) -> Iterator[tuple[str, str]]:
+    """(flag, value) of every path option in a command line (``--out DIR`` and ``--out=DIR``)."""
+    for i, a in enumerate(args):
+        flag, eq, value = a.partition("=")
+        if flag in PATH_OPTIONS:
+            if eq:
+                yield flag, value
+            elif i + 1 < len(args):
+                yield flag, args[i + 1]
+
+
+def refuse_empty_paths(args: list[str]) -> None:
+    """An empty path option (an unset shell variable: ``--out "$DIR"``) is one line, not the
+    current directory."""
+    for flag, value in _path_options(args):
+        if value == "":
+            raise UserError(f"{flag}: an empty path is not allowed (it is not taken to mean the current directory); "
+                            f"give a path, e.g. {flag} {'runs/x' if flag != '--config' else 'run.toml'}")
+
+
+def option_of_path(args: list[str], path: str | Path | None) -> str | None:
+    """The path option of ``args`` whose value ``path`` is, or lies under (the most specific one)."""
+    if not path:
+        return None
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        target = Path(os.path.abspath(os.fsdecode(path)))
+        best = None
+        for flag, value in _path_options(args):
+            if value and (target == Path(os.path.abspath(value)) or Path(os.path.abspath(value)) in target.parents):
+                if best is None or len(value) > len(best[1]):
+                    best = (flag, value)
+        return best[0] if best else None
+    return None
+
+
+class TermSignal:
+    """SIGTERM handler of the CLI: the first SIGTERM while armed raises KeyboardInterrupt, so the
+    command stops as on Ctrl-C (same cleanup, same account of what was kept).  A process forked
+    from this one (an environment subprocess) that inherits the handler dies of SIGTERM as usual."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.armed = True
+        self.received = False   # any SIGTERM
+        self.interrupted = False  # a SIGTERM that stopped the command
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __call__(self, signum, frame) -> None:
+        import signal
+
+        if os.getpid() != self.pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.received = True
+        if self.armed:
+            self.armed = False
+            self.interrupted = True
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[TermSignal]:
+    """Within: SIGTERM (batch schedulers, ``docker stop``) behaves like Ctrl-C (:class:`TermSignal`);
+    the previous handler is restored on the way out.  Outside the main thread: nothing changes."""
+    import signal
+
+    term = TermSignal()
+    try:
+        previous = signal.signal(signal.SIGTERM, term)
+    except ValueError:  # not the main thread of the main interpreter
+        term.disarm()
+        yield term
+        return
+    try:
+        yield term
+    finally:
+        term.disarm()
+        signal.signal(signal.SIGTERM, previous)

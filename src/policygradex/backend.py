@@ -243,7 +243,7 @@ class LocalBackend(Backend):
                     result = fn(ctx, unit.payload)
                     break
                 except Exception as exc:  # noqa: BLE001 - retried, then reported with the unit's tasks
-                    if attempt > self.retries:
+                    if attempt > self.retries or not getattr(exc, "transient", True):  # a rerun would fail the same way
                         raise _failed(unit, attempt, exc, _format(exc), self.name) from exc
             yield unit, result
 
@@ -297,7 +297,7 @@ class LocalBackend(Backend):
                 pool.shutdown(wait=True)
 
     def _retry_or_raise(self, unit: Unit, attempts: dict, exc: BaseException | None, text: str, todo: list) -> None:
-        if attempts[unit.key] > self.retries:
+        if attempts[unit.key] > self.retries or not getattr(exc, "transient", True):  # a rerun would fail the same way
             raise _failed(unit, attempts[unit.key], exc, text, self.name)
         todo.append(unit)
 

@@ -1,7 +1,7 @@
 """The ``policygradex`` command line: parse, call, print.  No logic lives here.
 
 Exit codes: 0 success, 2 a user error (one line on stderr naming the input), 1 a bug,
-130 interrupted.
+130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ SuiteSeedOpt = Annotated[int, typer.Option("--suite-seed", help="seed of the bui
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="budget profile of the highway and Meta-World suites: "
                                                   "quick (the default: a smoke run of minutes) or paper (long runs; docs/suites.md)")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="meta-training environment steps over all tasks")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file with \\[ppo], \\[estimate], \\[group] (and, for validate, \\[validate]) tables")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file with \\[ppo], \\[estimate], \\[group], \\[sac] (--algo sac) "
+                                                 "and \\[validate] (validate) tables; every table in it is checked, whichever command reads it")]
 KOpt = Annotated[Optional[int], typer.Option("--k", help="fixed number of groups (default: chosen automatically)")]
 PenaltyScaleOpt = Annotated[Optional[float], typer.Option("--penalty-scale", help="auto-k price per group, in units of mean |U|")]
 DOpt = Annotated[Optional[int], typer.Option("--d", help="projection dimension (default 400)")]
@@ -110,7 +111,12 @@ def _sac_config(suite, steps, seed, threads, envs_per_task, hidden, checkpoint_e
         data["net"] = {**data.get("net", {}), "hidden": hidden}
     flags = {"total_steps": "--steps", "seed": "--seed", "threads": "--threads", "envs_per_task": "--envs-per-task",
              "checkpoint_every": "--checkpoint-every", "net.hidden": "--hidden"}
-    return parse(SACConfig, data, "options", flags)
+    cfg = parse(SACConfig, data, "options", flags)
+    if cfg.batch_size > cfg.buffer_size:  # the buffer never holds a batch: not one update would run
+        where = f"--config {config_file}: [sac]" if config_file is not None else "[sac]"
+        raise UserError(f"{where}: batch_size {cfg.batch_size} exceeds buffer_size {cfg.buffer_size}: the replay buffer "
+                        "could never fill one batch and SAC would never update; allowed: batch_size <= buffer_size")
+    return cfg
 
 
 def _returns_table(title: str, rows: dict[str, dict]) -> Table:
@@ -142,7 +148,7 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="updates between checkpoints"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with a \\[ppo] table of PPO options"),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="write TensorBoard logs to this directory"),
-    eval_episodes: int = typer.Option(10, "--eval-episodes", help="evaluation episodes per task after training"),
+    eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, max=10_000, help="evaluation episodes per task after training"),
     algo: AlgoOpt = "ppo",
 ):
     """Train a multi-task PPO (or, with --algo sac, SAC) meta-policy on a suite and print per-task returns."""
@@ -160,6 +166,8 @@ def train(
     from .pipeline import train_meta_policy  # torch: imported once the options are known to be valid
     from .rl.evaluate import evaluate_policy
 
+    if tensorboard is not None:  # before --out is claimed: a bad --tensorboard leaves nothing behind
+        art.check_dir_path(tensorboard, "--tensorboard")
     art.lock_run_dir(out_dir)
     with art.interrupt_summary(out_dir):
         res = train_meta_policy(s, cfg, out_dir, tensorboard)
@@ -171,7 +179,7 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="a checkpoint written by train or run"),
-    episodes: int = typer.Option(10, "--episodes", min=1, help="episodes per task"),
+    episodes: int = typer.Option(10, "--episodes", min=1, max=10_000, help="episodes per task (all run in parallel)"),
     stochastic: bool = typer.Option(False, "--stochastic", help="sample actions instead of the greedy action"),
     seed: int = typer.Option(12345, "--seed", help="evaluation seed"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
@@ -180,6 +188,10 @@ def evaluate(
     from .rl.checkpoint import load_checkpoint
     from .rl.evaluate import evaluate_policy
 
+    from .config import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:  # before anything runs: a bad seed is the option's fault, not a task's
+        raise UserError(f"--seed: must be a seed between 0 and {MAX_SEED}, got {seed}")
     model, s, _, ckpt = load_checkpoint(checkpoint)
     ev = evaluate_policy(model, s, episodes=episodes, deterministic=not stochastic, seed=seed)
     if as_json:
@@ -227,29 +239,39 @@ def run(
                       target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector, algo=algo)
     from .pipeline import run as run_pipeline  # torch: imported once the options are known to be valid
 
-    be = _backend(backend, workers, ray_address)
-    from .artifacts import interrupt_summary
+    from .artifacts import check_dir_path, interrupt_summary
 
+    if tensorboard is not None:  # before --out is claimed: a bad --tensorboard leaves nothing behind
+        check_dir_path(tensorboard, "--tensorboard")
+    be = _backend(backend, workers, ray_address)
     try:
         with interrupt_summary(out_dir):
             res = run_pipeline(s, cfg, out_dir, tensorboard, backend=be)
     finally:
         be.close()
+    from rich.markup import escape  # names from suite files are text, not markup
+
+    from .report import signal_sentence
+
     g = res.groups
-    t = Table(title=f"{s.name}: k = {g['k']} groups (null test p = {g['null_p']:.3f})")
+    t = Table(title=escape(f"{s.name}: k = {g['k']} groups (null test p = {g['null_p']:.3f})"))
     t.add_column("group")
     t.add_column("tasks")
     for i, grp_ in enumerate(g["groups"]):
-        t.add_row(str(i + 1), ", ".join(grp_))
+        t.add_row(str(i + 1), escape(", ".join(grp_)))
     out.print(t)
+    # plain lines, never wrapped to the terminal: the output reads the same at any width (README, benchmarks)
     if not g["distinguishable_from_noise"]:
-        out.print("[bold red]warning:[/] these groups are not distinguishable from noise; see report.md")
-    if g.get("signal_collapsed"):
-        out.print("[bold red]warning:[/] theta*'s advantage signal is collapsed; see report.md")
+        out.print("[bold red]warning:[/] these groups are not distinguishable from noise; see report.md", soft_wrap=True)
+    signal = g.get("signal")
+    sentence = signal_sentence(signal, max_names=10) if signal else None
+    if sentence is not None:
+        level = "[bold red]warning:[/]" if signal["run_level_collapsed"] else "[yellow]note:[/]"
+        out.print(f"{level} {escape(sentence)}; see report.md", soft_wrap=True)
     if "nmi_vs_true_partition" in g:
-        out.print(f"NMI vs the suite's known partition: {g['nmi_vs_true_partition']:.3f}")
+        out.print(f"NMI vs the suite's known partition: {g['nmi_vs_true_partition']:.3f}", soft_wrap=True)
     out.print(f"delta median {g['delta']['median']:.3%} (target {g['delta']['target']:.2%}); "
-              f"outputs: {out_dir}/groups.json, affinity.csv, affinity.png, report.md")
+              f"outputs: {escape(str(out_dir))}/groups.json, affinity.csv, affinity.png, report.md", soft_wrap=True)
 
 
 def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
@@ -261,7 +283,8 @@ def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transition
     ppo = _ppo_config(s, steps, seed, threads, None, None, None, None, config)
     sac = _sac_config(s, steps, seed, threads, None, None, None, config) if algo == "sac" else None
     # the suite's profile presets (highway, Meta-World), then the --config tables, then the flags
-    est = {**s.run_preset.get("estimate", {}), **(read_section(config, "estimate") if config else {})}
+    est_table = read_section(config, "estimate") if config else {}
+    est = {**s.run_preset.get("estimate", {}), **est_table}
     grp = {**s.run_preset.get("group", {}), **(read_section(config, "group") if config else {})}
     est.update({k_: v for k_, v in dict(d=d, transitions_per_task=transitions, subset_size=subset_size, min_pair_coverage=coverage,
                                         subsets=subsets, target_delta=target_delta, evaluator=evaluator, checkpoint=checkpoint,
@@ -276,7 +299,17 @@ def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transition
     data = {"ppo": ppo.model_dump(), "estimate": est, "group": grp}
     if sac is not None:
         data.update(algo="sac", sac=sac.model_dump())
-    return parse(RunConfig, data, "options", flags)
+    cfg = parse(RunConfig, data, "options", flags)
+    size = cfg.estimate.subset_size
+    if size is not None and size == s.n and s.n > 2:
+        # every subset would be the whole suite: all f(S, i) are measured on the same S, and the
+        # affinity (with j vs without j) has nothing to contrast
+        where = (f"--subset-size {size}" if subset_size is not None else
+                 f"--config {config}: [estimate]: subset_size = {size}" if "subset_size" in est_table else f"subset_size {size}")
+        raise UserError(f"{where} equals the number of tasks ({s.n}): every subset would be the whole suite and the "
+                        f"affinities would carry no information; allowed: 2 to {s.n - 1}, or leave it out "
+                        f"(default {max(2, -(-s.n // 2))})")
+    return cfg
 
 
 @app.command()
@@ -327,8 +360,8 @@ def validate(
     vdata = dict(finetune_seed=seed, eval_seed=12345 + seed, hessian_seed=seed, random_seed=seed)
     if config:
         from .runfile import read_section
-        vdata.update(read_section(config, "validate"))
-        parse(ValidateConfig, vdata, f"--config {config} [validate]")
+
+        vdata.update(read_section(config, "validate"))  # checked there, with the file's other tables
     vdata.update({k_: v for k_, v in vopts.items() if v is not None})
     vflags = {"finetune_steps": "--finetune-steps", "episodes": "--episodes", "finetune_seeds": "--finetune-seeds",
               "hessian_probes": "--probes", "hessian_subsets": "--hessian-subsets", "random_draws": "--random-draws"}
@@ -349,8 +382,8 @@ def validate(
     t.add_column("value", justify="right")
     for label, b in r["approx_error"].items():
         t.add_row(f"first-order error at delta {label}", "-" if b["median"] is None else f"{b['median']:.2%} (n = {b['n']})")
-    def num(x, fmt):
-        return "-" if x is None else format(x, fmt)
+    from .report import num
+
     t.add_row("NMI estimated vs ground truth", f"{r['nmi']:.3f} (random {r['random_nmi']:.3f})")
     t.add_row("ARI estimated vs ground truth", f"{r['ari']:.3f} (random {r['random_ari']:.3f})")
     t.add_row("Spearman f vs f_true (standardized)", num(r["spearman"], ".3f"))
@@ -365,10 +398,10 @@ def validate(
                   f"{sur['k']}, {sur['null_p']:.3f}, {num(sur['mean_between_seeds'], '.2f')}")
     sb = r["speedup_breakdown"]
     t.add_row("speedup (real route / PolicyGradEx route)",
-              f"{num(r['speedup'], '.1f')}x ({sb['real_s']['total']:.0f} s / {sb['policygradex_s']['total']:.0f} s)")
+              f"{num(r['speedup'], '.1f')}x ({num(sb['real_s']['total'], '.0f')} s / {num(sb['policygradex_s']['total'], '.0f')} s)")
     h0 = r["hessian_trace"][0] if r["hessian_trace"] else None
     if h0 is not None:
-        t.add_row("Hessian trace at theta* (Hutchinson)", f"{h0['trace']:.3g} ± {h0['stderr']:.2g}")
+        t.add_row("Hessian trace at theta* (Hutchinson)", f"{num(h0['trace'], '.3g')} ± {num(h0['stderr'], '.2g')}")
     out.print(t)
     if not r["ground_truth"]["distinguishable_from_noise"]:
         rel = r["f_true_reliability"]["mean_between_seeds"]
@@ -468,40 +501,54 @@ def compare(
 def main(argv: list[str] | None = None) -> None:
     import warnings
 
-    # gymnasium's passive env checker warns (several lines) before an environment's bad output is
-    # reported; rl.rollout.TaskEnv checks the same things and names the task and the call
-    warnings.filterwarnings("ignore", module=r"gymnasium\.utils\.passive_env_checker")
-    try:
-        rv = app(args=argv, standalone_mode=False)
-        code = rv if isinstance(rv, int) else 0
-        if code == 130:  # typer turns Ctrl-C into exit code 130; say what was kept
-            from .artifacts import interruption_message
+    from . import artifacts as art
 
-            print(interruption_message(), file=sys.stderr)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    except typer.Exit as exc:
-        code = exc.exit_code
-    except (KeyboardInterrupt, typer.Abort) as exc:
-        from .artifacts import Interrupted, interruption_message
+    # gymnasium warns (several lines: its passive env checker, Box bound precision, async worker
+    # errors) before an environment's bad output is reported; rl.rollout.TaskEnv checks the same
+    # things and names the task and the call.  gymnasium installs a warning filter of its own when
+    # imported, so import it first, then silence it.
+    import gymnasium.logger  # noqa: F401
 
-        print(str(exc) if isinstance(exc, Interrupted) else interruption_message(), file=sys.stderr)
-        code = 130
-    except OSError as exc:  # disk full, read-only or vanished output directory met outside an atomic write
-        from .artifacts import DISK_FULL, NOT_WRITABLE, os_error_message
-
-        if exc.errno not in DISK_FULL | NOT_WRITABLE:
-            raise
-        print(f"error: {os_error_message(exc, exc.filename or 'the output directory')}", file=sys.stderr)
-        code = 2
-    except typer.TyperException as exc:  # click-style usage errors (bad option, missing argument)
-        if type(exc).__name__ == "NoArgsIsHelpError":
-            print(exc.format_message())
-            code = 0
-        else:
-            print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+    warnings.filterwarnings("ignore", module=r"gymnasium(\.|$)")
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = 0
+    # SIGTERM (batch schedulers, docker stop) stops a command as Ctrl-C does, then exits 143
+    with art.sigterm_as_interrupt() as term:
+        try:
+            art.set_command(next((a for a in args if not a.startswith("-")), None))
+            art.refuse_empty_paths(args)
+            try:
+                rv = app(args=args, standalone_mode=False)
+            finally:
+                term.disarm()
+            code = rv if isinstance(rv, int) else 0
+            if code == 130:  # typer turns Ctrl-C into exit code 130; say what was kept
+                print(art.interruption_message(), file=sys.stderr)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             code = 2
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except (KeyboardInterrupt, typer.Abort) as exc:
+            print(str(exc) if isinstance(exc, art.Interrupted) else art.interruption_message(), file=sys.stderr)
+            code = 130
+        except OSError as exc:  # disk full, read-only, vanished or bad output path met outside an atomic write
+            if exc.errno not in art.DISK_FULL | art.NOT_WRITABLE | art.PATH_ERRORS:
+                raise
+            flag = art.option_of_path(args, exc.filename)
+            print(f"error: {flag + ': ' if flag else ''}{art.os_error_message(exc, exc.filename or 'the output directory', flag or '--out')}",
+                  file=sys.stderr)
+            code = 2
+        except typer.TyperException as exc:  # click-style usage errors (bad option, missing argument)
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                print(exc.format_message())
+                code = 0
+            else:
+                print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+                code = 2
+    art.set_command(None)
+    if term.interrupted:
+        code = 143  # 128 + SIGTERM, as if the signal had ended the process
     sys.exit(code)
 
 

@@ -16,6 +16,18 @@ from .errors import UserError
 
 MAX_SEED = 2**32 - 1
 
+# Upper bounds of sizes and coefficients.  Each is far beyond any sensible setting; above them a run
+# does not finish on any machine, or its float32 arithmetic overflows into NaN and the run crashes
+# long after the option was accepted (e.g. a clip coefficient above 3.4e38, a thread count that
+# crashes the OpenMP runtime).
+MAX_THREADS = 1024
+MAX_ENVS = 4096  # environment copies per task
+MAX_WIDTH = 4096  # units of a hidden layer
+MAX_LAYERS = 32
+MAX_ROWS = 10_000_000  # transitions per task held in memory
+MAX_LR = 1.0  # Adam / SGD step sizes: the update moves every parameter by about this much
+MAX_COEF = 1000.0  # loss coefficients and PPO's clip range
+
 
 class Strict(BaseModel):
     # NaN and inf are refused in every float field: a NaN compares false with every bound
@@ -34,15 +46,17 @@ class NetConfig(Strict):
     hidden: tuple[int, ...] = Field((64, 64, 64), description="hidden layer widths of actor and critic MLPs (default: 4 linear layers, as in the paper)")
     activation: Literal["tanh", "relu", "elu"] = Field("tanh", description="hidden activation")
     arch: Literal["mlp", "softmod"] = Field("mlp", description="actor and critic body: an MLP of `hidden` widths, or Soft Modularization (modules + task-conditioned routing, Yang et al. 2020)")
-    softmod_modules: int = Field(4, ge=1, description="softmod: modules per layer")
-    softmod_layers: int = Field(2, ge=1, description="softmod: module layers (routed between consecutive layers)")
-    softmod_width: int = Field(32, ge=1, description="softmod: width of every module and of the state/task embeddings")
+    softmod_modules: int = Field(4, ge=1, le=64, description="softmod: modules per layer")
+    softmod_layers: int = Field(2, ge=1, le=MAX_LAYERS, description="softmod: module layers (routed between consecutive layers)")
+    softmod_width: int = Field(32, ge=1, le=MAX_WIDTH, description="softmod: width of every module and of the state/task embeddings")
 
     @field_validator("hidden")
     @classmethod
     def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if not v or any(h < 1 for h in v):
             raise ValueError("hidden must be a non-empty list of positive widths")
+        if len(v) > MAX_LAYERS or any(h > MAX_WIDTH for h in v):
+            raise ValueError(f"hidden allows at most {MAX_LAYERS} layers of at most {MAX_WIDTH} units each")
         return v
 
     @model_serializer(mode="wrap")
@@ -60,23 +74,23 @@ class PPOConfig(Strict):
     """Multi-task PPO hyperparameters (CleanRL names)."""
 
     total_steps: int = Field(200_000, ge=1, description="total environment steps over all tasks")
-    envs_per_task: int = Field(4, ge=1, description="parallel environments per task")
-    num_steps: int = Field(64, ge=1, description="rollout length per environment per update")
+    envs_per_task: int = Field(4, ge=1, le=MAX_ENVS, description="parallel environments per task")
+    num_steps: int = Field(64, ge=1, le=100_000, description="rollout length per environment per update")
     minibatch_size: int = Field(256, ge=1, description="PPO minibatch size")
-    update_epochs: int = Field(10, ge=1, description="PPO epochs per update")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
+    update_epochs: int = Field(10, ge=1, le=10_000, description="PPO epochs per update")
+    learning_rate: float = Field(1e-3, gt=0, le=MAX_LR, description="Adam learning rate")
     anneal_lr: bool = Field(True, description="anneal the learning rate linearly to 0")
     gamma: float = Field(0.98, gt=0, le=1, description="discount factor")
     gae_lambda: float = Field(0.8, ge=0, le=1, description="GAE lambda")
-    clip_coef: float = Field(0.2, gt=0, description="PPO clip coefficient")
-    ent_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
-    vf_coef: float = Field(0.5, ge=0, description="value loss coefficient")
+    clip_coef: float = Field(0.2, gt=0, le=MAX_COEF, description="PPO clip coefficient")
+    ent_coef: float = Field(0.0, ge=0, le=MAX_COEF, description="entropy bonus coefficient")
+    vf_coef: float = Field(0.5, ge=0, le=MAX_COEF, description="value loss coefficient")
     max_grad_norm: float = Field(0.5, gt=0, description="gradient clipping norm")
     norm_adv: Literal["batch", "task", "none"] = Field("batch", description="advantage normalization: over the minibatch, per task over the rollout, or none")
     target_kl: float | None = Field(None, gt=0, description="stop the epoch loop early above this approximate KL")
     checkpoint_every: int = Field(10, ge=1, description="save a checkpoint every this many updates (and at the end)")
     seed: int = Field(0, description="random seed")
-    threads: int = Field(1, ge=1, description="torch threads (1 is fastest for small networks)")
+    threads: int = Field(1, ge=1, le=MAX_THREADS, description="torch threads (1 is fastest for small networks)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device of the PPO updates and per-sample gradients: auto (cuda when available), cpu or cuda; rollouts always run on the CPU")
     net: NetConfig = Field(default_factory=NetConfig)
 
@@ -100,23 +114,23 @@ class SACConfig(Strict):
     """Multi-task SAC hyperparameters (``--algo sac``, ``[sac]`` table; rl/sac.py, docs/sac.md)."""
 
     total_steps: int = Field(200_000, ge=1, description="total environment steps over all tasks")
-    envs_per_task: int = Field(1, ge=1, description="parallel environments per task")
+    envs_per_task: int = Field(1, ge=1, le=MAX_ENVS, description="parallel environments per task")
     buffer_size: int = Field(1_000_000, ge=1, description="replay buffer capacity in transitions (all tasks, with their task id)")
     batch_size: int = Field(512, ge=1, description="transitions per update, sampled uniformly from the buffer (tasks mixed)")
     learning_starts: int = Field(5_000, ge=0, description="environment steps (all tasks) of uniform random actions before the first update")
     gradient_steps: int = Field(1, ge=1, description="updates per vector-environment step (one step of every environment)")
-    actor_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the actor")
-    critic_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the twin Q critics")
-    alpha_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the per-task log temperatures")
+    actor_lr: float = Field(3e-4, gt=0, le=MAX_LR, description="Adam learning rate of the actor")
+    critic_lr: float = Field(3e-4, gt=0, le=MAX_LR, description="Adam learning rate of the twin Q critics")
+    alpha_lr: float = Field(3e-4, gt=0, le=MAX_LR, description="Adam learning rate of the per-task log temperatures")
     gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
     tau: float = Field(0.005, gt=0, le=1, description="Polyak coefficient of the target critics")
-    init_alpha: float = Field(1.0, gt=0, description="initial entropy temperature of every task")
-    target_entropy: float | None = Field(None, description="target entropy per task (default -|A|, minus the action dimension)")
-    advantage_samples: int = Field(10, ge=1, description="actions of pi per state in V(s) = E[min Q - alpha log pi] for the advantages")
+    init_alpha: float = Field(1.0, gt=0, le=MAX_COEF, description="initial entropy temperature of every task")
+    target_entropy: float | None = Field(None, ge=-MAX_COEF, le=MAX_COEF, description="target entropy per task (default -|A|, minus the action dimension)")
+    advantage_samples: int = Field(10, ge=1, le=10_000, description="actions of pi per state in V(s) = E[min Q - alpha log pi] for the advantages")
     advantage: Literal["soft", "q_minus_v"] = Field("soft", description="features' advantage: soft = Q(s,a) - alpha log pi(a|s) - V(s) (mean 0 under pi), q_minus_v = Q(s,a) - V(s) (mean -alpha H(pi): one-sided labels when Q is flat)")
     checkpoint_every: int = Field(10_000, ge=1, description="save a checkpoint every this many environment steps over all tasks (and at the end)")
     seed: int = Field(0, description="random seed")
-    threads: int = Field(1, ge=1, description="torch threads (1 is fastest for small networks)")
+    threads: int = Field(1, ge=1, le=MAX_THREADS, description="torch threads (1 is fastest for small networks)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device of the SAC updates and per-sample gradients; rollouts run on the CPU")
     net: NetConfig = Field(default_factory=lambda: NetConfig(hidden=(256, 256), activation="relu"))
 
@@ -154,27 +168,28 @@ class EstimateConfig(Strict):
     """Stages 2-4: meta-policy choice, collection, features, subsets, surrogate, evaluator."""
 
     checkpoint: int | None = Field(None, ge=0, description="pin theta* to the checkpoint at this step (default: newest with a healthy advantage signal)")
-    probe_transitions: int = Field(1024, ge=16, description="transitions per task when probing a checkpoint's advantage signal")
+    probe_transitions: int = Field(1024, ge=16, le=MAX_ROWS, description="transitions per task when probing a checkpoint's advantage signal")
     min_adv_scale: float = Field(1e-3, ge=0, description="advantage signal collapsed below this mean|A| / mean|value target|")
     signal_keep: float = Field(0.5, ge=0, le=1, description="theta* keeps at least this fraction of the first checkpoint's advantage scale")
     min_label_frac: float = Field(0.02, ge=0, lt=0.5, description="advantage labels one-sided when either sign is rarer than this")
     min_healthy_frac: float = Field(0.8, ge=0, le=1, description="fraction of tasks whose signal must be healthy to accept a checkpoint")
     min_return: float | None = Field(None, description="refuse theta* whose mean per-task return is below this (weak meta-policy)")
-    transitions_per_task: int = Field(8192, ge=64, description="transitions of theta* collected per task (8,192: see docs/decisions.md)")
-    collect_envs_per_task: int = Field(8, ge=2, description="environment copies per task during collection")
-    heldout_frac: float = Field(0.25, gt=0, lt=1, description="fraction of each task's environment copies held out for evaluation")
+    transitions_per_task: int = Field(8192, ge=64, le=MAX_ROWS, description="transitions of theta* collected per task (8,192: see docs/decisions.md)")
+    collect_envs_per_task: int = Field(8, ge=2, le=MAX_ENVS, description="environment copies per task during collection")
+    heldout_frac: float = Field(0.25, gt=0, le=0.5, description="fraction of each task's environment copies held out for evaluation "
+                                "(at most half: the surrogates are fitted on the copies that are not held out)")
     adv_scaling: Literal["none", "task"] = Field("task", description="divide each task's advantages by their mean |A| before fitting (keeps signs)")
     projector: Literal["dense", "structured"] = Field("structured", description="random projection of gradients: structured (per-layer Khatri-Rao, d split by gradient energy; ~2x one forward+backward, docs/projector.md) or dense (seeded Gaussian P, ~50-150x; 'gaussian' is accepted as an alias)")
     d: int = Field(400, ge=1, le=100_000, description="projection dimension")
     projector_seed: int = Field(0, description="seed of the random projection")
-    chunk_size: int = Field(512, ge=1, description="transitions per per-sample-gradient chunk")
+    chunk_size: int = Field(512, ge=1, le=1_000_000, description="transitions per per-sample-gradient chunk")
     subset_size: int | None = Field(None, ge=2, description="tasks per sampled subset (default: about n/2)")
-    min_pair_coverage: int = Field(3, ge=1, description="every pair of tasks appears together in at least this many subsets")
-    subsets: int | None = Field(None, ge=1, description="number of subsets m (default: enough for the pair coverage; raised if needed)")
+    min_pair_coverage: int = Field(3, ge=1, le=10_000, description="every pair of tasks appears together in at least this many subsets")
+    subsets: int | None = Field(None, ge=1, le=100_000, description="number of subsets m (default: enough for the pair coverage; raised if needed)")
     subset_seed: int = Field(0, description="seed of the subset sampler")
     target_delta: float = Field(0.01, gt=0, le=0.5, description="target relative distance ||P u|| / ||theta*|| of the surrogate solutions")
     evaluator: Literal["first_order_ppo", "surrogate_loss", "rollout_return"] = Field("first_order_ppo", description="performance estimate f(S, i)")
-    rollout_episodes: int = Field(8, ge=1, description="episodes per task and subset for the rollout_return evaluator")
+    rollout_episodes: int = Field(8, ge=1, le=10_000, description="episodes per task and subset for the rollout_return evaluator")
     seed: int = Field(0, description="seed of collection")
 
     @field_validator("projector", mode="before")
@@ -188,12 +203,12 @@ class GroupConfig(Strict):
 
     k: int | None = Field(None, ge=1, description="fixed number of groups (default: chosen by the trace penalty)")
     penalty: float | None = Field(None, ge=0, description="price per group in auto-k mode (default: penalty_scale x mean |off-diagonal U|)")
-    penalty_scale: float = Field(4.0, ge=0, description="multiplier of the default penalty rule")
+    penalty_scale: float = Field(4.0, ge=0, le=1e6, description="multiplier of the default penalty rule")
     solver: Literal["auto", "clarabel", "scs"] = Field("auto", description="SDP solver (auto: Clarabel for n <= 40, else SCS)")
-    null_permutations: int = Field(200, ge=1, description="permutations of the null test")
+    null_permutations: int = Field(200, ge=1, le=1_000_000, description="permutations of the null test")
     null_seed: int = Field(0, description="seed of the null test")
     alpha: float = Field(0.05, gt=0, lt=1, description="groups are reported as distinguishable from noise when null p < alpha")
-    bootstrap: int = Field(50, ge=1, description="bootstrap resamples of the subsets for each task's group stability")
+    bootstrap: int = Field(50, ge=1, le=100_000, description="bootstrap resamples of the subsets for each task's group stability")
     min_stability: float = Field(0.8, ge=0, le=1, description="the report flags tasks whose bootstrap stability is below this")
     max_approx_error: float = Field(0.1, gt=0, description="the report flags a first-order error above this at the surrogate's delta")
 
@@ -224,16 +239,16 @@ class ValidateConfig(Strict):
 
     finetune_steps: int = Field(8192, ge=1, description="PPO environment steps of real fine-tuning per subset (whole iterations, at least one)")
     finetune_seed: int = Field(0, description="seed of the fine-tuning (the same for every subset: common random numbers)")
-    finetune_seeds: int = Field(3, ge=1, description="fine-tuning repeats per subset (seeds finetune_seed, +1, ...); f_true averages them")
-    episodes: int = Field(16, ge=1, description="evaluation episodes per task and subset for f_true (sampled actions)")
+    finetune_seeds: int = Field(3, ge=1, le=1000, description="fine-tuning repeats per subset (seeds finetune_seed, +1, ...); f_true averages them")
+    episodes: int = Field(16, ge=1, le=10_000, description="evaluation episodes per task and subset for f_true (sampled actions)")
     eval_seed: int = Field(12345, description="seed of the evaluation rollouts (the same for every subset: common random numbers)")
     buckets: tuple[float, ...] = Field((0.001, 0.005, 0.01, 0.05), description="relative distances at which the first-order error is reported")
-    approx_snapshots: int = Field(8, ge=2, description="fine-tuning snapshots per path where the first-order error is measured (iterations 1, 2, 4, ... and the last)")
-    hessian_probes: int = Field(32, ge=1, description="Rademacher probes of the Hutchinson Hessian-trace estimate")
+    approx_snapshots: int = Field(8, ge=2, le=1000, description="fine-tuning snapshots per path where the first-order error is measured (iterations 1, 2, 4, ... and the last)")
+    hessian_probes: int = Field(32, ge=1, le=10_000, description="Rademacher probes of the Hutchinson Hessian-trace estimate")
     hessian_subsets: int = Field(3, ge=0, description="adapted theta_S (first subsets) at which the Hessian trace is estimated, besides theta*")
-    hessian_rows: int = Field(8192, ge=1, description="training rows (random sample) in the loss whose Hessian trace is estimated")
+    hessian_rows: int = Field(8192, ge=1, le=MAX_ROWS, description="training rows (random sample) in the loss whose Hessian trace is estimated")
     hessian_seed: int = Field(0, description="seed of the Hutchinson probes, the row sample and the random-direction control")
-    random_draws: int = Field(200, ge=1, description="random groupings (same group sizes) for the NMI floor")
+    random_draws: int = Field(200, ge=1, le=1_000_000, description="random groupings (same group sizes) for the NMI floor")
     random_seed: int = Field(0, description="seed of the random groupings")
 
     @field_validator("buckets")
@@ -249,25 +264,25 @@ class CompareConfig(Strict):
 
     methods: tuple[str, ...] = Field(("multitask", "softmod", "random", "gradsim", "pcgrad", "tag", "policygradex"),
                                      description="methods to compare, in table order (see policygradex.compare.methods.METHODS)")
-    seeds: int = Field(3, ge=1, description="training seeds per method (0, 1, ..., seeds - 1)")
+    seeds: int = Field(3, ge=1, le=1000, description="training seeds per method (0, 1, ..., seeds - 1)")
     steps_per_task: int = Field(20_480, ge=1, description="environment steps per task for every method (a group of s tasks trains for s x this); rounded up to whole PPO iterations")
-    episodes: int = Field(10, ge=1, description="evaluation episodes per task")
+    episodes: int = Field(10, ge=1, le=10_000, description="evaluation episodes per task")
     deterministic: bool = Field(False, description="evaluate with the greedy action instead of sampled actions")
     eval_seed: int = Field(12345, description="seed of the evaluation episodes (the same for every method and seed: common random numbers)")
     warm_start: bool = Field(False, description="start every MLP policy from theta* (the run's meta-policy) instead of from scratch")
     arch: Literal["mlp", "softmod"] = Field("mlp", description="network of the per-group policies and of the multitask/pcgrad policies (the softmod method always uses softmod)")
     minibatches: Literal["same_count", "preset_size"] = Field("same_count", description="same_count: every policy makes as many minibatch steps per epoch as the all-task policy (minibatch size scaled with the group's batch); preset_size: the preset's minibatch size for every policy (smaller groups then make fewer optimizer steps)")
-    tag_checkpoints: int = Field(5, ge=1, description="tag: meta-training checkpoints (evenly spaced) at which lookahead affinities are measured and averaged")
-    tag_transitions: int = Field(2048, ge=64, description="tag: transitions per task collected at each checkpoint")
+    tag_checkpoints: int = Field(5, ge=1, le=1000, description="tag: meta-training checkpoints (evenly spaced) at which lookahead affinities are measured and averaged")
+    tag_transitions: int = Field(2048, ge=64, le=MAX_ROWS, description="tag: transitions per task collected at each checkpoint")
     tag_delta: float = Field(0.01, gt=0, le=0.5, description="tag: lookahead step size as a relative distance ||eta g|| / ||theta|| (mean over tasks)")
     n_test: int = Field(50, ge=1, le=1000, description="meta-*: held-out test tasks drawn from the training family's parameter ranges")
-    adapt_steps: int = Field(20, ge=0, description="meta-*: gradient steps of test-time adaptation per held-out task, one fresh rollout each (paper: 200)")
-    probe_episodes: int = Field(3, ge=1, description="meta-*: episodes per group policy on a held-out task to pick its group (best mean probe return)")
-    inner_steps: int = Field(1, ge=1, description="meta-*: FOMAML inner-loop adaptation steps per task and meta-iteration")
-    inner_lr: float = Field(0.1, gt=0, description="meta-*: SGD step size of the inner loop and of test-time adaptation")
-    meta_lr: float = Field(1e-2, gt=0, description="meta-*: Adam step size of the FOMAML outer update")
-    meta_envs: int = Field(4, ge=1, description="meta-*: environments per rollout (meta-training and adaptation)")
-    meta_rollout_steps: int = Field(64, ge=1, description="meta-*: steps per environment per rollout (one rollout = meta_envs x this transitions)")
+    adapt_steps: int = Field(20, ge=0, le=100_000, description="meta-*: gradient steps of test-time adaptation per held-out task, one fresh rollout each (paper: 200)")
+    probe_episodes: int = Field(3, ge=1, le=10_000, description="meta-*: episodes per group policy on a held-out task to pick its group (best mean probe return)")
+    inner_steps: int = Field(1, ge=1, le=10_000, description="meta-*: FOMAML inner-loop adaptation steps per task and meta-iteration")
+    inner_lr: float = Field(0.1, gt=0, le=MAX_LR, description="meta-*: SGD step size of the inner loop and of test-time adaptation")
+    meta_lr: float = Field(1e-2, gt=0, le=MAX_LR, description="meta-*: Adam step size of the FOMAML outer update")
+    meta_envs: int = Field(4, ge=1, le=MAX_ENVS, description="meta-*: environments per rollout (meta-training and adaptation)")
+    meta_rollout_steps: int = Field(64, ge=1, le=100_000, description="meta-*: steps per environment per rollout (one rollout = meta_envs x this transitions)")
 
     @field_validator("methods")
     @classmethod

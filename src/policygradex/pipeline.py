@@ -71,6 +71,9 @@ def stage_seconds(run_dir: str | Path) -> dict[str, float]:
 
 
 STAGES = ("train", "collect", "features", "subsets", "surrogate", "evaluate", "group")
+# Part of the group stage's key: a run directory whose groups.json predates a change of its fields
+# (2: "signal", with "signal_collapsed" meaning the run-level rule on the collection's table) is regrouped.
+GROUPS_FORMAT = 2
 
 
 @dataclass
@@ -95,7 +98,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
     from .estimate.evaluators import EVALUATORS
     from .estimate.subsets import default_subset_size, sample_subsets
     from .group.null import null_test
-    from .report import affinity_heatmap, write_report
+    from .report import affinity_heatmap, signal_summary, write_report
 
     if suite.n < 2:
         raise UserError(f"suite {suite.name!r} has {suite.n} task; grouping needs at least 2")
@@ -179,7 +182,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
     f = art.read_table(run_dir / "f_table.csv")
 
     # 7. affinity, grouping, null test
-    k_grp = _key(st.digest, grp)
+    k_grp = _key(st.digest, grp, GROUPS_FORMAT)
     st = art.Stage(run_dir, "group", k_grp)
     if not st.current:
         aff = build_affinity(f, members)
@@ -197,6 +200,7 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
             stab = bootstrap_stability(f, members, g.labels, grp.k, grp.penalty_scale, grp.solver, grp.bootstrap, grp.null_seed)
             approx = _approx_error_at_surrogate(run_dir, model, store, members, sur["u"])
         deltas = sur["deltas"].numpy()
+        signal = signal_summary(meta, est.min_healthy_frac)
         groups = {
             "tasks": suite.names,
             "groups": [[suite.names[i] for i in grp_] for grp_ in g.groups],
@@ -213,7 +217,8 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
                                "null_mean": float(nt.null_stats.mean()), "null_q95": float(np.quantile(nt.null_stats, 0.95)),
                                "permutations": int(nt.n_perm)},
             "distinguishable_from_noise": bool(nt.p_value < grp.alpha),
-            "signal_collapsed": not meta["healthy"],
+            "signal_collapsed": signal["run_level_collapsed"],
+            "signal": signal,
             "meta_policy": {"checkpoint": meta["checkpoint"], "step": meta["step"], "mean_return": meta["mean_return"]},
             "subsets": {"m": int(members.shape[0]), "size": size, "min_pair_count": int(aff.min_pair_count)},
             "stability": {"per_task": dict(zip(suite.names, stab["per_task"])), "mean_ari": stab["mean_ari"],
@@ -298,6 +303,7 @@ def _collect_stage(run_dir: Path, checkpoints: list[Path], cfg: RunConfig) -> No
     art.save_torch(run_dir / "collect" / "rollouts.pt", c.to_dict())
     art.write_json(run_dir / "collect" / "meta_policy.json", {
         "checkpoint": sel.checkpoint.name, "step": sel.step, "healthy": sel.healthy and not all(h.collapsed for h in health),
+        "probe_met_rule": sel.healthy,
         "per_task_return": ep, "mean_return": float(np.mean(finite)) if finite else float("nan"),
         "training_returns": sel.returns,
         "signal": {name: h.to_dict() for name, h in zip(suite.names, health)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -14,9 +15,19 @@ import numpy as np  # noqa: E402
 from . import artifacts as art  # noqa: E402
 
 
-def _save_png(fig, path: Path) -> None:
+def num(x, spec: str) -> str:
+    """``format(x, spec)``, or "-" for a value that is missing (None: a NaN in a strict-JSON artifact)."""
+    return "-" if x is None else format(x, spec)
+
+
+def save_png(fig, path: Path, dpi: int = 120) -> None:
+    """Render ``fig`` to PNG, write it atomically to ``path`` and close it; no glyph warnings."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    with warnings.catch_warnings():
+        # a name in a script the font lacks (emoji, CJK) is drawn as a box; matplotlib's warning
+        # about each missing glyph would add lines around the CLI's output
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     art.write_bytes(path, buf.getvalue())
 
@@ -30,23 +41,69 @@ def affinity_heatmap(U: np.ndarray, names: list[str], labels, path: Path) -> Non
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1.0 + 0.45 * n))
     lim = float(np.abs(U[~np.eye(n, dtype=bool)]).max()) if n > 1 else 1.0
     im = ax.imshow(Uo, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    ax.set_xticks(range(n), [names[i] for i in order], rotation=90, fontsize=8)
-    ax.set_yticks(range(n), [names[i] for i in order], fontsize=8)
+    # parse_math=False: a task name is text, never mathtext ("$...$" in a name would fail to parse)
+    ax.set_xticks(range(n), [names[i] for i in order], rotation=90, fontsize=8, parse_math=False)
+    ax.set_yticks(range(n), [names[i] for i in order], fontsize=8, parse_math=False)
     bounds = np.flatnonzero(np.diff(labels[order])) + 0.5
     for b in bounds:
         ax.axhline(b, color="k", lw=1.5)
         ax.axvline(b, color="k", lw=1.5)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="affinity U (std. units)")
     ax.set_title("task affinity (ordered by group)")
-    _save_png(fig, path)
+    save_png(fig, path)
+
+
+def signal_summary(meta: dict, min_healthy_frac: float) -> dict:
+    """The run-level reading of theta*'s per-task signal health table (``meta_policy.json["signal"]``,
+    the table of report.md): which tasks are collapsed, and whether the run-level rule holds.
+
+    The run-level rule is the one that accepts a checkpoint (estimate.collect): the signal of the run
+    is collapsed when fewer than ``min_healthy_frac`` of the tasks are healthy (or none is).  It is
+    applied to the collection's table, so the verdict follows the table that the report shows.
+    ``probe_met_rule`` says whether the checkpoint's short probe met the rule (False: no probed
+    checkpoint did and theta* is the one with the largest advantage scale)."""
+    table = meta["signal"]
+    collapsed = [name for name, h in table.items() if h["collapsed"]]
+    n = len(table)
+    healthy_frac = (n - len(collapsed)) / n if n else 0.0
+    run_level = len(collapsed) == n or healthy_frac < min_healthy_frac
+    return {"collapsed_tasks": collapsed, "n_collapsed": len(collapsed), "n_tasks": n, "healthy_frac": healthy_frac,
+            "min_healthy_frac": float(min_healthy_frac), "run_level_collapsed": bool(run_level),
+            "probe_met_rule": _probe_met_rule(meta, len(collapsed) == n)}
+
+
+def _probe_met_rule(meta: dict, all_collapsed: bool) -> bool | None:
+    """Whether theta*'s probe met the rule (``meta_policy.json``; older files only say
+    ``healthy`` = probe met it and not every task collapsed: None when that cannot tell)."""
+    if "probe_met_rule" in meta:
+        return bool(meta["probe_met_rule"])
+    return None if all_collapsed else bool(meta.get("healthy", True))
+
+
+def signal_sentence(signal: dict, max_names: int | None = None) -> str | None:
+    """The one sentence about theta*'s advantage signal shared by the CLI, report.md and the README:
+    the run-level verdict when the run-level rule holds, the collapsed tasks when some are, else None.
+    ``max_names`` shortens a long list of tasks (the CLI)."""
+    k, n = signal["n_collapsed"], signal["n_tasks"]
+    if k == 0:
+        return None
+    names = signal["collapsed_tasks"]
+    if max_names is not None and len(names) > max_names:
+        names = names[:max_names] + [f"... ({len(names) - max_names} more)"]
+    if signal["run_level_collapsed"]:
+        return (f"theta*'s advantage signal is collapsed: the affinity is likely noise (collapsed on {k} of {n} tasks: "
+                f"{', '.join(names)}; fewer than {signal['min_healthy_frac']:.0%} of tasks healthy)")
+    return f"advantage signal collapsed on {k} of {n} tasks: {', '.join(names)}"
 
 
 def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict) -> None:
     est = cfg.estimate
     lines = [f"# PolicyGradEx run: `{suite.name}` ({suite.n} tasks)", ""]
     trust = []
-    if groups.get("signal_collapsed"):
-        trust.append("the advantage signal of theta* is collapsed (see below): the affinity is likely noise")
+    signal = groups.get("signal") or signal_summary(meta, est.min_healthy_frac)
+    sentence = signal_sentence(signal)
+    if signal["run_level_collapsed"]:
+        trust.append(sentence)
     if not groups["distinguishable_from_noise"]:
         trust.append(f"the groups are NOT distinguishable from noise (null test p = {groups['null_p']:.3f} >= {cfg.group.alpha})")
         perms = groups["null_statistic"]["permutations"]
@@ -69,8 +126,13 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
     if trust:
         lines += ["**Do not trust these groups as they stand:**", ""] + [f"- {t}" for t in trust]
     else:
+        health = ("theta*'s advantage signal is healthy" if signal["n_collapsed"] == 0 else
+                  f"theta*'s advantage signal is healthy on {signal['n_tasks'] - signal['n_collapsed']} of {signal['n_tasks']} tasks")
         lines += [f"The groups are distinguishable from noise (null test p = {groups['null_p']:.3f}), stable under a bootstrap over "
-                  f"subsets, the first-order approximation holds at the surrogate's step, and theta*'s advantage signal is healthy."]
+                  f"subsets, the first-order approximation holds at the surrogate's step, and {health}."]
+    if sentence is not None and not signal["run_level_collapsed"]:
+        lines += ["", f"Note: {sentence} (table below); the run-level rule ({signal['min_healthy_frac']:.0%} of tasks "
+                  "healthy) holds, and the affinities of those tasks rest on a weak signal."]
     lines += ["", "## Groups", "", f"k = {groups['k']} (penalty {groups['penalty']}, solver {groups['solver']})", ""]
     for i, g in enumerate(groups["groups"]):
         lines.append(f"{i + 1}. {', '.join(g)}")
@@ -90,7 +152,7 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
                f"{ae['subsets']} subsets, held-out rows): median {ae['median']:.2%}, max {ae['max']:.2%}. "
                "`policygradex validate` measures it along real fine-tuning paths." if ae else ""), "",
               "## Meta-policy theta*", "",
-              f"Checkpoint `{meta['checkpoint']}` (step {meta['step']:,}), mean per-task return {meta['mean_return']:.1f} "
+              f"Checkpoint `{meta['checkpoint']}` (step {meta['step']:,}), mean per-task return {num(meta['mean_return'], '.1f')} "
               f"over the collection episodes.", "",
               "| task | return | adv scale | % positive | signal |", "|---|---:|---:|---:|---|"]
     for name in suite.names:
@@ -98,6 +160,11 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
         r = meta["per_task_return"][name]
         lines.append(f"| {name} | {'-' if r is None else f'{r:.1f}'} | {s['adv_scale']:.2e} | {s['frac_positive']:.0%} | "
                      f"{'collapsed: ' + s['reason'] if s['collapsed'] else 'ok'} |")
+    lines += ["", f"Signal healthy on {signal['n_tasks'] - signal['n_collapsed']} of {signal['n_tasks']} tasks over the collection "
+              f"(run-level rule: at least {signal['min_healthy_frac']:.0%})."]
+    if signal["probe_met_rule"] is False:
+        lines += ["", "No probed checkpoint met the rule on its short probe; theta* is the probed checkpoint with the largest "
+                  "advantage scale. The verdict follows the collection's table above."]
     lines += ["", "Probed checkpoints (newest first):", ""]
     for p in meta["probes"]:
         lines.append(f"- `{p['checkpoint']}`: healthy on {p['healthy_task_frac']:.0%} of tasks, overall adv scale "
@@ -138,8 +205,8 @@ def validation_section(r: dict) -> list[str]:
         lines.append(f"| real surrogate improvement | {sur['nmi']:.3f} / {sur['ari']:.3f} | {sur['random_nmi']:.3f} | "
                      f"{sur['k']}, {sur['null_p']:.3f} | {'-' if sur['mean_between_seeds'] is None else format(sur['mean_between_seeds'], '.2f')} |")
     lines += ["", f"Spearman of the estimated f against f_true (standardized): {'-' if r['spearman'] is None else format(r['spearman'], '.3f')}. "
-              f"Speedup: {'-' if r['speedup'] is None else format(r['speedup'], '.1f')}x (real route {sb['real_s']['total']:.0f} s, "
-              f"PolicyGradEx route {sb['policygradex_s']['total']:.0f} s).", ""]
+              f"Speedup: {num(r['speedup'], '.1f')}x (real route {num(sb['real_s']['total'], '.0f')} s, "
+              f"PolicyGradEx route {num(sb['policygradex_s']['total'], '.0f')} s).", ""]
     weak = [name for name, ok in (("returns", gt["distinguishable_from_noise"]),
                                   ("surrogate", sur["distinguishable_from_noise"] if sur else True)) if not ok]
     if weak:
@@ -192,7 +259,7 @@ def approx_error_plot(points: list[dict], buckets, path: Path) -> None:
     ax.set_title("first-order approximation of log pi along real fine-tuning")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def estimated_vs_true_plot(z_est: np.ndarray, z_true: np.ndarray, members: np.ndarray, names: list[str], labels,
@@ -216,4 +283,4 @@ def estimated_vs_true_plot(z_est: np.ndarray, z_true: np.ndarray, members: np.nd
     ax.set_title(f"estimate vs real fine-tuning (Spearman {rho})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    _save_png(fig, path)
+    save_png(fig, path)

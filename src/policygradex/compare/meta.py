@@ -55,6 +55,7 @@ from ..config import CompareConfig, PPOConfig
 from ..errors import UserError
 from ..rl.checkpoint import build_model, save_checkpoint
 from ..rl.evaluate import evaluate_policy
+from ..rl.finite import Divergence, describe, first_nonfinite, max_abs, now, overflow_guard, reward_overflow
 from ..rl.networks import ActorCritic
 from ..rl.ppo import ppo_update
 from ..rl.rollout import MultiTaskEnv, Rollout, RolloutCollector
@@ -126,29 +127,48 @@ def pg_loss(model: ActorCritic, ro: Rollout, ppo: PPOConfig) -> torch.Tensor:
     return pg - ppo.ent_coef * dist.entropy().mean() + ppo.vf_coef * v
 
 
-def _grads(model: ActorCritic, ro: Rollout, ppo: PPOConfig) -> list[torch.Tensor]:
+def _check(label: str, named: list, ro: Rollout, names: list[str] | None, advice: str) -> None:
+    """A :class:`Divergence` for the first non-finite quantity of ``named`` (rewards too large
+    for float32 are named as such, with their task)."""
+    bad = first_nonfinite(named)
+    if bad is None:
+        return
+    err = reward_overflow(label, ro.rewards.reshape(-1), ro.task_ids.repeat(ro.rewards.shape[0]), names, "rewards")
+    raise err if err is not None else Divergence(f"{label}: {bad[0]} is {describe(bad[1])}; {advice}")
+
+
+def _grads(model: ActorCritic, ro: Rollout, ppo: PPOConfig, label: str = "adaptation step", names: list[str] | None = None,
+           advice: str = "") -> list[torch.Tensor]:
     model.zero_grad(set_to_none=True)
     model.train()
-    pg_loss(model, ro, ppo).backward()
+    loss = pg_loss(model, ro, ppo)
+    loss.backward()
     model.eval()
-    for part in (model.actor, model.critic):
-        nn.utils.clip_grad_norm_(part.parameters(), ppo.max_grad_norm)
+    norms = [nn.utils.clip_grad_norm_(part.parameters(), ppo.max_grad_norm) for part in (model.actor, model.critic)]
+    _check(label, [("the loss", loss), ("the actor's gradient norm", norms[0]), ("the critic's gradient norm", norms[1])],
+           ro, names, advice or f"lower --inner-lr or [ppo] max_grad_norm (now {now(ppo.max_grad_norm)})")
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
 
-def adapt_step(model: ActorCritic, ro: Rollout, ppo: PPOConfig, lr: float) -> None:
-    """One SGD step of size ``lr`` on :func:`pg_loss` (actor and critic gradients clipped apart)."""
-    g = _grads(model, ro, ppo)
+def adapt_step(model: ActorCritic, ro: Rollout, ppo: PPOConfig, lr: float, label: str = "adaptation step",
+               names: list[str] | None = None) -> None:
+    """One SGD step of size ``lr`` on :func:`pg_loss` (actor and critic gradients clipped apart);
+    a non-finite loss, gradient or parameter is a :class:`Divergence` naming ``label``."""
+    advice = f"lower --inner-lr (now {now(lr)})"
+    g = _grads(model, ro, ppo, label, names, advice)
     with torch.no_grad():
         for p, gi in zip(model.parameters(), g):
             p.sub_(lr * gi)
+    _check(label, [("the largest parameter after the step", max_abs(model.parameters()))], ro, names, advice)
 
 
-def adapt(model: ActorCritic, stream: _TaskStream, ppo: PPOConfig, cfg: CompareConfig, steps: int) -> ActorCritic:
+def adapt(model: ActorCritic, stream: _TaskStream, ppo: PPOConfig, cfg: CompareConfig, steps: int,
+          label: str = "adaptation") -> ActorCritic:
     """A copy of ``model`` after ``steps`` adaptation steps on fresh rollouts of ``stream``'s task."""
     m = copy.deepcopy(model)
-    for _ in range(steps):
-        adapt_step(m, stream.rollout(m, cfg.meta_rollout_steps), ppo, cfg.inner_lr)
+    for i in range(steps):
+        adapt_step(m, stream.rollout(m, cfg.meta_rollout_steps), ppo, cfg.inner_lr,
+                   f"{label} step {i + 1}/{steps} on task {stream.suite.names[0]!r}", stream.suite.names)
     return m
 
 
@@ -164,13 +184,17 @@ def fomaml(tasks: list[Task], ppo: PPOConfig, cfg: CompareConfig, seed: int, ini
     model.eval()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr, eps=1e-5)
     streams = [_TaskStream(t, cfg.meta_envs, seed * 1009 + i) for i, t in enumerate(tasks)]
+    iters = meta_iterations(cfg)
     try:
-        for _ in range(meta_iterations(cfg)):
+        for it in range(iters):
+            label = f"FOMAML meta-iteration {it + 1}/{iters} (seed {seed})"
             total = [torch.zeros_like(p) for p in model.parameters()]
             for s in streams:
                 before = s.steps
-                adapted = adapt(model, s, ppo, cfg, cfg.inner_steps)
-                g = _grads(adapted, s.rollout(adapted, cfg.meta_rollout_steps), ppo)
+                adapted = adapt(model, s, ppo, cfg, cfg.inner_steps, f"{label}: inner")
+                ro = s.rollout(adapted, cfg.meta_rollout_steps)
+                g = _grads(adapted, ro, ppo, f"{label}: meta-gradient on task {s.suite.names[0]!r}", s.suite.names,
+                           f"lower --inner-lr (now {now(cfg.inner_lr)})")
                 for acc, gi in zip(total, g):
                     acc.add_(gi / len(streams))
                 if on_step is not None:
@@ -178,7 +202,10 @@ def fomaml(tasks: list[Task], ppo: PPOConfig, cfg: CompareConfig, seed: int, ini
             opt.zero_grad(set_to_none=True)
             for p, gi in zip(model.parameters(), total):
                 p.grad = gi
-            opt.step()
+            with overflow_guard(label, "the outer Adam step", f"lower meta_lr (now {now(cfg.meta_lr)})"):
+                opt.step()
+            _check(label, [("the largest parameter after the outer step", max_abs(model.parameters()))], ro, None,
+                   f"lower meta_lr (now {now(cfg.meta_lr)})")
     finally:
         for s in streams:
             s.close()
@@ -200,10 +227,13 @@ def multitask_init(tasks: list[Task], ppo: PPOConfig, cfg: CompareConfig, seed: 
         for it in range(iters):
             ros = [s.rollout(model, cfg.meta_rollout_steps) for s in streams]
             ro = _join(ros)
+            # task i's rows carry id i, so that an overflow names its task (n_tasks = 1 and batch normalization ignore ids)
+            ro.task_ids = torch.cat([torch.full_like(r.task_ids, i) for i, r in enumerate(ros)])
             for g in opt.param_groups:
                 g["lr"] = ppo.learning_rate * (1.0 - it / iters) if ppo.anneal_lr else ppo.learning_rate
             model.train()
-            ppo_update(model, opt, ro, ppo.model_copy(update={"norm_adv": "batch"}), 1, ppo.clip_coef, gen)
+            ppo_update(model, opt, ro, ppo.model_copy(update={"norm_adv": "batch"}), 1, ppo.clip_coef, gen,
+                       label=f"PPO update {it + 1}/{iters} of meta-multitask (seed {seed})", task_names=[t.name for t in tasks])
             model.eval()
             if on_step is not None:
                 on_step(sum(int(r.rewards.numel()) for r in ros))
@@ -244,7 +274,7 @@ def adapt_heldout(inits: list[ActorCritic], test: TaskSuite, ppo: PPOConfig, cfg
         g = select_group([p["mean"] for p in probe]) if probe else 0
         stream = _TaskStream(task, cfg.meta_envs, 7_000_003 + seed * 10_007 + j)
         before = evaluate_policy(inits[g], suite, episodes=cfg.episodes, deterministic=cfg.deterministic, seed=cfg.eval_seed)
-        adapted = adapt(inits[g], stream, ppo, cfg, cfg.adapt_steps)
+        adapted = adapt(inits[g], stream, ppo, cfg, cfg.adapt_steps, "test-time adaptation")
         stream.close()
         after = evaluate_policy(adapted, suite, episodes=cfg.episodes, deterministic=cfg.deterministic, seed=cfg.eval_seed)
         b, a = before[suite.names[0]], after[suite.names[0]]

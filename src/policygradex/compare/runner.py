@@ -43,6 +43,7 @@ from .. import artifacts as art
 from ..backend import LocalBackend, Resources, Unit
 from ..config import CompareConfig, PPOConfig, RunConfig, SACConfig
 from ..errors import UserError
+from ..report import save_png
 from ..tasks import TaskSuite
 from ..ui import console, progress_bar
 from .methods import CompareContext, Method, get_method
@@ -146,7 +147,8 @@ def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[lis
         else:
             gppo = group_ppo(ppo, len(tasks), suite.n, c.minibatches).model_copy(update={"seed": gseed})
             minibatch_sizes.append(gppo.minibatch_size)
-            res = train_group(suite, tasks, gppo, c.steps_per_task, gseed, init_state=init, grad_surgery=surgery, on_step=advance)
+            res = train_group(suite, tasks, gppo, c.steps_per_task, gseed, init_state=init, grad_surgery=surgery, on_step=advance,
+                              context=f"compare's {method.name} policy for group {g + 1} of {len(groups)} (seed {seed})")
         ev = evaluate_policy(res.model, suite, episodes=c.episodes, deterministic=c.deterministic, seed=c.eval_seed, tasks=tasks)
         for t in tasks:
             name = suite.names[t]
@@ -293,11 +295,17 @@ def compare(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, out_dir: s
         other = [m.name for m in methods if m.name not in SAC_METHODS]
         if other:
             raise UserError(f"--methods {other[0]}: not available with --algo sac (allowed: {', '.join(SAC_METHODS)})")
+    if run_dir is not None and any(m.needs_run for m in methods):
+        art.check_output_dir(run_dir, "--run-dir")  # a bad --run-dir is named before anything is written
+    art.lock_run_dir(out_dir)  # absent, empty or ours (marked); never a user's directory
     t_run = 0.0
     if any(m.needs_run for m in methods):
         from ..pipeline import run as run_pipeline
 
         ctx.run_dir = Path(run_dir) if run_dir is not None else out_dir / "run"
+        # claim it here, so that a bad directory is named by the option that gave it (the
+        # pipeline's own claim of the same directory is then a no-op: the lock is re-entrant)
+        art.lock_run_dir(ctx.run_dir, flag="--run-dir" if run_dir is not None else "--out")
         t0 = time.perf_counter()
         res = run_pipeline(suite, run_cfg, ctx.run_dir, backend=backend)
         t_run = time.perf_counter() - t0
@@ -441,10 +449,7 @@ def write_outputs(out_dir: Path, comparison: dict) -> None:
 
 
 def bar_chart(comparison: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the Agg backend is selected by ..report
 
     order = comparison["methods_order"]
     ms = [comparison["methods"][m] for m in order]
@@ -460,9 +465,6 @@ def bar_chart(comparison: dict, path: Path) -> None:
     ax.set_ylabel("mean return over tasks")
     b = comparison["budget"]
     ax.set_title(f"{comparison['suite']} (n = {comparison['n_tasks']}): {b['steps_per_task'] or b['steps_per_task_requested']:,} steps "
-                 f"per task, {comparison['seeds']} seeds, 95% CI", fontsize=10)
+                 f"per task, {comparison['seeds']} seeds, 95% CI", fontsize=10, parse_math=False)
     fig.tight_layout()
-    buf = __import__("io").BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    art.write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=110)

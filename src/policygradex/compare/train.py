@@ -38,7 +38,7 @@ import torch
 from ..config import PPOConfig, SACConfig
 from ..rl.checkpoint import build_model
 from ..rl.networks import ActorCritic
-from ..rl.ppo import GradSurgery, ppo_iteration
+from ..rl.ppo import GradSurgery, ppo_iteration, task_list
 from ..rl.rollout import MultiTaskEnv, RolloutCollector
 from ..tasks import TaskSuite
 
@@ -89,12 +89,14 @@ class GroupResult:
 
 def train_group(suite: TaskSuite, tasks: list[int], cfg: PPOConfig, steps_per_task: int, seed: int,
                 init_state: dict | None = None, grad_surgery: GradSurgery | None = None,
-                on_step: Callable[[int], None] | None = None) -> GroupResult:
+                on_step: Callable[[int], None] | None = None, context: str | None = None) -> GroupResult:
     """Train one PPO policy on ``tasks`` (suite indices) for ``steps_per_task`` steps per task.
 
     ``init_state``: a state dict to start from (warm start from theta*), else a fresh network
     from ``cfg.net`` seeded by ``seed``.  ``grad_surgery``: see :func:`policygradex.rl.ppo.ppo_update`.
-    ``on_step(n)`` is called with the environment steps of each iteration.
+    ``on_step(n)`` is called with the environment steps of each iteration.  A divergence is a
+    :class:`~policygradex.rl.finite.Divergence` naming the update and ``context`` (default: the
+    group's tasks and the seed; e.g. the method's name).
     """
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -109,10 +111,12 @@ def train_group(suite: TaskSuite, tasks: list[int], cfg: PPOConfig, steps_per_ta
     iters = iterations_for(cfg, steps_per_task)
     steps = {int(t): 0 for t in tasks}
     recent: dict[int, list[float]] = {int(t): [] for t in tasks}
+    what = context or f"the policy for {task_list(suite, tasks)} (seed {seed})"
     try:
         for it in range(iters):
             lr = cfg.learning_rate * (1.0 - it / iters) if cfg.anneal_lr else cfg.learning_rate
-            ro, _ = ppo_iteration(model, optimizer, collector, cfg, suite.n, lr, gen, grad_surgery)
+            ro, _ = ppo_iteration(model, optimizer, collector, cfg, suite.n, lr, gen, grad_surgery,
+                                  label=f"PPO update {it + 1}/{iters} of {what}", task_names=suite.names)
             T = ro.rewards.shape[0]
             ids, counts = np.unique(ro.task_ids.numpy(), return_counts=True)
             for t, c in zip(ids, counts):

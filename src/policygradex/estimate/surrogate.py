@@ -128,7 +128,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SurrogateFit", "choose_lambda", "fit_subsets", "relative_distance"]
+from ..errors import UserError
+
+__all__ = ["NoAdvantageSignal", "SurrogateFit", "TargetDeltaUnreachable", "choose_lambda", "fit_subsets", "relative_distance"]
 
 _DTYPE = torch.float64
 # Data products (margins, gradients, Hessian-vector products) run in float32 when tol >= this
@@ -225,6 +227,41 @@ class SurrogateFit:
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
+
+
+class NoAdvantageSignal(UserError, ValueError):
+    """:func:`choose_lambda`: theta*'s advantage signal is zero where the surrogate needs it (every
+    weight ``w = |A|`` of a task zero, or its weighted gradient features cancelling), so no
+    ``lam`` gives a nonzero step: a user-facing condition (train longer, another checkpoint,
+    rewards that vary), not a bug; a ``ValueError`` as before."""
+
+    transient = False
+
+
+class TargetDeltaUnreachable(UserError, ValueError):
+    """:func:`choose_lambda`: the median relative distance cannot reach ``target_delta`` (too
+    little signal for so large a step, or too much for so small a one)."""
+
+    transient = False
+
+
+_SIGNAL_ADVICE = ("train the meta-policy longer (--steps), pin theta* to another training checkpoint (--checkpoint), or "
+                  "check that the tasks' rewards vary (constant rewards give zero advantages)")
+
+
+def _no_signal_message(data: "_TaskBlocks", target_delta: float) -> str:
+    """Why the surrogate's gradient at 0 vanishes: which tasks carry no signal."""
+    n = data.n
+    dead = [i for i in range(n) if not bool(torch.any(data.b[i] != 0))]
+    if len(dead) == n:
+        where = "theta*'s advantage signal is zero on every task (every advantage is 0, or the gradient features cancel)"
+    else:
+        shown = ", ".join(str(i) for i in dead[:10]) + (" ..." if len(dead) > 10 else "")
+        where = (f"theta*'s advantage signal is zero on {len(dead)} of {n} tasks (task indices {shown}), which leaves at least "
+                 "half of the subsets without a gradient" if dead else
+                 "the advantage-weighted gradient features cancel on at least half of the subsets")
+    return (f"{where}: the fitted surrogates do not move from theta* at any L2 strength, so none reaches "
+            f"target_delta={target_delta} (--target-delta); {_SIGNAL_ADVICE}")
 
 
 def _as_tensor(name: str, value: Any) -> Tensor:
@@ -1094,10 +1131,18 @@ def choose_lambda(
 
     Raises
     ------
+    NoAdvantageSignal
+        (a :class:`~policygradex.errors.UserError` and ``ValueError``) if the gradient of the
+        surrogate at ``u = 0`` vanishes for at least half of the subsets: no advantage signal
+        (all weights zero on the subsets' tasks, or cancelling features), so no ``lam`` moves
+        the median subset.  An error rather than a degenerate result (``u = 0``, one group):
+        with no signal there is nothing to group by, and a "grouping" would only restate the
+        absence of data.  The message names the tasks without signal and what to change.
+    TargetDeltaUnreachable
+        (a ``UserError`` and ``ValueError``) if the median delta stays on one side of the
+        target over ``max_decades`` of ``lam``.
     ValueError
-        On invalid inputs, or if the target cannot be reached (no advantage signal: all
-        weights zero, or the median delta stays below the target even at the smallest
-        ``lam`` tried), or the search does not converge within ``max_steps`` fits.
+        On invalid inputs, or if the search does not converge within ``max_steps`` fits.
     """
     G, y, w, task, members, train_mask = _validate_data(G, y, w, task, members, train_mask)
     d = G.shape[1]
@@ -1125,12 +1170,8 @@ def choose_lambda(
     n_rows = mf @ data.counts
     grad0 = -(mf @ data.b) * (0.5 / n_rows)[:, None]
     scale = float(np.median(relative_distance(grad0, gram, 1.0).cpu().numpy()))
-    if not scale > 0:
-        raise ValueError(
-            "target_delta cannot be reached: the gradient of the surrogate at u = 0 is zero for at "
-            "least half of the subsets (no advantage signal: all weights w are zero, or the "
-            "weighted gradient features cancel). Check the advantages of the meta-policy."
-        )
+    if not scale > 0:  # the gradient at u = 0 vanishes for at least half of the subsets
+        raise NoAdvantageSignal(_no_signal_message(data, target_delta))
     if lam_init is not None:
         lam = lam_init
     else:
@@ -1166,9 +1207,9 @@ def choose_lambda(
         lo, lo_med = lam, med
         while hi is None:
             if steps >= max_steps or math.log10(lam / lam_start) >= max_decades:
-                raise ValueError(
-                    f"target_delta={target_delta} cannot be reached: the median relative distance is still "
-                    f"{med:.3g} at lam={lam:.3g}."
+                raise TargetDeltaUnreachable(
+                    f"target_delta={target_delta} cannot be reached (--target-delta): the median relative distance "
+                    f"is still {med:.3g} at lam={lam:.3g}; raise --target-delta"
                 )
             lam *= 10.0
             cur_fit, deltas, med = evaluate(lam)
@@ -1182,11 +1223,10 @@ def choose_lambda(
         hi, hi_med = lam, med
         while lo is None:
             if steps >= max_steps or math.log10(lam_start / lam) >= max_decades:
-                raise ValueError(
-                    f"target_delta={target_delta} cannot be reached: the median relative distance is only "
-                    f"{med:.3g} at lam={lam:.3g} ({max_decades:g} decades below the start). The data carry "
-                    "too little advantage signal for this step size; lower target_delta or check the "
-                    "meta-policy's advantages."
+                raise TargetDeltaUnreachable(
+                    f"target_delta={target_delta} cannot be reached (--target-delta): the median relative distance "
+                    f"is only {med:.3g} at lam={lam:.3g} ({max_decades:g} decades below the start); the data carry "
+                    f"too little advantage signal for this step size: lower --target-delta, or {_SIGNAL_ADVICE}"
                 )
             lam /= 10.0
             cur_fit, deltas, med = evaluate(lam)

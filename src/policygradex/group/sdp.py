@@ -46,13 +46,27 @@ check auto-k groups with :mod:`policygradex.group.null`.
 If every off-diagonal entry of ``U`` is 0 there is no evidence of any pairwise structure;
 auto-k mode then returns one group without calling a solver (``solver = "none"``).
 
+A price per group at or above ``lam_one = lambda_max(P U P)`` (``P = I - 1 1^T / n``, the projection
+orthogonal to the all-ones vector) makes one group the exact answer, and auto-k mode returns it
+in closed form (``solver = "none"``).  Every feasible ``X`` has ``X 1 = 1`` and is PSD, so
+``X = J / n + Y`` with ``Y`` PSD, ``Y 1 = 0`` and ``trace Y = trace X - 1``; then ``<U, Y> <=
+lam_one trace Y`` and ``X = J / n`` is optimal for the SDP, and (as every partition matrix is
+feasible) one group is optimal among all partitions.  Huge penalties (``1e300``) therefore never
+reach a solver, where they would overflow its arithmetic.
+
 Solvers
 -------
 ``solver="auto"`` uses Clarabel (interior point: an accurate, clean ``X``) for ``n <= 40`` and
 SCS (first-order splitting, far cheaper per iteration) above: a whole ``group_tasks`` call
 takes 1-3 s at n = 100 on two shared cores, where Clarabel's solve alone takes ~40 s.
 ``"clarabel"`` and ``"scs"`` force one.  If the chosen solver fails, the other is tried; the
-one that produced ``X`` is recorded in :attr:`Grouping.solver`.
+one that produced ``X`` is recorded in :attr:`Grouping.solver`.  The solvers see ``U`` and
+``lam`` divided by ``max |U|`` (the problem is invariant to that scaling; it keeps the solvers'
+arithmetic in range whatever the scale of ``U``).  A failure is any exception of the solver,
+including the ``PanicException`` (a ``BaseException``) that Clarabel, written in Rust, raises
+when it panics; what a solver prints to stdout or stderr while it runs (a Rust panic's message
+and backtrace) is discarded.  When both fail, :class:`GroupingSolverError` (a user error) says
+which option to change.
 
 Rounding
 --------
@@ -85,6 +99,11 @@ groups are numbered in the order of their smallest task index.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -101,8 +120,10 @@ __all__ = [
     "DEFAULT_PENALTY_SCALE",
     "Grouping",
     "GroupingInputError",
+    "GroupingSolverError",
     "canonical_labels",
     "default_penalty",
+    "one_group_penalty",
     "group_tasks",
     "groups_from_labels",
     "partition_matrix",
@@ -122,6 +143,14 @@ _SCS_OPTIONS = {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 20_000}
 
 class GroupingInputError(UserError, ValueError):
     """An argument of the grouping functions is invalid; the message names it."""
+
+    transient = False
+
+
+class GroupingSolverError(UserError, RuntimeError):
+    """Neither SDP solver could solve the grouping problem; the message names the options to change."""
+
+    transient = False
 
 
 @dataclass(frozen=True)
@@ -242,7 +271,8 @@ def default_penalty(U: np.ndarray, penalty_scale: float = DEFAULT_PENALTY_SCALE)
     U = np.asarray(U, dtype=np.float64)
     if U.shape[0] < 2:
         return 0.0
-    return float(penalty_scale * np.mean(np.abs(_off_diagonal(U))))
+    with np.errstate(over="ignore"):  # an overflow (inf) is reported by group_tasks
+        return float(penalty_scale * np.mean(np.abs(_off_diagonal(U))))
 
 
 def _validate_U(U: np.ndarray) -> np.ndarray:
@@ -285,11 +315,73 @@ def _validate_nonneg(name: str, value: object) -> float:
 # ----------------------------------------------------------------------------- SDP
 
 
+def one_group_penalty(U: np.ndarray) -> float:
+    """``lambda_max(P U P)``: every price per group at or above it makes one group the exact
+    optimum of the SDP and of the partition problem (module docstring)."""
+    U = np.asarray(U, dtype=np.float64)
+    n = U.shape[0]
+    if n < 2:
+        return 0.0
+    P = np.eye(n) - 1.0 / n
+    return max(0.0, float(np.linalg.eigvalsh(P @ U @ P)[-1]))
+
+
+def _solver_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a solver's failure rather than Ctrl-C or an exit: any ``Exception``, or
+    the ``PanicException`` (a ``BaseException``) through which pyo3 reports a Rust panic."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:  # noqa: BLE001 - no C library to flush (best effort)
+        pass
+
+
+@contextlib.contextmanager
+def _quiet_solver():
+    """Send file descriptors 1 and 2 to a temporary file, and ``sys.stdout``/``sys.stderr`` to a
+    buffer, while a solver runs (SCS prints errors to stdout; a Rust panic prints its message and
+    backtrace to stderr before Python sees the exception); restored afterwards, the text dropped."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed or replaced stream
+            pass
+    try:
+        tmp = tempfile.TemporaryFile()
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+        return
+    try:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        sink = io.StringIO()  # and Python-level writes (PySys_WriteStdout), wherever sys.stdout points
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        _flush_c_stdio()  # what a C solver left in stdio's buffers belongs to the temporary file too
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        tmp.close()
+
+
 def _solve_sdp(U: np.ndarray, k: int | None, penalty: float, solver: str) -> tuple[np.ndarray, str, str]:
-    """Solve the relaxation; return ``(X, solver_used, status)``."""
+    """Solve the relaxation; return ``(X, solver_used, status)``.  Raises ``RuntimeError`` naming
+    both solvers' failures when neither produced ``X``."""
     n = U.shape[0]
     first = solver if solver != "auto" else ("clarabel" if n <= CLARABEL_MAX_N else "scs")
     order = [first, "scs" if first == "clarabel" else "clarabel"]
+    scale = float(np.max(np.abs(U)))
+    if scale > 0:  # the same problem in units of max |U|: the solvers' arithmetic stays in range
+        U, penalty = U / scale, penalty / scale
     X = cp.Variable((n, n), PSD=True)
     constraints = [X >= 0, cp.sum(X, axis=1) == 1]
     if k is None:
@@ -301,21 +393,24 @@ def _solve_sdp(U: np.ndarray, k: int | None, penalty: float, solver: str) -> tup
     failures: list[str] = []
     for name in order:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_solver():
                 # An inaccurate solution is reported in Grouping.status; rounding copes with it.
                 warnings.simplefilter("ignore", UserWarning)
                 if name == "clarabel":
                     problem.solve(solver=cp.CLARABEL)
                 else:
                     problem.solve(solver=cp.SCS, **_SCS_OPTIONS)
-        except cp.error.SolverError as exc:
-            failures.append(f"{name}: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - Clarabel's Rust panics are BaseExceptions
+            if not _solver_failure(exc):
+                raise
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            failures.append(f"{name}: {text[:200]}")
             continue
-        if problem.status in _ACCEPTED_STATUS and X.value is not None:
+        if problem.status in _ACCEPTED_STATUS and X.value is not None and np.all(np.isfinite(X.value)):
             Xv = np.asarray(X.value, dtype=np.float64)
             return 0.5 * (Xv + Xv.T), name, str(problem.status)
         failures.append(f"{name}: status {problem.status}")
-    raise RuntimeError(f"the grouping SDP (n = {n}) could not be solved: " + "; ".join(failures))
+    raise RuntimeError("; ".join(failures))
 
 
 # ----------------------------------------------------------------------------- rounding
@@ -459,9 +554,9 @@ def group_tasks(
 
     Raises:
         GroupingInputError (a ``ValueError``): ``U`` not square/finite/symmetric, ``k`` outside
-        ``1..n``, a negative or non-finite ``penalty``/``penalty_scale``, an unknown ``solver``,
-        or both ``k`` and ``penalty`` given.
-        RuntimeError: neither solver could solve the SDP.
+        ``1..n``, a negative or non-finite ``penalty``/``penalty_scale`` (or a ``penalty_scale``
+        whose penalty overflows), an unknown ``solver``, or both ``k`` and ``penalty`` given.
+        GroupingSolverError (a ``RuntimeError``; a user error): neither solver could solve the SDP.
     """
     Us = _validate_U(U)
     n = Us.shape[0]
@@ -478,6 +573,11 @@ def group_tasks(
     else:
         scale = _validate_nonneg("penalty_scale", penalty_scale)
         lam = default_penalty(Us, scale) if penalty is None else _validate_nonneg("penalty", penalty)
+        if not np.isfinite(lam):
+            raise GroupingInputError(
+                f"penalty_scale {scale:g} x mean |off-diagonal U| overflows a float; any penalty_scale of "
+                f"{one_group_penalty(Us) / max(default_penalty(Us, 1.0), 1e-300):.3g} or more already puts every task in one group"
+            )
 
     trivial: np.ndarray | None = None
     if n == 1:
@@ -486,6 +586,8 @@ def group_tasks(
         trivial = np.zeros(n, dtype=np.int64)  # no pairwise evidence at all: one group
     elif k is not None and k in (1, n):
         trivial = np.zeros(n, dtype=np.int64) if k == 1 else np.arange(n, dtype=np.int64)
+    elif k is None and lam >= one_group_penalty(Us):
+        trivial = np.zeros(n, dtype=np.int64)  # a price per group this high makes one group optimal (module docstring)
 
     t0 = time.perf_counter()
     if trivial is not None:
@@ -495,7 +597,18 @@ def group_tasks(
         X = partition_matrix(labels)
         used, status = "none", "trivial"
     else:
-        X, used, status = _solve_sdp(Us, k, lam, solver)
+        try:
+            X, used, status = _solve_sdp(Us, k, lam, solver)
+        except RuntimeError as exc:
+            if k is not None:
+                what, advice = f"k = {k}", "try another k (--k) or [group] solver"
+            else:
+                src = f"[group] penalty {lam:.3g}" if penalty is not None else \
+                    f"penalty_scale (--penalty-scale) {penalty_scale:g} x mean |U| = {lam:.3g}"
+                what = f"price per group {src}"
+                advice = (f"change the price per group: 0 lets the affinity alone decide, {one_group_penalty(Us):.3g} or "
+                          "more puts every task in one group; or set [group] solver")
+            raise GroupingSolverError(f"the grouping SDP (n = {n}, {what}) could not be solved ({exc}); {advice}") from None
         if k is None:
             k_hat = int(np.clip(np.rint(np.trace(X)), 1, n))
             ks = list(range(1, min(n, k_hat + 1) + 1))
@@ -505,14 +618,16 @@ def group_tasks(
     seconds = time.perf_counter() - t0
 
     k_out = int(labels.max()) + 1
-    sdp_value = float(np.sum(Us * X) - lam * np.trace(X))
+    rounded = partition_objective(Us, labels, lam)
+    # closed form: X is the partition's own matrix, and the same formula keeps the gap exactly 0 at any scale
+    sdp_value = rounded if trivial is not None else float(np.sum(Us * X) - lam * np.trace(X))
     return Grouping(
         labels=labels,
         groups=groups_from_labels(labels),
         k=k_out,
         penalty=None if k is not None else lam,
         objective=sdp_value,
-        rounded_objective=partition_objective(Us, labels, lam),
+        rounded_objective=rounded,
         X=X,
         solver=used,
         status=status,

@@ -4,14 +4,24 @@ Saved atomically; ``load_checkpoint`` returns a model whose parameters are bit-i
 the saved ones, and reports a truncated or corrupted file as a user error.  Each checkpoint
 holds the sha256 of its own content (``digest``, :func:`artifacts.content_digest`): torch's
 zip format does not notice a flipped byte in tensor data, the digest does.
+
+Resumed training writes the same bytes as training that never stopped: the numpy arrays of the
+RNG and environment state are saved with numpy's canonical dtype objects (:func:`canonical`),
+because pickle memoizes a dtype object shared by many arrays, and arrays that come back from a
+checkpoint (the replayed actions of an environment's current episode) would otherwise each
+carry their own.  A file that is not a checkpoint (``groups.json``, a feature file) and a
+checkpoint of an environment whose spaces changed since are one-line errors saying so.
 """
 
 from __future__ import annotations
 
+import codecs
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from ..artifacts import content_digest, save_torch, versions
@@ -28,6 +38,22 @@ def build_model(suite: TaskSuite, cfg: PPOConfig) -> ActorCritic:
     return build_actor_critic(in_dim, suite.action_space, cfg.net, suite.n)
 
 
+def canonical(obj: Any) -> Any:
+    """``obj`` (dicts, lists, tuples) with every numpy array copied onto numpy's canonical dtype
+    object: the same content then pickles to the same bytes wherever its arrays came from."""
+    if isinstance(obj, dict):
+        return {k: canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(canonical(v) for v in obj)
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc":
+        return obj.astype(np.dtype(obj.dtype.str))
+    return obj
+
+
+def spaces_of(suite: TaskSuite) -> dict[str, str]:
+    return {"observation": str(suite.observation_space), "action": str(suite.action_space)}
+
+
 def save_checkpoint(path: str | Path, model: ActorCritic, optimizer: torch.optim.Optimizer | None, cfg: PPOConfig,
                     suite: TaskSuite, global_step: int, update: int, returns: dict[str, float], rng: dict | None = None) -> None:
     payload = {
@@ -36,10 +62,11 @@ def save_checkpoint(path: str | Path, model: ActorCritic, optimizer: torch.optim
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "config": cfg.model_dump(mode="json"),
         "suite": suite.to_dict(),
+        "spaces": spaces_of(suite),
         "global_step": global_step,
         "update": update,
         "returns": returns,
-        "rng": rng or {},
+        "rng": canonical(rng or {}),
         "versions": versions(),
     }
     payload["digest"] = content_digest(payload)
@@ -53,12 +80,20 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a file")
     try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise UserError(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from None
+    if not head.startswith(b"PK\x03\x04"):  # every checkpoint is a torch zip file
+        raise UserError(f"{path} is not a policygradex checkpoint ({_kind_of(head)}); {EXPECTED}")
+    try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, TypeError,
             AttributeError, ImportError, KeyError, IndexError, UnicodeDecodeError, MemoryError) as exc:
         raise UserError(f"checkpoint {path} is truncated or corrupted ({type(exc).__name__}); delete it and rerun") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"checkpoint {path} is not a policygradex checkpoint")
+        raise UserError(f"{path} is not a policygradex checkpoint (a torch file of other content: {_content_of(ckpt)}); "
+                        f"{EXPECTED}")
     if "digest" in ckpt:  # checkpoints written before the digest existed are read as they are
         body = {k: v for k, v in ckpt.items() if k != "digest"}
         if content_digest(body) != ckpt["digest"]:
@@ -66,21 +101,99 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+EXPECTED = ("expected a checkpoint written by train or run: a step_*.pt file in a run's train/checkpoints/ "
+            "(or in train --out DIR's checkpoints/)")
+
+
+def _kind_of(head: bytes) -> str:
+    """What the first bytes of a file that is not a torch zip file look like, for messages."""
+    text = head.lstrip()
+    if not head:
+        return "an empty file"
+    if text[:1] in (b"{", b"["):
+        return "a JSON file, e.g. a run artifact such as groups.json"
+    if head.startswith(b"\x89PNG"):
+        return "a PNG image"
+    try:
+        if any(b < 9 or 13 < b < 32 for b in head):  # control characters: not text
+            raise UnicodeDecodeError("utf-8", head, 0, 1, "control character")
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError:
+        return "a binary file that is not a torch zip file: another kind of file, or a checkpoint corrupted at its start"
+    return "a text file"
+
+
+def _content_of(obj: Any) -> str:
+    if isinstance(obj, dict):
+        keys = ", ".join(sorted(map(str, obj))[:5])
+        return f"a dict with keys {keys}{', ...' if len(obj) > 5 else ''}" if obj else "an empty dict"
+    return type(obj).__name__
+
+
 def load_checkpoint(path: str | Path) -> tuple[ActorCritic, TaskSuite, PPOConfig, dict]:
     """(model in eval mode, suite, config, raw checkpoint dict); for a checkpoint of ``rl.sac``
-    (``ckpt["algo"] == "sac"``) the model is a ``SACModel`` and the config a ``SACConfig``."""
-    ckpt = read_checkpoint(path)
-    if ckpt.get("algo") == "sac":  # an MT-SAC checkpoint (rl.sac): a SACModel and its SACConfig
-        from .sac import model_from_checkpoint
+    (``ckpt["algo"] == "sac"``) the model is a ``SACModel`` and the config a ``SACConfig``.
 
-        model, suite, cfg = model_from_checkpoint(ckpt)
-        return model, suite, cfg, ckpt
-    suite = TaskSuite.from_dict(ckpt["suite"])
-    cfg = PPOConfig.model_validate(ckpt["config"])
-    model = build_model(suite, cfg)
-    model.load_state_dict(ckpt["model"])
+    The suite is rebuilt from the checkpoint (every task made now): an environment that cannot
+    be made any more, or whose spaces no longer fit the saved weights, is a one-line error
+    naming the checkpoint (and the task and both spaces)."""
+    ckpt = read_checkpoint(path)
+    sac = ckpt.get("algo") == "sac"  # an MT-SAC checkpoint (rl.sac): a SACModel and its SACConfig
+    suite = None
+    try:
+        if sac:
+            from .sac import model_from_checkpoint
+
+            model, suite, cfg = model_from_checkpoint(ckpt)
+        else:
+            suite = TaskSuite.from_dict(ckpt["suite"])
+            cfg = PPOConfig.model_validate(ckpt["config"])
+            model = build_model(suite, cfg)
+            model.load_state_dict(ckpt["model"])
+    except UserError as exc:  # a task that cannot be made (or checked) any more
+        raise UserError(f"checkpoint {path}: {exc}") from None
+    except RuntimeError as exc:  # load_state_dict: a tensor of another shape (the spaces changed)
+        if not _does_not_fit(exc):
+            raise
+        raise UserError(_spaces_changed(path, ckpt, suite or TaskSuite.from_dict(ckpt["suite"]))) from None
     model.eval()
     return model, suite, cfg, ckpt
+
+
+def load_model_state(model: torch.nn.Module, ckpt: dict, path: str | Path, suite: TaskSuite,
+                     advice: str = "choose another --out or delete it") -> None:
+    """``model.load_state_dict(ckpt["model"])``; weights that do not fit the model built for the
+    suite's current spaces (the environment changed since the checkpoint was written) are a
+    one-line :class:`UserError` naming the checkpoint, the task and both spaces, then ``advice``
+    (resumed training: the default)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        if not _does_not_fit(exc):
+            raise
+        raise UserError(_spaces_changed(path, ckpt, suite, advice)) from None
+
+
+def _does_not_fit(exc: RuntimeError) -> bool:
+    return any(s in str(exc) for s in ("size mismatch", "Missing key", "Unexpected key"))
+
+
+def _spaces_changed(path: str | Path, ckpt: dict, suite: TaskSuite,
+                    advice: str = "evaluate the checkpoint with the environment it was trained on, or train again") -> str:
+    """The one line for a checkpoint whose weights do not fit the spaces its tasks have now."""
+    now = spaces_of(suite)
+    task = suite.tasks[0]
+    who = f"task {task.name!r}" + (f" ({task.env_id})" if task.env_id != task.name else "")
+    saved = ckpt.get("spaces")
+    if saved is not None:
+        diff = [k for k in ("observation", "action") if saved.get(k) != now[k]] or ["observation", "action"]
+        then = " and ".join(f"{k} space {saved.get(k)}" for k in diff)
+        nows = " and ".join(f"{k} space {now[k]}" for k in diff)
+    else:  # a checkpoint from before the spaces were saved: the input width of the saved weights
+        w = next((v for k, v in ckpt["model"].items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2), None)
+        then = f"{int(w.shape[1]) - suite.n} observation values" if w is not None else "other spaces"
+        nows = f"observation space {now['observation']} and action space {now['action']}"
+    return f"checkpoint {path} was trained on {then}, but {who} now has {nows}; the environment changed since training: {advice}"
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

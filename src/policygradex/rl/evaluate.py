@@ -4,6 +4,10 @@ For a suite with a ``success_key`` (Meta-World: ``"success"``) an episode is a s
 ``info[success_key]`` is truthy at any of its steps, the rule of Meta-World's own evaluation
 (which ends an episode at its first success); the result then also holds ``success_rate`` and
 the per-episode ``successes``.
+
+Every episode ends: each environment has a step cap (its own ``max_episode_steps``, else
+``tasks.base.DEFAULT_MAX_EPISODE_STEPS``), and an episode cut there counts as truncated, its
+return being the sum of the rewards up to the cap.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config import MAX_SEED
+from ..errors import UserError
 from ..tasks import TaskSuite
 from .networks import ActorCritic, env_action, sample_with_noise
 from .rollout import MultiTaskEnv, policy_input
@@ -25,6 +31,12 @@ def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, de
     from CPU noise streams either way.  A ``rl.sac.SACModel`` works too: its actor's ``mode`` is
     the deterministic ``tanh(mu)`` (rescaled to the Box) and its ``sample_with_noise`` squashes
     the same Gaussian noise."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"evaluation seed must be between 0 and {MAX_SEED}, got {seed}")
+    if episodes < 1:
+        raise UserError(f"evaluation episodes must be at least 1, got {episodes}")
+    # every episode ends: the environments have a step cap (tasks.base.DEFAULT_MAX_EPISODE_STEPS
+    # unless their own), which truncates the episode, so the loop below cannot run forever
     env = MultiTaskEnv(suite, episodes, seed, tasks)
     obs = env.reset()
     # one noise stream per (task, episode): the same seed gives every policy the same noise

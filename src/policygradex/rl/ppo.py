@@ -23,7 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,9 @@ from ..artifacts import crash_point, write_json
 from ..config import PPOConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
-from .checkpoint import build_model, list_checkpoints, read_checkpoint, save_checkpoint
+from .checkpoint import build_model, list_checkpoints, load_model_state, read_checkpoint, save_checkpoint
 from .device import resolve_device
+from .finite import Divergence, describe, first_nonfinite, max_abs, now, overflow_guard, reward_overflow
 from .networks import ActorCritic
 from .rollout import MultiTaskEnv, Rollout, RolloutCollector
 
@@ -67,11 +68,38 @@ def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, clip: float) -> to
     return torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip))
 
 
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _divergence(label: str, cfg: PPOConfig, name: str, value: float, ret: torch.Tensor, task_of: torch.Tensor,
+                task_names: Sequence[str] | None) -> Divergence:
+    """The one-line error for the first non-finite quantity of a PPO minibatch step."""
+    lr = f"[ppo] learning_rate (now {now(cfg.learning_rate)})"
+    err = reward_overflow(label, ret, task_of, task_names)  # returns too large for float32 losses (value loss, std)
+    if err is not None:
+        return err
+    advice = {
+        "the policy loss": f"lower {lr} or clip_coef (now {now(cfg.clip_coef)})",
+        "the value loss": f"lower {lr}",
+        "the entropy": f"lower {lr}",
+        "the loss": f"lower [ppo] ent_coef (now {now(cfg.ent_coef)}) or vf_coef (now {now(cfg.vf_coef)}), or {lr}",
+        "the gradient norm": f"lower {lr} or max_grad_norm (now {now(cfg.max_grad_norm)})",
+    }.get(name, f"lower {lr}")
+    return Divergence(f"{label}: {name} is {describe(value)}; {advice}")
+
+
 def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig, n_tasks: int,
-               clip: float, gen: torch.Generator, grad_surgery: GradSurgery | None = None) -> dict[str, float]:
+               clip: float, gen: torch.Generator, grad_surgery: GradSurgery | None = None, label: str = "PPO update",
+               task_names: Sequence[str] | None = None) -> dict[str, float]:
     """``grad_surgery(model, per_sample_loss, task_of)``, when given, replaces ``loss.backward()``:
     it must fill the parameters' ``.grad`` from the minibatch's per-sample losses (whose mean is
-    the PPO loss) and their task ids, e.g. PCGrad (``policygradex.compare.pcgrad``)."""
+    the PPO loss) and their task ids, e.g. PCGrad (``policygradex.compare.pcgrad``).
+
+    Divergence is an error at the minibatch step where it appears (:mod:`policygradex.rl.finite`):
+    returns that overflow float32 (the task's rewards are too large), and a non-finite loss,
+    gradient norm or parameter raise :class:`~policygradex.rl.finite.Divergence` naming ``label``
+    (e.g. ``"PPO update 3/8 of ..."``), the quantity and the options to change; ``task_names``
+    (suite order) name the task whose rewards overflow."""
     adv, ret = ro.advantages(cfg.gamma, cfg.gae_lambda)
     T, E = ro.rewards.shape
     B = T * E
@@ -80,12 +108,20 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
     old_logp = ro.logprobs.reshape(B)
     adv, ret = adv.reshape(B), ret.reshape(B)
     task_of = ro.task_ids.repeat(T)
+    if not 1.0 + clip < _F32_MAX:
+        raise Divergence(f"{label}: [ppo] clip_coef (now {now(clip)}) overflows float32, the type of the probability ratio "
+                         "it clips; use a clip_coef below 1e38 (usual values are 0.1 to 0.3; 10 already leaves the ratio "
+                         "practically unclipped)")
+    if not bool(torch.isfinite(adv).all() & torch.isfinite(ret).all()):  # GAE overflowed: rewards near float32's max
+        raise (reward_overflow(label, torch.maximum(adv.abs(), ret.abs()), task_of, task_names, "returns")
+               or Divergence(f"{label}: the advantages are not finite; scale the tasks' rewards down"))
     dev = next(model.parameters()).device  # rollouts are on the CPU; the update runs where the model is
     x, a, old_logp, adv, ret, task_of = (t.to(dev) for t in (x, a, old_logp, adv, ret, task_of))
     if cfg.norm_adv == "task":
         adv = normalize_advantages(adv, task_of, n_tasks)
     n_mb = max(1, B // cfg.minibatch_size)
     mb = B // n_mb
+    params = [p for p in model.parameters()]
     stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "entropy": [], "approx_kl": [], "clipfrac": []}
     for _ in range(cfg.update_epochs):
         perm = torch.randperm(B, generator=gen)
@@ -109,8 +145,15 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
             else:
                 per_sample = pg_per_sample - cfg.ent_coef * ent_per_sample + cfg.vf_coef * v_per_sample
                 grad_surgery(model, per_sample, task_of[idx])
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
+            grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            with overflow_guard(label, "the optimizer step", f"lower [ppo] learning_rate (now {now(cfg.learning_rate)})"):
+                optimizer.step()
+            # one sync for all checks; the diagnosis names the first non-finite quantity
+            bad = first_nonfinite([("the policy loss", pg_loss), ("the value loss", v_loss), ("the entropy", entropy),
+                                   ("the loss", loss), ("the gradient norm", grad_norm),
+                                   ("the largest parameter after the optimizer step", max_abs(params))])
+            if bad is not None:
+                raise _divergence(label, cfg, *bad, ret[idx], task_of[idx], task_names)
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - logratio).mean().item()
             stats["policy_loss"].append(pg_loss.item())
@@ -125,16 +168,37 @@ def ppo_update(model: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout
 
 def ppo_iteration(model: ActorCritic, optimizer: torch.optim.Optimizer, collector: RolloutCollector, cfg: PPOConfig,
                   n_tasks: int, lr: float, gen: torch.Generator,
-                  grad_surgery: GradSurgery | None = None) -> tuple[Rollout, dict[str, float]]:
-    """One PPO iteration: collect ``cfg.num_steps`` steps from every env, then update."""
+                  grad_surgery: GradSurgery | None = None, label: str = "PPO update",
+                  task_names: Sequence[str] | None = None) -> tuple[Rollout, dict[str, float]]:
+    """One PPO iteration: collect ``cfg.num_steps`` steps from every env, then update
+    (``label``, ``task_names``: see :func:`ppo_update`)."""
     for g in optimizer.param_groups:
         g["lr"] = lr
     model.eval()
-    ro = collector.collect(model, cfg.num_steps)
+    try:
+        ro = collector.collect(model, cfg.num_steps)
+    except (ValueError, RuntimeError) as exc:  # torch.distributions / multinomial refusing NaN or inf outputs
+        if not any(s in str(exc) for s in ("invalid values", "probability tensor contains")):
+            raise
+        obs = np.abs(np.asarray(collector.env.obs, dtype=np.float64))
+        raise Divergence(f"{label}: the policy's outputs are NaN or inf while collecting its rollout; lower [ppo] learning_rate "
+                         f"(now {now(cfg.learning_rate)}), or scale the observations down if a task's are very large (the "
+                         f"largest |observation| is now {float(obs.max()) if obs.size else 0.0:.3g})") from None
     model.train()
-    stats = ppo_update(model, optimizer, ro, cfg, n_tasks, cfg.clip_coef, gen, grad_surgery)
+    stats = ppo_update(model, optimizer, ro, cfg, n_tasks, cfg.clip_coef, gen, grad_surgery, label, task_names)
     model.eval()
     return ro, stats
+
+
+def task_list(suite: TaskSuite, tasks: Sequence[int] | None) -> str:
+    """``tasks 'a', 'b'`` (every task of the suite: ``all N tasks of 'suite'``) for messages."""
+    if suite.n == 1:
+        return f"task {suite.names[0]!r}"
+    if tasks is None or len(tasks) == suite.n:
+        return f"all {suite.n} tasks of {suite.name!r}"
+    names = [suite.names[int(t)] for t in tasks]
+    shown = ", ".join(repr(n) for n in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return f"task{'s' if len(names) > 1 else ''} {shown}"
 
 
 @dataclass
@@ -162,13 +226,34 @@ def finetune(model: ActorCritic, suite: TaskSuite, tasks: list[int], cfg: PPOCon
     env = MultiTaskEnv(suite, cfg.envs_per_task, seed, tasks)
     collector = RolloutCollector(env, gen)
     batch = env.num_envs * cfg.num_steps
+    iters = max(total_steps, batch) // batch
+    what = f"of fine-tuning on {task_list(suite, tasks)} (seed {seed})"
     steps, snapshots = 0, []
-    while steps + batch <= max(total_steps, batch):
-        ppo_iteration(model, optimizer, collector, cfg, suite.n, cfg.learning_rate, gen)
-        steps += batch
-        snapshots.append((steps, {k: v.detach().clone() for k, v in model.actor.state_dict().items()}))
+    try:
+        while steps + batch <= max(total_steps, batch):
+            ppo_iteration(model, optimizer, collector, cfg, suite.n, cfg.learning_rate, gen,
+                          label=f"PPO update {steps // batch + 1}/{iters} {what}", task_names=suite.names)
+            steps += batch
+            snapshots.append((steps, {k: v.detach().clone() for k, v in model.actor.state_dict().items()}))
+    except Exception:
+        env.close()
+        raise
     env.close()
     return FinetuneResult(model, snapshots, steps, time.perf_counter() - t0)
+
+
+def _close(env: MultiTaskEnv, writer) -> None:
+    env.close()
+    if writer is not None:
+        writer.close()
+
+
+def _finite_state(state) -> bool:
+    """Whether every floating tensor of a state dict is finite (a checkpoint to resume from)."""
+    if not isinstance(state, dict):
+        return False
+    ts = [v for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return not ts or bool(torch.isfinite(max_abs(ts)))
 
 
 def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> tuple[dict | None, list[dict]]:
@@ -181,6 +266,8 @@ def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> tuple[dict
         try:
             ckpt = read_checkpoint(path)
         except UserError:
+            break
+        if not _finite_state(ckpt.get("model")):  # diverged weights (written before divergence was an error): redo
             break
         if ckpt.get("config") != want_cfg or ckpt.get("suite") != want_suite:
             raise UserError(f"--out {out_dir} holds checkpoints of a different config or suite; choose another --out or delete it")
@@ -207,8 +294,8 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
     env = MultiTaskEnv(suite, cfg.envs_per_task, cfg.seed)
     ckpt, history = _resume_point(out_dir, cfg, suite)
     resume = None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+    if ckpt is not None:  # weights that no longer fit the environment's spaces: one line naming both
+        load_model_state(model, ckpt, out_dir / history[-1]["checkpoint"], suite)
         optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["rng"]["generator"])
         start_update, global_step = ckpt["update"], ckpt["global_step"]
@@ -242,41 +329,45 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
                 if h["returns"].get(name) is not None:
                     recent[i].append(h["returns"][name])
     t0, steps0 = time.perf_counter(), global_step
-    for update in range(start_update + 1, num_updates + 1):
-        frac = 1.0 - (update - 1) / num_updates
-        lr = cfg.learning_rate * frac if cfg.anneal_lr else cfg.learning_rate
-        ro, stats = ppo_iteration(model, optimizer, collector, cfg, suite.n, lr, gen)
-        global_step += batch
-        for i, rets in enumerate(ro.episode_returns):
-            recent[i].extend(rets)
-        returns = {name: (float(np.mean(recent[i])) if recent[i] else None) for i, name in enumerate(suite.names)}
-        sps = (global_step - steps0) / max(time.perf_counter() - t0, 1e-9)
-        if writer is not None:
-            finite = [r for r in returns.values() if r is not None]
-            if finite:
-                writer.add_scalar("charts/episodic_return", float(np.mean(finite)), global_step)
-            for name, r in returns.items():
-                if r is not None:
-                    writer.add_scalar(f"charts/episodic_return/{name}", r, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("charts/learning_rate", lr, global_step)
-            for k, v in stats.items():
-                writer.add_scalar(f"losses/{k}", v, global_step)
-        if on_update is not None:
-            on_update(batch, {**stats, "returns": returns, "sps": sps, "global_step": global_step})
-        if update % cfg.checkpoint_every == 0 or update == num_updates:
-            path = out_dir / "checkpoints" / f"step_{global_step:09d}.pt"
-            state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(), "env": env.state(),
-                     "ep_ret": collector.ep_ret.copy(), "recent": [list(d) for d in recent]}
-            save_checkpoint(path, model, optimizer, cfg, suite, global_step, update, returns,
-                            {"generator": gen.get_state(), "resume": state})
-            history.append({"step": global_step, "update": update, "checkpoint": str(path.relative_to(out_dir)), "returns": returns})
-            write_json(out_dir / "train_history.json", history)
-        crash_point(f"train:update:{update}")
-    write_json(out_dir / "train_history.json", history)  # also when resumed after the last checkpoint
-    env.close()
-    if writer is not None:
-        writer.close()
+    try:
+        for update in range(start_update + 1, num_updates + 1):
+            frac = 1.0 - (update - 1) / num_updates
+            lr = cfg.learning_rate * frac if cfg.anneal_lr else cfg.learning_rate
+            ro, stats = ppo_iteration(model, optimizer, collector, cfg, suite.n, lr, gen,
+                                      label=f"PPO update {update}/{num_updates} of the meta-policy on {task_list(suite, None)}",
+                                      task_names=suite.names)
+            global_step += batch
+            for i, rets in enumerate(ro.episode_returns):
+                recent[i].extend(rets)
+            returns = {name: (float(np.mean(recent[i])) if recent[i] else None) for i, name in enumerate(suite.names)}
+            sps = (global_step - steps0) / max(time.perf_counter() - t0, 1e-9)
+            if writer is not None:
+                finite = [r for r in returns.values() if r is not None]
+                if finite:
+                    writer.add_scalar("charts/episodic_return", float(np.mean(finite)), global_step)
+                for name, r in returns.items():
+                    if r is not None:
+                        writer.add_scalar(f"charts/episodic_return/{name}", r, global_step)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/learning_rate", lr, global_step)
+                for k, v in stats.items():
+                    writer.add_scalar(f"losses/{k}", v, global_step)
+            if on_update is not None:
+                on_update(batch, {**stats, "returns": returns, "sps": sps, "global_step": global_step})
+            if update % cfg.checkpoint_every == 0 or update == num_updates:
+                path = out_dir / "checkpoints" / f"step_{global_step:09d}.pt"
+                state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(), "env": env.state(),
+                         "ep_ret": collector.ep_ret.copy(), "recent": [list(d) for d in recent]}
+                save_checkpoint(path, model, optimizer, cfg, suite, global_step, update, returns,
+                                {"generator": gen.get_state(), "resume": state})
+                history.append({"step": global_step, "update": update, "checkpoint": str(path.relative_to(out_dir)), "returns": returns})
+                write_json(out_dir / "train_history.json", history)
+            crash_point(f"train:update:{update}")
+        write_json(out_dir / "train_history.json", history)  # also when resumed after the last checkpoint
+    except Exception:  # a divergence, a misbehaving environment: release the environments and the log (not on Ctrl-C)
+        _close(env, writer)
+        raise
+    _close(env, writer)
     elapsed = time.perf_counter() - t0
     model = model.cpu().eval()  # callers (evaluation, the pipeline) work on the CPU
     return TrainResult(model, list_checkpoints(out_dir / "checkpoints"), history, global_step,

@@ -8,12 +8,15 @@ The environments step in this process (``SyncVectorEnv``), or each in its own su
 many cores with slow environments (highway-env, Meta-World); the results are the same.
 Rollouts are collected on the CPU: a model that lives on another device acts through a CPU
 copy of its weights (refreshed at every ``collect``), and the rollout tensors stay on the CPU.
-Every environment is wrapped in :class:`TaskEnv`: an exception in ``reset`` or ``step``, an
-observation of the wrong shape and a NaN/inf observation or reward are user errors naming the
-task and the call; and the wrapper records how its current episode started (seed, or the
-state of the env's RNG) and the actions taken since, so :meth:`MultiTaskEnv.state` /
-:meth:`MultiTaskEnv.restore` can rebuild the environments' exact state in a new process by
-replaying that episode (exact resume of training, ``rl.ppo.train``).
+Every environment is wrapped in :class:`TaskEnv`: an exception (or ``sys.exit``) in ``reset``
+or ``step``, a result in the old gym API, an observation of the wrong shape, a reward that is
+not a number and a NaN/inf observation or reward are user errors naming the task and the
+call; an exception in ``close`` is ignored (the results are complete by then); and the wrapper
+records how its current episode started (seed, or the state of the env's RNG) and the actions
+taken since, so :meth:`MultiTaskEnv.state` / :meth:`MultiTaskEnv.restore` can rebuild the
+environments' exact state in a new process by replaying that episode (exact resume of
+training, ``rl.ppo.train``).  Every episode ends: ``Task.make`` gives each environment a step
+cap (``tasks.base.DEFAULT_MAX_EPISODE_STEPS`` unless it has its own), reached as a truncation.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -72,7 +76,7 @@ class MultiTaskEnv:
             obs, _ = self.envs.reset(seed=[base + int(t) * 1_009 + int(c) for t, c in zip(self.task_ids, self.copy_ids)])
         except UserError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserError(f"an environment of suite {self.suite.name!r} raised in reset: {type(exc).__name__}: {exc}") from None
         self._check(obs, "observation", "reset")
         self.obs = obs
@@ -83,7 +87,7 @@ class MultiTaskEnv:
             obs, rew, term, trunc, info = self.envs.step(actions)
         except UserError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserError(f"an environment of suite {self.suite.name!r} raised in step: {type(exc).__name__}: {exc}") from None
         self._check(obs, "observation", "step")
         self._check(rew, "reward", "step")
@@ -94,7 +98,8 @@ class MultiTaskEnv:
         """Everything needed to put freshly made environments into their current state: per
         environment, how its episode began and the actions since (``TaskEnv.record``), and the
         current observations (checked after a replay)."""
-        return {"episodes": list(self.envs.get_attr("pgx_record")), "obs": None if self.obs is None else np.array(self.obs)}
+        return {"episodes": [_packed(rec) for rec in self.envs.get_attr("pgx_record")],
+                "obs": None if self.obs is None else np.array(self.obs)}
 
     def restore(self, state: dict) -> bool:
         """Rebuild the state saved by :meth:`state` by replaying every environment's current
@@ -107,7 +112,7 @@ class MultiTaskEnv:
             obs = self.envs.call("pgx_replay")
         except UserError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserError(f"an environment of suite {self.suite.name!r} raised while resuming: {type(exc).__name__}: {exc}") from None
         obs = np.stack([np.asarray(o) for o in obs]).astype(self.obs.dtype, copy=False)
         self.obs = obs
@@ -122,7 +127,18 @@ class MultiTaskEnv:
             raise UserError(f"task {task!r}: {call} returned a non-finite {what} (NaN or inf); check the task's parameters")
 
     def close(self) -> None:
-        self.envs.close()
+        """Close every environment; what an environment's own ``close`` raises is ignored
+        (:meth:`TaskEnv.close`)."""
+        with contextlib.suppress(Exception):
+            self.envs.close()
+
+
+def _packed(rec: dict) -> dict:
+    """A ``TaskEnv.pgx_record`` as it goes into a checkpoint: the actions as one array (a long
+    episode's thousands of actions pickle as one object, and every array has numpy's canonical
+    dtype object, so the pickled bytes do not depend on where the actions came from)."""
+    acts = rec["actions"]
+    return {**rec, "actions": np.stack([np.asarray(a) for a in acts]) if len(acts) else []}
 
 
 def _make_env(task) -> gym.Env:
@@ -130,12 +146,20 @@ def _make_env(task) -> gym.Env:
     return TaskEnv(task.make(), task.name)
 
 
+OLD_API = ("gymnasium needs reset(seed=None, options=None) -> (observation, info) and step(action) -> "
+           "(observation, reward, terminated, truncated, info); the environment follows the old gym API")
+log = logging.getLogger(__name__)
+
+
 class TaskEnv(gym.Wrapper):
     """One task's environment, guarded and replayable.
 
-    *Guarded*: an exception in ``reset``/``step``, an observation whose shape is not the
-    observation space's and a non-numeric or non-finite reward raise a :class:`UserError`
-    naming the task and the call (non-finite observations: ``MultiTaskEnv._check``).
+    *Guarded*: an exception or ``sys.exit`` in ``reset``/``step``, a result in the old gym API
+    (``reset`` without ``seed``, four values from ``step``), an observation whose shape is not
+    the observation space's, a reward that is not one real number (a string, an array, None) and
+    a non-finite reward raise a :class:`UserError` naming the task and the call (non-finite
+    observations: ``MultiTaskEnv._check``).  An exception in ``close`` is logged (``logging``,
+    level INFO) and ignored: by then the results are complete.
     *Replayable*: ``pgx_record`` is how the current episode began (the reset seed, or the env's
     RNG state when the reset was unseeded, as in an autoreset) and the actions taken since;
     ``pgx_replay`` redoes a recorded episode in a fresh env."""
@@ -165,31 +189,64 @@ class TaskEnv(gym.Wrapper):
             with contextlib.suppress(Exception):
                 rng = copy.deepcopy(self.env.unwrapped.np_random.bit_generator.state)
         try:
-            obs, info = self.env.reset(seed=seed, options=options)
+            result = self.env.reset(seed=seed, options=options)
         except UserError:
             raise
+        except SystemExit as exc:
+            raise self._exit("reset", exc) from None
+        except TypeError as exc:
+            if "unexpected keyword argument" in str(exc) and ("'seed'" in str(exc) or "'options'" in str(exc)):
+                raise self._fail("reset", f"does not accept seed and options ({exc}); {OLD_API}") from None
+            raise self._fail("reset", f"raised {type(exc).__name__}: {exc}") from None
         except Exception as exc:
             raise self._fail("reset", f"raised {type(exc).__name__}: {exc}") from None
+        if not (isinstance(result, tuple) and len(result) == 2):
+            got = f"{len(result)} values" if isinstance(result, tuple) else f"a value of type {type(result).__name__}"
+            raise self._fail("reset", f"returned {got} instead of (observation, info); {OLD_API}")
+        obs, info = result
         self._check_obs(obs, "reset")
         self.pgx_record = {"seed": seed, "rng": rng, "options": options, "actions": []}
         return obs, info
 
     def step(self, action):
         try:
-            obs, reward, terminated, truncated, info = self.env.step(action)
+            result = self.env.step(action)
         except UserError:
             raise
+        except SystemExit as exc:
+            raise self._exit("step", exc) from None
+        except ValueError as exc:  # gymnasium's TimeLimit unpacks the env's result into five values
+            if "values to unpack (expected 5" in str(exc):
+                raise self._fail("step", f"did not return five values ({exc}); {OLD_API}") from None
+            raise self._fail("step", f"raised {type(exc).__name__}: {exc}") from None
         except Exception as exc:
             raise self._fail("step", f"raised {type(exc).__name__}: {exc}") from None
+        if not (isinstance(result, tuple) and len(result) == 5):
+            got = f"{len(result)} values" if isinstance(result, tuple) else f"a value of type {type(result).__name__}"
+            raise self._fail("step", f"returned {got} instead of (observation, reward, terminated, truncated, info); {OLD_API}")
+        obs, reward, terminated, truncated, info = result
         self._check_obs(obs, "step")
-        try:
-            r = float(reward)
-        except (TypeError, ValueError):
-            raise self._fail("step", f"returned a non-numeric reward {reward!r}") from None
+        r = _real(reward)
+        if r is None:
+            raise self._fail("step", f"returned a reward that is not a real number: {_show(reward)}; a reward must be "
+                                     "one int or float")
         if not math.isfinite(r):
             raise self._fail("step", "returned a non-finite reward (NaN or inf); check the task's parameters")
+        for what, flag in (("terminated", terminated), ("truncated", truncated)):
+            if _real(flag) is None:
+                raise self._fail("step", f"returned {what} = {_show(flag)}; it must be a bool")
         self.pgx_record["actions"].append(np.array(action, copy=True))
-        return obs, reward, terminated, truncated, info
+        return obs, r, terminated, truncated, info
+
+    def _exit(self, call: str, exc: SystemExit) -> UserError:
+        return self._fail(call, f"called sys.exit({exc.code!r}); an environment must raise an exception or end "
+                                "the episode, not exit the process")
+
+    def close(self):
+        try:
+            super().close()
+        except (Exception, SystemExit) as exc:  # the results are complete: a failing clean-up does not undo them
+            log.info("task %r: close raised %s: %s (ignored)", self.task_name, type(exc).__name__, exc)
 
     def pgx_replay(self):
         """Redo the episode in ``pgx_pending`` (a ``pgx_record``); returns the observation reached."""
@@ -201,6 +258,22 @@ class TaskEnv(gym.Wrapper):
         for a in rec["actions"]:
             obs = self.step(a)[0]
         return obs
+
+
+def _real(x) -> float | None:
+    """``x`` as a float when it is one real number (bool, int, float, a numpy number or a
+    one-element numeric array); None for anything else (a string, None, a longer array)."""
+    if isinstance(x, (bool, int, float, np.bool_, np.integer, np.floating)):
+        return float(x)
+    if isinstance(x, np.ndarray) and x.size == 1 and x.dtype.kind in "biuf":
+        return float(x.reshape(-1)[0])
+    return None
+
+
+def _show(x) -> str:
+    """``x`` for a one-line message: its type, and its repr cut to 40 characters."""
+    text = " ".join(repr(x).split())
+    return f"{type(x).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
 def _cpu_model(model: ActorCritic, mirror: ActorCritic | None) -> ActorCritic:

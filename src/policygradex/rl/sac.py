@@ -58,8 +58,9 @@ from ..config import SACConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
 from .device import resolve_device
+from .finite import Divergence, describe, first_nonfinite, max_abs, now, overflow_guard, reward_overflow
 from .networks import body
-from .ppo import TrainResult
+from .ppo import TrainResult, task_list
 from .rollout import MultiTaskEnv, policy_input
 
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
@@ -279,12 +280,23 @@ class ReplayBuffer:
 # one update
 
 
+def _grad_norm(params) -> torch.Tensor:
+    return max_abs(p.grad for p in params if p.grad is not None)
+
+
 def sac_update(model: SACModel, opts: dict[str, torch.optim.Optimizer], batch: tuple[torch.Tensor, ...], cfg: SACConfig,
-               h_target: float, gen: torch.Generator) -> dict[str, float]:
-    """One SAC step on a batch mixing tasks: twin critics, actor, per-task temperatures, targets."""
+               h_target: float, gen: torch.Generator, label: str = "SAC update",
+               task_names: list[str] | None = None) -> dict[str, float]:
+    """One SAC step on a batch mixing tasks: twin critics, actor, per-task temperatures, targets.
+
+    Divergence is an error (:mod:`policygradex.rl.finite`): a non-finite loss, gradient or
+    parameter raises :class:`~policygradex.rl.finite.Divergence` naming ``label`` (e.g. ``"SAC
+    update 57 ..."``), the quantity and the learning rate to lower; rewards too large for float32
+    name their task (``task_names``, suite order)."""
     x, a, r, x2, term, task = batch
     n, A = model.n_tasks, model.actor.act_dim
     dev = x.device
+    groups = model.parameter_groups()
     alpha = model.log_alpha.detach().exp()[task]
     with torch.no_grad():
         a2, logp2 = model.actor.rsample(x2, torch.randn((len(task), A), generator=gen).to(dev))
@@ -294,13 +306,18 @@ def sac_update(model: SACModel, opts: dict[str, torch.optim.Optimizer], batch: t
     critic_loss = 0.5 * ((q1 - y).pow(2).mean() + (q2 - y).pow(2).mean())
     opts["critic"].zero_grad()
     critic_loss.backward()
-    opts["critic"].step()
+    critic_grad = _grad_norm(groups["critic"])
+    with overflow_guard(label, "the critic's optimizer step", f"lower [sac] critic_lr (now {now(cfg.critic_lr)})"):
+        opts["critic"].step()
 
     a_new, logp = model.actor.rsample(x, torch.randn((len(task), A), generator=gen).to(dev))
-    actor_loss = (alpha * logp - model.q(x, a_new)).mean()
+    q_new = model.q(x, a_new)
+    actor_loss = (alpha * logp - q_new).mean()
     opts["actor"].zero_grad()
     actor_loss.backward()
-    opts["actor"].step()
+    actor_grad = _grad_norm(groups["actor"])
+    with overflow_guard(label, "the actor's optimizer step", f"lower [sac] actor_lr (now {now(cfg.actor_lr)})"):
+        opts["actor"].step()
 
     # per task: the mean over the task's rows of -log alpha_i (log pi + H_target)
     per_row = -model.log_alpha[task] * (logp.detach() + h_target)
@@ -308,14 +325,38 @@ def sac_update(model: SACModel, opts: dict[str, torch.optim.Optimizer], batch: t
     alpha_loss = (torch.zeros(n, device=dev).index_add(0, task, per_row) / counts).sum()
     opts["alpha"].zero_grad()
     alpha_loss.backward()
-    opts["alpha"].step()
+    alpha_grad = _grad_norm(groups["alpha"])
+    with overflow_guard(label, "the temperatures' optimizer step", f"lower [sac] alpha_lr (now {now(cfg.alpha_lr)})"):
+        opts["alpha"].step()
 
     with torch.no_grad():
         for net, tgt in ((model.q1, model.q1_target), (model.q2, model.q2_target)):
             for p, pt in zip(net.parameters(), tgt.parameters()):
                 pt.lerp_(p, cfg.tau)
+    bad = first_nonfinite([("the critic loss", critic_loss), ("the critic's gradient", critic_grad),
+                           ("the critics' Q value", max_abs([q_new])), ("the actor loss", actor_loss),
+                           ("the actor's gradient", actor_grad),
+                           ("the temperature loss", alpha_loss), ("the temperatures' gradient", alpha_grad),
+                           ("the largest parameter after the optimizer steps", max_abs(model.parameters()))])
+    if bad is not None:
+        raise _divergence(label, cfg, *bad, r, task, task_names)
     return {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()), "alpha_loss": float(alpha_loss.detach()),
             "entropy": float(-logp.detach().mean()), "q": float(q1.detach().mean())}
+
+
+def _divergence(label: str, cfg: SACConfig, name: str, value: float, r: torch.Tensor, task: torch.Tensor,
+                task_names: list[str] | None) -> Divergence:
+    """The one-line error for the first non-finite quantity of a SAC update."""
+    err = reward_overflow(label, r, task, task_names, "rewards")  # rewards too large for float32 critic losses
+    if err is not None:
+        return err
+    critic, actor, alpha = (f"[sac] critic_lr (now {now(cfg.critic_lr)})", f"[sac] actor_lr (now {now(cfg.actor_lr)})",
+                            f"[sac] alpha_lr (now {now(cfg.alpha_lr)})")
+    lower = {"critic": f"lower {critic}", "actor": f"lower {actor} (or {critic})", "temperature": f"lower {alpha}",
+             "Q value": f"lower {critic}"}
+    key = next((k for k in lower if k in name), None)
+    advice = lower[key] if key is not None else f"lower {actor}, {critic} or {alpha}"
+    return Divergence(f"{label}: {name} is {describe(value)}; {advice}")
 
 
 def make_optimizers(model: SACModel, cfg: SACConfig) -> dict[str, torch.optim.Optimizer]:
@@ -330,7 +371,7 @@ def make_optimizers(model: SACModel, cfg: SACConfig) -> dict[str, torch.optim.Op
 
 def save_checkpoint(path: Path, model: SACModel, opts: dict, cfg: SACConfig, suite: TaskSuite, global_step: int, update: int,
                     returns: dict, success: dict | None) -> None:
-    from .checkpoint import FORMAT
+    from .checkpoint import FORMAT, spaces_of
 
     payload = {
         "format": FORMAT,
@@ -339,6 +380,7 @@ def save_checkpoint(path: Path, model: SACModel, opts: dict, cfg: SACConfig, sui
         "optimizer": {k: o.state_dict() for k, o in opts.items()},
         "config": cfg.model_dump(mode="json"),
         "suite": suite.to_dict(),
+        "spaces": spaces_of(suite),
         "global_step": global_step,
         "update": update,
         "returns": returns,
@@ -407,6 +449,9 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
     if list_checkpoints(out_dir / "checkpoints"):
         console.print("[yellow]note:[/] SAC training does not resume (its replay buffer is not checkpointed): "
                       "training restarts and rewrites the same checkpoints")
+    if cfg.total_steps <= max(cfg.learning_starts, cfg.batch_size):  # legal (a smoke run), but says so
+        console.print(f"[yellow]note:[/] SAC makes no update: --steps {cfg.total_steps:,} is within the random warm-up "
+                      f"(learning_starts {cfg.learning_starts:,}, batch_size {cfg.batch_size:,}); the policy stays at its initialization")
     opts = make_optimizers(model, cfg)
     h_target = target_entropy(cfg, model.actor.act_dim)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -430,66 +475,78 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
     history: list[dict] = []
     global_step, updates, next_ckpt = 0, 0, cfg.checkpoint_every
     stats: dict[str, float] = {}
+    what = f"of the {'meta-' if tasks is None else ''}policy on {task_list(suite, tasks)}"
     t0 = time.perf_counter()
-    for it in range(1, vec_steps + 1):
-        if global_step < cfg.learning_starts:
-            a = rng.uniform(space.low, space.high, size=(E, *space.shape)).astype(np.float32)
-        else:
-            with torch.no_grad():
-                noise = torch.randn((E, model.actor.act_dim), generator=gen)
-                a = acting.rsample(policy_input(obs, env.task_ids, n), noise)[0].numpy()
-        next_obs, r, term, trunc, info = env.step(np.clip(a, space.low, space.high).astype(space.dtype))
-        done = np.logical_or(term, trunc)
-        real_next = np.array(next_obs, dtype=np.float32, copy=True)
-        for e in np.flatnonzero(done):
-            real_next[e] = info["final_obs"][e]
-        buf.add(obs, a, r, real_next, term, env.task_ids)
-        ep_ret += r
-        if key is not None:
-            ep_ok |= step_flags(info, key, done)
-        for e in np.flatnonzero(done):
-            recent[env.task_ids[e]].append(float(ep_ret[e]))
-            recent_ok[env.task_ids[e]].append(bool(ep_ok[e]))
-            ep_ret[e], ep_ok[e] = 0.0, False
-        obs = next_obs
-        global_step += E
-        if global_step >= cfg.learning_starts and buf.size >= cfg.batch_size:
-            model.train()
-            for _ in range(cfg.gradient_steps):
-                stats = sac_update(model, opts, buf.sample(cfg.batch_size, rng, n, dev), cfg, h_target, gen)
-                updates += 1
-            model.eval()
-            if acting is not model.actor:
-                acting.load_state_dict({k: v.detach().cpu() for k, v in model.actor.state_dict().items()})
-        returns = {name: (float(np.mean(recent[i])) if recent[i] else None) for i, name in enumerate(suite.names)}
-        success = ({name: (float(np.mean(recent_ok[i])) if recent_ok[i] else None) for i, name in enumerate(suite.names)}
-                   if key is not None else None)
-        sps = global_step / max(time.perf_counter() - t0, 1e-9)
-        alphas = model.log_alpha.detach().exp().cpu().tolist()
-        if writer is not None and stats:
-            for k, v in stats.items():
-                writer.add_scalar(f"losses/{k}", v, global_step)
-            for name, al in zip(suite.names, alphas):
-                writer.add_scalar(f"losses/alpha/{name}", al, global_step)
-            finite = [v for v in returns.values() if v is not None]
-            if finite:
-                writer.add_scalar("charts/episodic_return", float(np.mean(finite)), global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-        if on_update is not None:
-            on_update(E, {**stats, "returns": returns, "success_rate": success, "alpha": alphas, "sps": sps,
-                          "global_step": global_step})
-        if (global_step >= next_ckpt and updates > 0) or it == vec_steps:
-            while next_ckpt <= global_step:
-                next_ckpt += cfg.checkpoint_every
-            path = out_dir / "checkpoints" / f"step_{global_step:09d}.pt"
-            save_checkpoint(path, model, opts, cfg, suite, global_step, updates, returns, success)
-            entry = {"step": global_step, "update": updates, "checkpoint": str(path.relative_to(out_dir)), "returns": returns,
-                     "alpha": dict(zip(suite.names, alphas))}
-            if success is not None:
-                entry["success_rate"] = success
-            history.append(entry)
-            write_json(out_dir / "train_history.json", history)
-        crash_point(f"train:update:{it}")
+    try:
+        for it in range(1, vec_steps + 1):
+            if global_step < cfg.learning_starts:
+                a = rng.uniform(space.low, space.high, size=(E, *space.shape)).astype(np.float32)
+            else:
+                with torch.no_grad():
+                    noise = torch.randn((E, model.actor.act_dim), generator=gen)
+                    a = acting.rsample(policy_input(obs, env.task_ids, n), noise)[0].numpy()
+                if not np.isfinite(a).all():  # finite but huge weights after the last update
+                    raise Divergence(f"SAC update {updates} (environment step {global_step:,} of {vec_steps * E:,}) {what}: the "
+                                     f"policy's actions are NaN after this update; lower [sac] actor_lr (now {now(cfg.actor_lr)})")
+            next_obs, r, term, trunc, info = env.step(np.clip(a, space.low, space.high).astype(space.dtype))
+            done = np.logical_or(term, trunc)
+            real_next = np.array(next_obs, dtype=np.float32, copy=True)
+            for e in np.flatnonzero(done):
+                real_next[e] = info["final_obs"][e]
+            buf.add(obs, a, r, real_next, term, env.task_ids)
+            ep_ret += r
+            if key is not None:
+                ep_ok |= step_flags(info, key, done)
+            for e in np.flatnonzero(done):
+                recent[env.task_ids[e]].append(float(ep_ret[e]))
+                recent_ok[env.task_ids[e]].append(bool(ep_ok[e]))
+                ep_ret[e], ep_ok[e] = 0.0, False
+            obs = next_obs
+            global_step += E
+            if global_step >= cfg.learning_starts and buf.size >= cfg.batch_size:
+                model.train()
+                for _ in range(cfg.gradient_steps):
+                    stats = sac_update(model, opts, buf.sample(cfg.batch_size, rng, n, dev), cfg, h_target, gen,
+                                       f"SAC update {updates + 1} (environment step {global_step:,} of {vec_steps * E:,}) {what}",
+                                       suite.names)
+                    updates += 1
+                model.eval()
+                if acting is not model.actor:
+                    acting.load_state_dict({k: v.detach().cpu() for k, v in model.actor.state_dict().items()})
+            returns = {name: (float(np.mean(recent[i])) if recent[i] else None) for i, name in enumerate(suite.names)}
+            success = ({name: (float(np.mean(recent_ok[i])) if recent_ok[i] else None) for i, name in enumerate(suite.names)}
+                       if key is not None else None)
+            sps = global_step / max(time.perf_counter() - t0, 1e-9)
+            alphas = model.log_alpha.detach().exp().cpu().tolist()
+            if writer is not None and stats:
+                for k, v in stats.items():
+                    writer.add_scalar(f"losses/{k}", v, global_step)
+                for name, al in zip(suite.names, alphas):
+                    writer.add_scalar(f"losses/alpha/{name}", al, global_step)
+                finite = [v for v in returns.values() if v is not None]
+                if finite:
+                    writer.add_scalar("charts/episodic_return", float(np.mean(finite)), global_step)
+                writer.add_scalar("charts/SPS", sps, global_step)
+            if on_update is not None:
+                on_update(E, {**stats, "returns": returns, "success_rate": success, "alpha": alphas, "sps": sps,
+                              "global_step": global_step})
+            if (global_step >= next_ckpt and updates > 0) or it == vec_steps:
+                while next_ckpt <= global_step:
+                    next_ckpt += cfg.checkpoint_every
+                path = out_dir / "checkpoints" / f"step_{global_step:09d}.pt"
+                save_checkpoint(path, model, opts, cfg, suite, global_step, updates, returns, success)
+                entry = {"step": global_step, "update": updates, "checkpoint": str(path.relative_to(out_dir)), "returns": returns,
+                         "alpha": dict(zip(suite.names, alphas))}
+                if success is not None:
+                    entry["success_rate"] = success
+                history.append(entry)
+                write_json(out_dir / "train_history.json", history)
+            crash_point(f"train:update:{it}")
+    except Exception:  # a divergence, a misbehaving environment: release the environments and the log (not on Ctrl-C)
+        env.close()
+        if writer is not None:
+            writer.close()
+        raise
     env.close()
     if writer is not None:
         writer.close()

@@ -4,6 +4,14 @@ A :class:`Task` is a gymnasium env id, constructor kwargs, attribute overrides a
 ``env.unwrapped`` (derived quantities such as CartPole's ``total_mass`` recomputed), and
 optional named wrappers.  A :class:`TaskSuite` builds every task once and refuses, with one
 line naming the task and both spaces, a suite whose tasks do not share spaces.
+
+Every environment gets a step cap: ``Task.max_episode_steps`` when set, else the env's own
+(its registration's ``max_episode_steps``), else :data:`DEFAULT_MAX_EPISODE_STEPS`; reaching it
+ends the episode as a time-limit truncation (gymnasium's ``TimeLimit``), so an environment that
+never ends cannot hang training, collection or evaluation.  gymnasium's passive environment
+checker is off (``disable_env_checker=True`` unless the task's kwargs say otherwise): it only
+warns, in several lines, about what ``rl.rollout.TaskEnv`` checks and reports in one line
+naming the task and the call.
 """
 
 from __future__ import annotations
@@ -17,6 +25,11 @@ from pydantic import Field, field_validator
 
 from ..config import Strict
 from ..errors import UserError
+
+#: The step cap of an environment that has none of its own (no ``max_episode_steps`` in its
+#: registration or its task): an episode that reaches it is truncated, as by a time limit.
+DEFAULT_MAX_EPISODE_STEPS = 10_000
+
 
 # Derived attributes to recompute after overrides, keyed by the unwrapped env's class name.
 def _cartpole_derived(env: Any) -> None:
@@ -57,20 +70,26 @@ class Task(Strict):
             kwargs["max_episode_steps"] = self.max_episode_steps
         if render_mode is not None:
             kwargs["render_mode"] = render_mode
+        kwargs.setdefault("disable_env_checker", True)  # TaskEnv checks the same things, in one line
         try:
             env = gym.make(self.env_id, **kwargs)
         except gym.error.Error as exc:
             raise UserError(f"task {self.name!r}: cannot make env {self.env_id!r}: {exc}") from None
         except TypeError as exc:
             raise UserError(f"task {self.name!r}: bad kwargs for {self.env_id!r}: {exc}") from None
+        except SystemExit as exc:
+            raise UserError(f"task {self.name!r}: {self.env_id!r} called sys.exit({exc.code!r}) in its constructor; "
+                            "an environment must raise an exception, not exit the process") from None
         except Exception as exc:  # envs raise anything from their constructors
             raise UserError(f"task {self.name!r}: {self.env_id!r} raised in its constructor: {type(exc).__name__}: {exc}") from None
+        if getattr(env.spec, "max_episode_steps", None) is None:  # no time limit of its own: the default cap
+            env = gym.wrappers.TimeLimit(env, DEFAULT_MAX_EPISODE_STEPS)
         self._apply_overrides(env.unwrapped)
         for w in self.wrappers:
             try:
                 env = WRAPPERS[w](env)
             except Exception as exc:
-                env.close()
+                close_quietly(env)
                 raise UserError(f"task {self.name!r}: wrapper {w!r} does not apply to {self.env_id!r}: "
                                 f"{type(exc).__name__}: {exc}") from None
         return env
@@ -93,6 +112,15 @@ class Task(Strict):
         fix = DERIVED.get(type(raw).__name__)
         if fix is not None and self.overrides:
             fix(raw)
+
+
+def close_quietly(env: gym.Env) -> None:
+    """``env.close()``, ignoring whatever it raises (``sys.exit`` included): a finished result
+    must not turn into an error because an environment fails to clean up after itself."""
+    try:
+        env.close()
+    except (Exception, SystemExit):
+        pass
 
 
 class TaskSuite:
@@ -153,10 +181,7 @@ class TaskSuite:
             try:
                 spaces = (env.observation_space, env.action_space)
             finally:
-                try:
-                    env.close()
-                except Exception:  # a failing close() says nothing about the spaces
-                    pass
+                close_quietly(env)  # a failing close() says nothing about the spaces
             if first is None:
                 first = (task, spaces)
                 obs = spaces[0]
@@ -165,6 +190,9 @@ class TaskSuite:
                 act = spaces[1]
                 if not (isinstance(act, gym.spaces.Discrete) or (isinstance(act, gym.spaces.Box) and len(act.shape) == 1)):
                     raise UserError(f"task {task.name!r}: action space {act} is not supported; allowed: Discrete or a 1-D Box")
+                if (isinstance(act, gym.spaces.Discrete) and act.n < 2) or (isinstance(act, gym.spaces.Box) and act.shape[0] < 1):
+                    raise UserError(f"task {task.name!r}: action space {act} leaves no choice of action, so there is no "
+                                    "policy to learn; allowed: Discrete(n) with n >= 2 or a 1-D Box with at least one dimension")
                 continue
             for kind, a, b in (("observation", first[1][0], spaces[0]), ("action", first[1][1], spaces[1])):
                 if a != b:

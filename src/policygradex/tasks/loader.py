@@ -18,13 +18,14 @@ A suite file is TOML::
 from __future__ import annotations
 
 import inspect
-import tomllib
+import unicodedata
 from pathlib import Path
 
 from pydantic import Field
 
 from ..config import PPOConfig, Strict, parse
 from ..errors import UserError
+from ..runfile import load_toml
 from .base import Task, TaskSuite
 from .builtin import SUITES, single_task
 
@@ -72,26 +73,48 @@ def load_suite(spec: str, n_tasks: int | None = None, seed: int = 0, profile: st
         suite = custom(spec[len("metaworld:"):], seed, profile or "quick")
         suite.source = {"suite": spec, "tasks": None, "suite_seed": seed, "profile": profile}  # recorded in config.json
         return suite
+    allowed = f"allowed: {', '.join(SUITES)}, metaworld:<task>,<task>,..., a .toml suite file, or env:<gymnasium id>"
     if spec.startswith("env:"):
         if not spec[4:].strip():
             raise UserError(f"--suite {spec!r}: env: needs a gymnasium id, e.g. env:CartPole-v1")
+        if n_tasks is not None:
+            raise UserError(f"--tasks applies to built-in suites; --suite {spec} is a single task: leave --tasks out")
         return single_task(spec[4:])
     path = Path(spec)
-    if path.suffix == ".toml" or path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, an embedded NUL byte
+        shown = spec if len(spec) <= 80 else f"{spec[:60]}...{spec[-20:]}"
+        raise UserError(f"--suite {shown!r}: not a built-in suite, and not a usable path ({getattr(exc, 'strerror', None) or exc}); "
+                        f"{allowed}") from None
+    if is_dir:
+        raise UserError(f"--suite {spec} is a directory; {allowed}")
+    if path.suffix == ".toml" or exists:
+        if n_tasks is not None:
+            raise UserError(f"--tasks applies to built-in suites; the suite file {spec} defines its own tasks: "
+                            "leave --tasks out (or list fewer tasks in the file)")
         return load_suite_file(path)
-    raise UserError(f"--suite {spec!r}: unknown suite; allowed: {', '.join(SUITES)}, metaworld:<task>,<task>,..., "
-                    "a .toml suite file, or env:<gymnasium id>")
+    raise UserError(f"--suite {spec!r}: unknown suite; {allowed}")
+
+
+def _control_char(text: str) -> str | None:
+    """The first control character of ``text`` (newline, tab, NUL, DEL, ...) as U+XXXX, or None."""
+    for ch in text:
+        if unicodedata.category(ch) == "Cc":
+            return f"U+{ord(ch):04X}"
+    return None
 
 
 def load_suite_file(path: Path) -> TaskSuite:
-    if not path.is_file():
-        raise UserError(f"suite file {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"suite file {path}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"suite file {path}: not a UTF-8 text file") from None
+    path = Path(path)
+    data = load_toml(path, f"suite file {path}")
     sf = parse(SuiteFile, data, f"suite file {path}")
+    # names end up in tables, CSV headers, plots and report.md: one line of printable text each
+    # (any Unicode letter, symbol or emoji is fine)
+    for where, text in [("name", sf.name or "")] + [(f"tasks.{i}.name", t.name) for i, t in enumerate(sf.tasks)]:
+        bad = _control_char(text)
+        if bad is not None:
+            raise UserError(f"suite file {path}: {where}: {text!r} contains the control character {bad}; "
+                            "names must be printable text (no newline, tab, NUL or other control characters)")
     parse(PPOConfig, sf.ppo, f"suite file {path}: [ppo]")
     return TaskSuite(sf.name or path.stem, sf.tasks, sf.true_partition, sf.description, sf.ppo, success_key=sf.success_key)
