@@ -66,6 +66,10 @@ def crash_point(event: str, tmp: str | None = None) -> None:
 
     name = os.environ.get("POLICYGRADEX_CRASH_SIGNAL", "").upper().removeprefix("SIG")
     sig = {"INT": signal.SIGINT, "TERM": signal.SIGTERM}.get(name, signal.SIGKILL)
+    if sig == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # a process started in the background by a non-interactive shell inherits SIGINT ignored;
+        # the hook stands for a Ctrl-C at a terminal, so it gets Python's usual handler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     os.kill(os.getpid(), sig)  # SIGINT, SIGTERM (under the CLI): KeyboardInterrupt as soon as this returns
 
 
