@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from policygradex.errors import UserError
-from policygradex.estimate.projection import GaussianProjector, Projector, block_seed, projector_from_spec
+from policygradex.estimate.projection import GaussianProjector, Projector, block_seed
+from policygradex.estimate.projectors import projector_from_spec
 
 
 def materialize(proj: Projector) -> torch.Tensor:

@@ -13,7 +13,8 @@ from torch import nn
 from policygradex.config import EstimateConfig
 from policygradex.errors import UserError
 from policygradex.estimate.features import FeatureStore, build_projector, exact_grads, flat_params, projected_grads, unflatten
-from policygradex.estimate.projection import GaussianProjector, projector_from_spec
+from policygradex.estimate.projection import GaussianProjector
+from policygradex.estimate.projectors import projector_from_spec
 from policygradex.estimate.structured import StructuredFallbackWarning, StructuredProjector, allocate
 from policygradex.rl.networks import ActorCritic
 

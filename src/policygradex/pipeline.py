@@ -28,8 +28,11 @@ from . import artifacts as art
 from .config import PPOConfig, RunConfig
 from .errors import UserError
 from .estimate.collect import load_rollouts
+from .estimate.first_order import logprob_change, relative_error
+from .estimate.persample import flat_params
 from .rl.checkpoint import list_checkpoints, load_checkpoint
 from .rl.ppo import TrainResult, train
+from .stage import stage_seconds  # noqa: F401  (re-exported: benchmarks import it from here)
 from .tasks import TaskSuite
 from .ui import console, progress_bar
 
@@ -60,17 +63,6 @@ def train_meta_policy(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, ten
         return train(suite, cfg, out_dir, tensorboard, on_update)
 
 
-def stage_seconds(run_dir: str | Path) -> dict[str, float]:
-    """Wall time of every finished stage of a run, from the manifests."""
-    out = {}
-    for name in STAGES:
-        m = art.read_manifest(run_dir, name)
-        if m is not None:
-            out[name] = float(m.get("extra", {}).get("seconds", float("nan")))
-    return out
-
-
-STAGES = ("train", "collect", "features", "subsets", "surrogate", "evaluate", "group")
 # Part of the group stage's key: a run directory whose groups.json predates a change of its fields
 # (2: "signal", with "signal_collapsed" meaning the run-level rule on the collection's table) is regrouped.
 GROUPS_FORMAT = 2
@@ -264,9 +256,6 @@ def _check_min_return(meta: dict, min_return: float) -> None:
 def _approx_error_at_surrogate(run_dir: Path, model, store, members: np.ndarray, U: torch.Tensor, max_subsets: int = 5) -> dict:
     """First-order error ||dlogp_true - g^T Delta|| / ||dlogp_true|| along the surrogate's own steps
     Delta = P u_S (held-out rows of each subset's tasks), for the first ``max_subsets`` subsets."""
-    from .estimate.features import flat_params
-    from .validate import logprob_change, relative_error
-
     c = load_rollouts(run_dir)
     theta = flat_params(model.actor).double()
     errors, deltas = [], []
@@ -313,7 +302,7 @@ def _collect_stage(run_dir: Path, checkpoints: list[Path], cfg: RunConfig) -> No
 
 def _features_setup(shared: dict) -> dict:
     """Once per worker process: the actor and the projector (rebuilt from its spec, not shipped)."""
-    from .estimate.projection import projector_from_spec
+    from .estimate.projectors import projector_from_spec
 
     torch.set_num_threads(shared["threads"])
     return {**shared, "projector": projector_from_spec(shared["projector"])}
@@ -346,7 +335,8 @@ def _features_by_task(actor, xs, as_, advs, helds, projector, chunk_size: int, t
 def _features_stage(run_dir: Path, model, suite: TaskSuite, cfg: RunConfig, backend=None) -> None:
     import warnings
 
-    from .estimate.features import FeatureStore, build_features, build_projector, flat_params
+    from .estimate.features import FeatureStore, build_features
+    from .estimate.projectors import build_projector
 
     est = cfg.estimate
     c = load_rollouts(run_dir)

@@ -47,12 +47,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from . import artifacts as art
 from .config import RunConfig, ValidateConfig
 from .errors import UserError
 from .estimate.collect import load_meta_policy, load_rollouts
+# logprob_change and relative_error are re-exported (their home: estimate.first_order)
+from .estimate.first_order import float64_copy, functional_logprob, functional_logprob_change, logprob_change, relative_error
+from .estimate.persample import flat_params
+from .stage import stage_seconds
 from .tasks import TaskSuite
 
 __all__ = [
@@ -97,73 +101,6 @@ def speedup_breakdown(policygradex_s: dict[str, float], finetune_s: Sequence[flo
         "shared_not_counted_s": dict(shared_s or {}),
     }
     return (real_total / pgx_total if pgx_total > 0 else None), breakdown
-
-
-# ============================================================================ functional actor
-
-
-def _functional_logprob(actor: nn.Module, x: torch.Tensor, a: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``vec -> log pi_vec(a_t | x_t)`` for all rows, ``vec`` the flat actor parameters [p].
-
-    Computed in the dtype of ``actor`` (the caller passes a float64 copy for exactness);
-    the actor is used in eval mode, its own parameters are never changed.
-    """
-    from .estimate.features import _LogProb, unflatten
-
-    wrapper = _LogProb(actor).eval()
-    dtype = next(actor.parameters()).dtype
-    x = x.to(dtype)
-    a = a.long() if getattr(actor, "kind", None) == "categorical" else a.to(dtype)
-    buffers = {f"actor.{k}": b for k, b in actor.named_buffers()}
-
-    def logp(vec: torch.Tensor) -> torch.Tensor:
-        params = {f"actor.{k}": v for k, v in unflatten(vec, actor).items()}
-        return functional_call(wrapper, (params, buffers), (x, a))
-
-    return logp
-
-
-def _double(actor: nn.Module) -> nn.Module:
-    return copy.deepcopy(actor).double().eval()
-
-
-# ============================================================================ first-order error
-
-
-def logprob_change(actor: nn.Module, theta_star: torch.Tensor, theta: torch.Tensor, x: torch.Tensor,
-                   a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Delta_true, Delta_lin)`` per row, in float64.
-
-    ``Delta_true_t = log pi_theta(a_t|x_t) - log pi_theta*(a_t|x_t)`` and ``Delta_lin_t =
-    g_t^T (theta - theta*)`` with ``g_t = grad_theta log pi_theta*(a_t|x_t)``, computed
-    exactly (no projection) as a Jacobian-vector product: one forward-mode pass in the
-    direction ``theta - theta*`` gives all rows' directional derivatives at once.
-
-    Args:
-        actor: an actor module (its architecture; its parameter values are not used).
-        theta_star, theta: flat parameter vectors [p] (``flat_params`` order).
-        x: inputs [N, in]; a: actions [N] or [N, act].
-    """
-    d_true, d_lin, _ = _logprob_change(_functional_logprob(_double(actor), x, a), theta_star, theta)
-    return d_true, d_lin
-
-
-def _logprob_change(f: Callable[[torch.Tensor], torch.Tensor], theta_star: torch.Tensor,
-                    theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(Delta_true, Delta_lin, log pi_theta)`` for a float64 functional log-prob ``f``."""
-    ts = theta_star.detach().to(torch.float64)
-    th = theta.detach().to(torch.float64)
-    with torch.no_grad():
-        logp_star, d_lin = jvp(f, (ts,), (th - ts,))
-        logp = f(th)
-    return logp - logp_star, d_lin, logp
-
-
-def relative_error(delta_true: torch.Tensor, delta_lin: torch.Tensor) -> float:
-    """``||Delta_true - Delta_lin||_2 / ||Delta_true||_2`` over the rows (NaN if Delta_true = 0)."""
-    num = torch.linalg.vector_norm((delta_true - delta_lin).double())
-    den = torch.linalg.vector_norm(delta_true.double())
-    return float(num / den) if float(den) > 0 else float("nan")
 
 
 def bucket_label(delta: float) -> str:
@@ -232,7 +169,7 @@ def _bucket_stats(points: list[dict], targets: Sequence[float]) -> dict[str, dic
 
 def policy_loss_fn(actor: nn.Module, x: torch.Tensor, a: torch.Tensor, adv: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``vec -> L(vec) = -mean_t A_t log pi_vec(a_t | x_t)`` (in the actor's dtype)."""
-    logp = _functional_logprob(actor, x, a)
+    logp = functional_logprob(actor, x, a)
     w = adv.detach().to(next(actor.parameters()).dtype)
 
     def loss(vec: torch.Tensor) -> torch.Tensor:
@@ -349,7 +286,6 @@ def _finetune_setup(shared: dict) -> dict:
 def _finetune_unit(ctx: dict, payload: tuple) -> dict:
     """One unit of the real route (runs in a worker): theta*'s evaluation, or the fine-tuning of
     theta* on a subset's tasks with one seed followed by the evaluation of theta_S."""
-    from .estimate.features import flat_params
     from .rl.evaluate import evaluate_policy
     from .rl.ppo import finetune
 
@@ -551,16 +487,16 @@ def _approx_error(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray
                   steps: list[list[int]], targets: Sequence[float], seed: int = 0,
                   max_real: int = 8) -> tuple[dict, list[dict]]:
     norm = float(theta_star.norm())
-    act64 = _double(model.actor)
+    act64 = float64_copy(model.actor)
     gen = torch.Generator().manual_seed(seed)
     points = []
     for s, path in enumerate(paths):
         random_dir = torch.randn(theta_star.shape, generator=gen, dtype=torch.float64)
         tasks = torch.as_tensor(np.flatnonzero(members[s]))
         rows = torch.isin(ro["task"], tasks) & ro["heldout"]
-        f = _functional_logprob(act64, ro["x"][rows], ro["actions"][rows])
+        f = functional_logprob(act64, ro["x"][rows], ro["actions"][rows])
         for p in _path_points(theta_star, path.to(theta_star.dtype), targets, random_dir, max_real):
-            d_true, d_lin, logp = _logprob_change(f, theta_star, p["theta"])
+            d_true, d_lin, logp = functional_logprob_change(f, theta_star, p["theta"])
             delta = float((p["theta"].double() - theta_star.double()).norm()) / norm
             points.append({"subset": s, "kind": p["kind"], "steps": steps[s][p["snapshot"]], "t": p["t"], "delta": delta,
                            "error": relative_error(d_true, d_lin), "error_vs_logp": relative_error(logp, logp - d_true + d_lin),
@@ -578,7 +514,7 @@ def _hessian(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, pat
     all-rows trace), in float32; the losses use all rows, in float64.
     """
     act32 = copy.deepcopy(model.actor).float().eval()
-    act64 = _double(model.actor)
+    act64 = float64_copy(model.actor)
     gen = torch.Generator().manual_seed(vcfg.hessian_seed)
     out = []
     points = [("theta*", theta_star, np.ones(members.shape[1], dtype=bool))]
@@ -612,14 +548,14 @@ def surrogate_truth(model, theta_star: torch.Tensor, ro: dict, members: np.ndarr
     ``first_order_ppo`` evaluator (``exp(g^T u_S) - 1`` in place of the true ratio minus one).
     No rollouts, so no evaluation noise: it isolates how well the estimate predicts what real
     fine-tuning does to each task's objective.  [r, m, n], NaN outside the subsets."""
-    act64 = _double(model.actor)
+    act64 = float64_copy(model.actor)
     reps, (m, n) = len(finals), members.shape
     out = np.full((reps, m, n), np.nan)
     held = ro["heldout"]
     fns = {}
     for i in range(n):
         rows = (ro["task"] == i) & held
-        fns[i] = (_functional_logprob(act64, ro["x"][rows], ro["actions"][rows]), ro["adv"][rows].double())
+        fns[i] = (functional_logprob(act64, ro["x"][rows], ro["actions"][rows]), ro["adv"][rows].double())
     ts = theta_star.detach().double()
     with torch.no_grad():
         base = {i: f(ts) for i, (f, _) in fns.items()}
@@ -659,9 +595,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    from .estimate.features import flat_params
     from .group.sdp import random_grouping
-    from .pipeline import stage_seconds
     from .report import add_validation, approx_error_plot, estimated_vs_true_plot
     from .ui import console
 

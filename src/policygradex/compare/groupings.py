@@ -44,6 +44,7 @@ from torch.func import functional_call
 
 from ..config import PPOConfig
 from ..estimate.collect import load_meta_policy
+from ..estimate.persample import LogProbModule, flat_params, unflatten
 from ..errors import UserError
 from ..group.sdp import group_tasks, groups_from_labels, random_grouping
 from ..rl.ppo import clipped_surrogate
@@ -112,7 +113,6 @@ def tag_affinity(run_dir: Path, suite: TaskSuite, cfg: PPOConfig, checkpoints: i
                  seed: int = 0, envs_per_task: int = 8, on_step: Callable[[int], None] | None = None) -> dict:
     """TAG-style lookahead affinity averaged over the run's training checkpoints (module docstring)."""
     from ..estimate.collect import collect
-    from ..estimate.features import _LogProb, flat_params, unflatten
     from ..rl.checkpoint import list_checkpoints, load_checkpoint
 
     ckpts = list_checkpoints(run_dir / "train" / "checkpoints")
@@ -144,7 +144,7 @@ def tag_affinity(run_dir: Path, suite: TaskSuite, cfg: PPOConfig, checkpoints: i
         G = torch.stack(grads).detach()
         theta = flat_params(actor)
         eta = float(delta * theta.norm() / G.norm(dim=1).mean().clamp_min(1e-30))
-        wrapper = _LogProb(actor)
+        wrapper = LogProbModule(actor)
         evals = [(task == j) & held for j in range(n)]
         base = np.array([float(-adv[e].mean()) for e in evals])  # clipped loss at theta (ratio 1)
         dL = np.zeros((n, n))

@@ -18,7 +18,8 @@ That is the *dense* route (:class:`.projection.GaussianProjector`).  With a
 :class:`.structured.StructuredProjector` (``--projector structured``), :func:`projected_grads`
 never forms per-sample gradients: one batched forward/backward per chunk gives every linear
 layer's ``delta_t`` and input ``a_t``, and the per-layer projection is computed from them
-(docs/projector.md).  :func:`build_projector` makes either from the ``--projector`` name.
+(docs/projector.md).  :func:`.projectors.build_projector` makes either from the ``--projector``
+name.
 
 A :class:`FeatureStore` is a directory with one ``task_{i:03d}.pt`` per task and a
 ``manifest.json`` (written last) holding the task names, row counts, projector spec,
@@ -27,12 +28,11 @@ A :class:`FeatureStore` is a directory with one ``task_{i:03d}.pt`` per task and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -40,7 +40,11 @@ from torch.func import functional_call, grad, vmap
 
 from ..artifacts import save_torch, sha256_file, verify_file, versions, write_json
 from ..errors import UserError
-from .projection import Projector, projector_from_spec
+# actor_params, flat_params, unflatten and build_projector are re-exported (their homes: .persample, .projectors)
+from .persample import LogProbModule, actor_params, eval_mode, flat_params, prepare_inputs, unflatten
+from .projection import Projector
+from .projectors import build_projector, projector_from_spec
+from .structured import StructuredProjector, structured_projected_grads
 
 __all__ = [
     "actor_params",
@@ -50,7 +54,6 @@ __all__ = [
     "projected_grads",
     "build_features",
     "build_projector",
-    "PROJECTORS",
     "FeatureStore",
     "DEFAULT_CHUNK_SIZE",
 ]
@@ -68,72 +71,7 @@ Progress = Callable[[int], None]
 
 
 # ---------------------------------------------------------------------------------------------
-# parameters
-
-
-def actor_params(actor: nn.Module) -> dict[str, torch.Tensor]:
-    """The actor's parameters, detached, in ``named_parameters`` order."""
-    return {name: p.detach() for name, p in actor.named_parameters()}
-
-
-def flat_params(actor: nn.Module) -> torch.Tensor:
-    """All actor parameters as one vector ``[p]``, in ``named_parameters`` order."""
-    return torch.cat([p.detach().reshape(-1) for p in actor.parameters()])
-
-
-def unflatten(vec: torch.Tensor, actor: nn.Module) -> dict[str, torch.Tensor]:
-    """Split a ``[p]`` vector into tensors shaped like the actor's parameters (views of ``vec``)."""
-    params = actor_params(actor)
-    p = sum(t.numel() for t in params.values())
-    if vec.dim() != 1 or vec.numel() != p:
-        raise ValueError(f"vec must have shape [{p}] (the actor's parameter count), got {tuple(vec.shape)}")
-    out: dict[str, torch.Tensor] = {}
-    offset = 0
-    for name, t in params.items():
-        out[name] = vec[offset : offset + t.numel()].view(t.shape)
-        offset += t.numel()
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # per-sample gradients
-
-
-class _LogProb(nn.Module):
-    """Makes ``actor.log_prob`` the ``forward`` that ``functional_call`` invokes."""
-
-    def __init__(self, actor: nn.Module) -> None:
-        super().__init__()
-        self.actor = actor
-
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return self.actor.log_prob(x, a)
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
-def _prepare_inputs(actor: nn.Module, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check shapes and cast ``x`` (and a Gaussian ``a``) to the actor's dtype."""
-    first = next(actor.parameters(), None)
-    if first is None:
-        raise ValueError("the actor has no parameters")
-    if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        raise ValueError(f"x must be a [N, in] tensor, got {getattr(x, 'shape', type(x).__name__)}")
-    if not isinstance(a, torch.Tensor) or a.dim() not in (1, 2) or a.shape[0] != x.shape[0]:
-        raise ValueError(f"a must be a [N] or [N, act] tensor with N = {x.shape[0]}, got {getattr(a, 'shape', type(a).__name__)}")
-    # computed where the actor lives (a GPU when the pipeline put it there); results are stored
-    # on the inputs' device by the callers
-    x = x.to(device=first.device, dtype=first.dtype)
-    a = a.to(first.device).long() if getattr(actor, "kind", None) == "categorical" else a.to(device=first.device, dtype=first.dtype)
-    return x, a
 
 
 def _for_each_chunk(
@@ -150,8 +88,8 @@ def _for_each_chunk(
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    x, a = _prepare_inputs(actor, x, a)
-    wrapper = _LogProb(actor)
+    x, a = prepare_inputs(actor, x, a)
+    wrapper = LogProbModule(actor)
     names = [name for name, _ in actor.named_parameters()]
     params = {f"actor.{name}": t for name, t in actor_params(actor).items()}
     buffers = {f"actor.{name}": b.detach() for name, b in actor.named_buffers()}
@@ -163,7 +101,7 @@ def _for_each_chunk(
     per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0))
     n = x.shape[0]
     buf = torch.empty(min(chunk_size, n), sum(sizes), dtype=x.dtype, device=x.device)
-    with _eval_mode(actor), torch.no_grad():
+    with eval_mode(actor), torch.no_grad():
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
             grads = per_sample(params, x[start:stop], a[start:stop])
@@ -210,8 +148,6 @@ def projected_grads(
     p = sum(t.numel() for t in actor.parameters())
     if projector.p != p:
         raise ValueError(f"projector.p = {projector.p} but the actor has {p} parameters")
-    from .structured import StructuredProjector, structured_projected_grads
-
     if isinstance(projector, StructuredProjector):  # one batched forward/backward per chunk, no per-sample gradients
         return structured_projected_grads(actor, x, a, projector, chunk_size, progress)
     out = torch.empty(x.shape[0], projector.d, dtype=projector.dtype, device=x.device)
@@ -223,42 +159,6 @@ def projected_grads(
 
     _for_each_chunk(actor, x, a, chunk_size, project)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# choosing the projector
-
-#: ``--projector`` values: ``dense`` is the seeded Gaussian (:class:`.projection.GaussianProjector`,
-#: whose spec kind is ``"gaussian"``; ``"gaussian"`` is accepted as an alias), ``structured``
-#: the per-layer projection of :mod:`.structured`.
-PROJECTORS = ("dense", "structured")
-_ALIASES = {"gaussian": "dense"}
-
-
-def build_projector(
-    kind: str,
-    actor: nn.Module,
-    x: torch.Tensor,
-    a: torch.Tensor,
-    d: int,
-    seed: int,
-    dtype: torch.dtype = torch.float32,
-) -> Projector:
-    """The projector ``kind`` (``dense``, ``gaussian`` = ``dense``, or ``structured``) for ``actor``.
-
-    ``dense`` needs only the parameter count; ``structured`` analyses the actor's layers and
-    splits ``d`` by the gradient energy measured on ``(x, a)`` (the collected transitions of
-    all tasks): see :meth:`.structured.StructuredProjector.fit`.
-    """
-    from .projection import GaussianProjector
-    from .structured import StructuredProjector
-
-    name = _ALIASES.get(kind, kind)
-    if name == "dense":
-        return GaussianProjector(sum(t.numel() for t in actor.parameters()), d, seed, dtype)
-    if name == "structured":
-        return StructuredProjector.fit(actor, x, a, d=d, seed=seed, dtype=dtype)
-    raise UserError(f"--projector must be one of {', '.join(PROJECTORS)}, got {kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------

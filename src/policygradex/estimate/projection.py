@@ -9,8 +9,8 @@ feature dimension) and offers the three products the method needs, without ever 
 * ``gram()``      = ``P^T P`` (``d x d``): ``||P u||^2 = u^T (P^T P) u`` without forming ``P u``.
 
 A projector is fully described by ``spec()``, a small JSON-able dict stored in the feature
-manifest; :func:`projector_from_spec` regenerates the identical projector from it, so the map
-back at stage 3 uses exactly the ``P`` that produced the features.
+manifest; :func:`.projectors.projector_from_spec` regenerates the identical projector from
+it, so the map back at stage 3 uses exactly the ``P`` that produced the features.
 
 :class:`GaussianProjector` is the dense Johnson-Lindenstrauss projection: entries i.i.d.
 ``N(0, 1/d)``, so ``E ||P^T g||^2 = ||g||^2`` and ``E[P P^T] = I``.  ``P`` is generated in
@@ -32,7 +32,6 @@ from ..errors import UserError
 __all__ = [
     "Projector",
     "GaussianProjector",
-    "projector_from_spec",
     "block_seed",
     "DEFAULT_BLOCK_ROWS",
     "DEFAULT_CACHE_BYTES",
@@ -98,9 +97,9 @@ class Projector(abc.ABC):
         dtype: the dtype of ``P`` and of every result.
 
     Subclasses set the class attribute ``kind`` (registering them with
-    :func:`projector_from_spec`) and implement ``project``, ``map_back``, ``spec`` and
-    ``from_spec``.  ``gram`` has a generic implementation that subclasses may replace with a
-    cheaper one by overriding ``_compute_gram``.
+    :func:`.projectors.projector_from_spec`; :mod:`.projectors` imports every kind) and
+    implement ``project``, ``map_back``, ``spec`` and ``from_spec``.  ``gram`` has a generic
+    implementation that subclasses may replace with a cheaper one by overriding ``_compute_gram``.
     """
 
     kind: ClassVar[str]
@@ -129,7 +128,7 @@ class Projector(abc.ABC):
 
     @abc.abstractmethod
     def spec(self) -> dict[str, Any]:
-        """A JSON-able description from which :func:`projector_from_spec` rebuilds ``self``."""
+        """A JSON-able description from which :func:`.projectors.projector_from_spec` rebuilds ``self``."""
 
     def _spec_head(self) -> dict[str, Any]:
         """The fields every projector's spec starts with (kind, sizes, seed, dtype)."""
@@ -289,14 +288,3 @@ class GaussianProjector(Projector):
             )
         return proj
 
-
-def projector_from_spec(spec: dict[str, Any]) -> Projector:
-    """Regenerate the projector that ``spec()`` described (raise UserError on a bad spec)."""
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise UserError(f"projector spec must be a dict with a 'kind', got {spec!r}")
-    from . import structured  # noqa: F401  (registers the "structured" kind; it imports this module)
-
-    cls = Projector._registry.get(spec["kind"])
-    if cls is None:
-        raise UserError(f"projector spec: unknown kind {spec['kind']!r}; known kinds: {sorted(Projector._registry)}")
-    return cls.from_spec(spec)

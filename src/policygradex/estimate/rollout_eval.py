@@ -19,7 +19,7 @@ import torch
 from ..rl.evaluate import evaluate_policy
 from ..tasks import TaskSuite
 from ..ui import progress_bar
-from .features import flat_params, unflatten
+from .persample import flat_params, unflatten
 from .projection import Projector
 
 

@@ -66,6 +66,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.utils import parametrize
 
 from ..errors import UserError
+from .persample import LogProbModule, eval_mode, prepare_inputs
 from .projection import (
     DEFAULT_BLOCK_ROWS,
     DEFAULT_CACHE_BYTES,
@@ -205,7 +206,7 @@ def allocate(energy: Sequence[float], caps: Sequence[int], d: int, min_frac: flo
 class StructuredProjector(Projector):
     """Per-layer projection: Khatri-Rao blocks for hidden linear layers, a dense Gaussian for the rest.
 
-    Build one with :meth:`fit` (which needs the actor and data); :func:`.projection.projector_from_spec`
+    Build one with :meth:`fit` (which needs the actor and data); :func:`.projectors.projector_from_spec`
     rebuilds it from ``spec()`` without either.  Features are ordered: the Khatri-Rao layers'
     blocks in parameter order, then the dense part.
 
@@ -511,10 +512,8 @@ class StructuredProjector(Projector):
         Raises UserError when ``d`` cannot be split (fewer coordinates than parts, or more
         than parameters).
         """
-        from .features import _eval_mode, _prepare_inputs
-
         d = _check_int("d", d, 1)
-        x, a = _prepare_inputs(actor, x, a)
+        x, a = prepare_inputs(actor, x, a)
         n = x.shape[0]
         if n == 0:
             raise ValueError("fit needs at least one transition")
@@ -546,7 +545,7 @@ class StructuredProjector(Projector):
             candidates.append((mname, module))
 
         idx_probe = _spread(n, min(probe_rows, n))
-        with _eval_mode(actor):
+        with eval_mode(actor):
             cap = _Capture(actor, [m for _, m in candidates])
             try:
                 with torch.enable_grad():
@@ -718,15 +717,6 @@ def _close(got: torch.Tensor, ref: torch.Tensor) -> bool:
     return float((got - ref).abs().max()) <= CHECK_RTOL * scale
 
 
-class _LogProbModule(nn.Module):
-    def __init__(self, actor: nn.Module) -> None:
-        super().__init__()
-        self.actor = actor
-
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return self.actor.log_prob(x, a)
-
-
 def _functional_params(actor: nn.Module, requires_grad: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     params = {f"actor.{n}": p.detach().requires_grad_(requires_grad) for n, p in actor.named_parameters()}
     buffers = {f"actor.{n}": b.detach() for n, b in actor.named_buffers()}
@@ -752,7 +742,7 @@ class _Capture:
         self._clock = 0
         self._io: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.modules)
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
-        self._wrapper = _LogProbModule(actor)
+        self._wrapper = LogProbModule(actor)
 
     def _hook(self, i: int) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -790,7 +780,7 @@ class _Capture:
 
 def _vmap_logp_and_grads(actor: nn.Module, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-sample ``log pi`` and gradients over every parameter, one unbatched sample at a time under vmap."""
-    wrapper = _LogProbModule(actor)
+    wrapper = LogProbModule(actor)
     params, buffers = _functional_params(actor, False)
 
     def f(prm: dict[str, torch.Tensor], xs: torch.Tensor, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -804,7 +794,7 @@ def _vmap_logp_and_grads(actor: nn.Module, x: torch.Tensor, a: torch.Tensor) -> 
 
 def _vmap_grads(actor: nn.Module, x: torch.Tensor, a: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Per-sample gradients over the parameters ``names`` only (the others held fixed)."""
-    wrapper = _LogProbModule(actor)
+    wrapper = LogProbModule(actor)
     params, buffers = _functional_params(actor, False)
     keys = [f"actor.{n}" for n in names]
     var = {k: params[k] for k in keys}
@@ -834,12 +824,10 @@ def structured_projected_grads(
     assembled into one ``[B, p_dense]`` buffer and multiplied by its random matrix (or, for an
     identity dense part, assembled directly in the output).
     """
-    from .features import _eval_mode, _prepare_inputs
-
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     projector.check_actor(actor)
-    x, a = _prepare_inputs(actor, x, a)
+    x, a = prepare_inputs(actor, x, a)
     modules = dict(actor.named_modules())
     missing = [layer.module for layer in projector.layers if not isinstance(modules.get(layer.module), nn.Linear)]
     if missing:
@@ -855,7 +843,7 @@ def structured_projected_grads(
     out = torch.empty(n, projector.d, dtype=dtype, device=x.device)
     gd = (torch.empty(min(chunk_size, n), projector.p_dense, dtype=dtype, device=x.device)
           if projector.p_dense and not projector.dense_identity else None)
-    with _eval_mode(actor):
+    with eval_mode(actor):
         cap = _Capture(actor, mods)
         try:
             for start in range(0, n, chunk_size):

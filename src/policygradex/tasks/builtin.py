@@ -26,6 +26,7 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
+from ..errors import UserError
 from .base import Task, TaskSuite
 
 # The environments of the highway and Meta-World suites; the entry points (and highway-env,
@@ -103,22 +104,6 @@ def single_task(env_id: str, kwargs: dict | None = None) -> TaskSuite:
                      description=f"single task {env_id}", ppo_preset=dict(preset))
 
 
-def profile_settings(profiles: dict[str, dict], profile: str, n: int, suite: str) -> tuple[dict, dict]:
-    """(PPO preset, run preset) of a suite's ``profile`` for n tasks.
-
-    ``profiles[name]`` holds ``steps_per_task`` (``total_steps`` = steps_per_task x n), ``ppo``
-    (PPOConfig fields) and optional ``estimate`` / ``group`` tables (defaults of ``run``).
-    """
-    from ..errors import UserError
-
-    if profile not in profiles:
-        raise UserError(f"--profile {profile!r}: suite {suite!r} has profiles {', '.join(profiles)}")
-    p = profiles[profile]
-    ppo = dict(p["ppo"], total_steps=p["steps_per_task"] * n)
-    run = {k: dict(p[k]) for k in ("estimate", "group") if p.get(k)}
-    return ppo, run
-
-
 def highway(n: int = 10, seed: int = 0, profile: str = "quick") -> TaskSuite:
     """highway-env highway-fast-v0 with varied traffic and reward weights (tasks/highway.py)."""
     from .highway import highway as make
@@ -168,8 +153,6 @@ def heldout(family: str, n_test: int, seed: int) -> TaskSuite:
     """``n_test`` held-out tasks of a built-in family: the family's generator with the same
     parameter ranges and :func:`heldout_seed` (``seed``: the training suite's seed); tasks are
     named ``test-<name>`` and the suite has no known partition."""
-    from ..errors import UserError
-
     if family not in HELDOUT_FAMILIES:
         raise UserError(f"held-out tasks need a built-in family with continuous parameters ({', '.join(HELDOUT_FAMILIES)}), "
                         f"got suite {family!r}")

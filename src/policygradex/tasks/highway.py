@@ -49,7 +49,7 @@ from highway_env.envs.highway_env import HighwayEnvFast
 from highway_env.vehicle.kinematics import Vehicle
 
 from .base import Task, TaskSuite
-from .builtin import profile_settings
+from .profiles import profile_settings
 
 ENV_ID = "policygradex/highway-fast-v0"
 

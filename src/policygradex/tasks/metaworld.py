@@ -55,7 +55,7 @@ from metaworld.types import Task as MWTask
 
 from ..errors import UserError
 from .base import Task, TaskSuite
-from .builtin import profile_settings
+from .profiles import profile_settings
 
 ENV_ID = "policygradex/metaworld-v3"
 REWARD_FUNCTION_VERSION = "v2"
