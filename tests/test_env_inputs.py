@@ -211,7 +211,7 @@ def test_old_gym_api_is_our_line_only_without_gymnasium_warnings(envs, finished)
     ("ExitReset", ["task 'pgx_envinputs:ExitReset-v0'", "reset called sys.exit(3)"]),
     ("StrReward", ["task 'pgx_envinputs:StrReward-v0'", "step returned a reward that is not a real number", "str '1.5'"]),
     ("OneAction", ["task 'pgx_envinputs:OneAction-v0'", "Discrete(1)", "no policy to learn", "n >= 2"]),
-    ("OldStep", ["task 'pgx_envinputs:OldStep-v0'", "step did not return five values", "old gym API"]),
+    ("OldStep", ["task 'pgx_envinputs:OldStep-v0'", "step did not return 5 values", "old gym API"]),
 ])
 def test_misbehaving_environment_is_one_line(envs, finished, env_name, needles):
     run, files = finished

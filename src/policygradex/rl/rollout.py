@@ -188,43 +188,14 @@ class TaskEnv(gym.Wrapper):
         if seed is None:  # an unseeded reset (autoreset) draws from the env's RNG: remember its state
             with contextlib.suppress(Exception):
                 rng = copy.deepcopy(self.env.unwrapped.np_random.bit_generator.state)
-        try:
-            result = self.env.reset(seed=seed, options=options)
-        except UserError:
-            raise
-        except SystemExit as exc:
-            raise self._exit("reset", exc) from None
-        except TypeError as exc:
-            if "unexpected keyword argument" in str(exc) and ("'seed'" in str(exc) or "'options'" in str(exc)):
-                raise self._fail("reset", f"does not accept seed and options ({exc}); {OLD_API}") from None
-            raise self._fail("reset", f"raised {type(exc).__name__}: {exc}") from None
-        except Exception as exc:
-            raise self._fail("reset", f"raised {type(exc).__name__}: {exc}") from None
-        if not (isinstance(result, tuple) and len(result) == 2):
-            got = f"{len(result)} values" if isinstance(result, tuple) else f"a value of type {type(result).__name__}"
-            raise self._fail("reset", f"returned {got} instead of (observation, info); {OLD_API}")
-        obs, info = result
+        obs, info = self._call("reset", lambda: self.env.reset(seed=seed, options=options), "(observation, info)")
         self._check_obs(obs, "reset")
         self.pgx_record = {"seed": seed, "rng": rng, "options": options, "actions": []}
         return obs, info
 
     def step(self, action):
-        try:
-            result = self.env.step(action)
-        except UserError:
-            raise
-        except SystemExit as exc:
-            raise self._exit("step", exc) from None
-        except ValueError as exc:  # gymnasium's TimeLimit unpacks the env's result into five values
-            if "values to unpack (expected 5" in str(exc):
-                raise self._fail("step", f"did not return five values ({exc}); {OLD_API}") from None
-            raise self._fail("step", f"raised {type(exc).__name__}: {exc}") from None
-        except Exception as exc:
-            raise self._fail("step", f"raised {type(exc).__name__}: {exc}") from None
-        if not (isinstance(result, tuple) and len(result) == 5):
-            got = f"{len(result)} values" if isinstance(result, tuple) else f"a value of type {type(result).__name__}"
-            raise self._fail("step", f"returned {got} instead of (observation, reward, terminated, truncated, info); {OLD_API}")
-        obs, reward, terminated, truncated, info = result
+        obs, reward, terminated, truncated, info = self._call("step", lambda: self.env.step(action),
+                                                              "(observation, reward, terminated, truncated, info)")
         self._check_obs(obs, "step")
         r = _real(reward)
         if r is None:
@@ -237,6 +208,29 @@ class TaskEnv(gym.Wrapper):
                 raise self._fail("step", f"returned {what} = {_show(flag)}; it must be a bool")
         self.pgx_record["actions"].append(np.array(action, copy=True))
         return obs, r, terminated, truncated, info
+
+    def _call(self, call: str, fn, returns: str) -> tuple:
+        """``fn()`` (the wrapped env's ``reset`` or ``step``), whose failures, ``sys.exit`` and
+        results in the old gym API become one line naming the task and the call; ``returns`` is
+        the tuple gymnasium requires, e.g. ``"(observation, info)"``."""
+        size = returns.count(",") + 1
+        try:
+            result = fn()
+        except UserError:
+            raise
+        except SystemExit as exc:
+            raise self._exit(call, exc) from None
+        except Exception as exc:
+            text = str(exc)
+            if isinstance(exc, TypeError) and "unexpected keyword argument" in text and ("'seed'" in text or "'options'" in text):
+                raise self._fail(call, f"does not accept seed and options ({exc}); {OLD_API}") from None
+            if isinstance(exc, ValueError) and f"values to unpack (expected {size}" in text:  # gymnasium's TimeLimit unpacks the result
+                raise self._fail(call, f"did not return {size} values ({exc}); {OLD_API}") from None
+            raise self._fail(call, f"raised {type(exc).__name__}: {exc}") from None
+        if not (isinstance(result, tuple) and len(result) == size):
+            got = f"{len(result)} values" if isinstance(result, tuple) else f"a value of type {type(result).__name__}"
+            raise self._fail(call, f"returned {got} instead of {returns}; {OLD_API}")
+        return result
 
     def _exit(self, call: str, exc: SystemExit) -> UserError:
         return self._fail(call, f"called sys.exit({exc.code!r}); an environment must raise an exception or end "
