@@ -38,8 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, policygradex, save  # noqa: E402
+from policygradex.stage import stage_seconds as run_stage_seconds  # noqa: E402
 
-STAGES = ("train", "collect", "features", "subsets", "surrogate", "evaluate", "group")
 
 
 def loadavg() -> list[float]:
@@ -55,7 +55,7 @@ def manifest(d: Path, stage: str) -> dict:
 
 
 def stage_seconds(d: Path) -> dict:
-    return {s: round(manifest(d, s)["extra"]["seconds"], 1) for s in STAGES if (d / f"{s}.manifest.json").exists()}
+    return {s: round(v, 1) for s, v in run_stage_seconds(d).items()}
 
 
 # ---------------------------------------------------------------------------- validate

@@ -104,7 +104,7 @@ def main() -> None:
         out["run"] = {"error": proc.stderr[-2000:]}
         checkpoint_result()
         raise SystemExit(1)
-    from policygradex.pipeline import stage_seconds
+    from policygradex.stage import stage_seconds
 
     groups = json.loads((run_dir / "groups.json").read_text())
     st = stage_seconds(run_dir)

@@ -63,7 +63,7 @@ def part_run() -> dict:
                               check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])
-    from policygradex.pipeline import stage_seconds
+    from policygradex.stage import stage_seconds
 
     g = json.loads((RUN_DIR / "groups.json").read_text())
     meta = json.loads((RUN_DIR / "collect" / "meta_policy.json").read_text())

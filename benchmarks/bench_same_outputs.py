@@ -43,7 +43,6 @@ run directories of each case to DIR/<case>/{before,after}/.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import hashlib
 import json
@@ -60,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import policygradex, save  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BEFORE = "07c7872"  # the last commit before the issue #16 refactor
+DEFAULT_BEFORE = "5dcbdd3"  # the last commit before the issue #16 refactor
 WORKTREE = "WORKTREE"
 REQUIRED = ("groups.json", "affinity.csv", "f_table.csv")
 EXTRA = ("subsets.json", "collect/meta_policy.json")
@@ -110,37 +109,23 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@contextlib.contextmanager
-def python_path(src: Path):
-    """``PYTHONPATH=src`` for the CLI subprocesses started inside (``common.policygradex`` passes
-    this process's environment on)."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(src)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-
-
 def run_case(args: list[str], checkout: Path, work: Path, timeout: float) -> dict:
     """``policygradex ARGS --out run`` of ``checkout`` in the empty directory ``work``."""
     src = checkout / "src"
     work.mkdir(parents=True)
-    with python_path(src):
-        probe = subprocess.run([sys.executable, "-c", "import policygradex; print(policygradex.__file__)"], cwd=work,
-                               capture_output=True, text=True, env={**os.environ, "POLICYGRADEX_QUIET": "1"})
-        imported = probe.stdout.strip()
-        if probe.returncode != 0 or not Path(imported).resolve().is_relative_to(src.resolve()):
-            raise SystemExit(f"the checkout's package is not the one imported: {imported or probe.stderr[-500:]}")
-        try:
-            wall, proc = policygradex(*args, "--out", "run", cwd=work, check=False, capture_output=True, text=True, timeout=timeout)
-            status, stderr = proc.returncode, proc.stderr
-        except subprocess.TimeoutExpired as e:
-            err = e.stderr or ""
-            wall, status, stderr = timeout, "timed out", err if isinstance(err, str) else err.decode(errors="replace")
+    env = {"PYTHONPATH": str(src)}  # the checkout's package, not the installed one (checked below)
+    probe = subprocess.run([sys.executable, "-c", "import policygradex; print(policygradex.__file__)"], cwd=work,
+                           capture_output=True, text=True, env={**os.environ, **env})
+    imported = probe.stdout.strip()
+    if probe.returncode != 0 or not Path(imported).resolve().is_relative_to(src.resolve()):
+        raise SystemExit(f"the checkout's package is not the one imported: {imported or probe.stderr[-500:]}")
+    try:
+        wall, proc = policygradex(*args, "--out", "run", cwd=work, check=False, capture_output=True, text=True,
+                                  timeout=timeout, env=env)
+        status, stderr = proc.returncode, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr or ""
+        wall, status, stderr = timeout, "timed out", err if isinstance(err, str) else err.decode(errors="replace")
     out = {"imported": imported, "wall_s": round(wall, 1), "returncode": status,
            "sha256": {f: sha256(work / "run" / f) if (work / "run" / f).is_file() else None for f in REQUIRED + EXTRA}}
     if status != 0:

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import RESULTS, save  # noqa: E402
 
-from policygradex.pipeline import stage_seconds  # noqa: E402
+from policygradex.stage import stage_seconds  # noqa: E402
 from policygradex.rl.rollout import MultiTaskEnv  # noqa: E402
 from policygradex.tasks import TaskSuite, load_suite  # noqa: E402
 

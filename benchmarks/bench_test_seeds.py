@@ -30,7 +30,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import provenance, save  # noqa: E402
+from common import load_average, save  # noqa: E402
+from policygradex.artifacts import cpu_model  # noqa: E402
 
 from policygradex.artifacts import write_json  # noqa: E402
 
@@ -87,7 +88,7 @@ def run_offset(offset: int, marker: str, tests: list[str], cache: Path, key: dic
     cmd = [sys.executable, "-m", "pytest", "-m", marker, "-p", "no:cacheprovider", f"--junitxml={junit}",
            "-o", "junit_duration_report=total", "-q", *tests]
     env = {**os.environ, OFFSET_VAR: str(offset), "POLICYGRADEX_QUIET": "1"}
-    load_before = os.getloadavg()
+    load_before = load_average()
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -97,9 +98,8 @@ def run_offset(offset: int, marker: str, tests: list[str], cache: Path, key: dic
         tail = log.read_text()[-2000:]
         raise SystemExit(f"offset {offset}: pytest exited {proc.returncode} without test results; log {log}:\n{tail}")
     return {"offset": offset, "key": key, "exit_code": proc.returncode, "wall_s": round(wall, 1),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "cpu_model": provenance()["cpu_model"], "tests": results}
+            "load_average_before": load_before, "load_average_after": load_average(),
+            "cpu_model": cpu_model(), "tests": results}
 
 
 def summarize(units: list[dict]) -> dict:

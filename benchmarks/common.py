@@ -26,14 +26,14 @@ def provenance() -> dict:
         "nproc": os.cpu_count(),
         # float results (and so training outcomes) differ across CPU models; timings depend on the load
         "cpu_model": vers.get("cpu_model", "unknown"),
-        "load_average": _load_average(),
+        "load_average": load_average(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": commit,
         "versions": vers,
     }
 
 
-def _load_average() -> list[float] | None:
+def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages when the result is saved (None where unsupported)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -44,10 +44,12 @@ def _load_average() -> list[float] | None:
 def policygradex(*args: str, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
     """``python -m policygradex.cli ARGS`` with the progress bars off (``POLICYGRADEX_QUIET=1``):
     ``(wall seconds, the finished process)``.  ``kwargs`` go to ``subprocess.run`` (defaults:
-    ``check=True`` and stdout discarded unless ``capture_output`` is given)."""
+    ``check=True`` and stdout discarded unless ``capture_output`` is given; ``env`` adds variables to
+    this process's environment)."""
     opts = {"check": True, **({} if kwargs.get("capture_output") else {"stdout": subprocess.DEVNULL}), **kwargs}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "policygradex.cli", *args], env={**os.environ, "POLICYGRADEX_QUIET": "1"}, **opts)
+    env = {**os.environ, "POLICYGRADEX_QUIET": "1", **opts.pop("env", {})}  # env: variables added to this process's
+    proc = subprocess.run([sys.executable, "-m", "policygradex.cli", *args], env=env, **opts)
     return time.perf_counter() - t0, proc
 
 

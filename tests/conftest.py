@@ -38,6 +38,17 @@ def pytest_configure(config):
         raise pytest.UsageError(_SEED_OFFSET_ERROR)
 
 
+# Fixtures that train a policy: every test that uses one trains too, so it gets the `trains`
+# marker here (derived from its fixtures, not written on each test).
+TRAINING_FIXTURES = {"finished"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.trains)
+
+
 def seeded(base: int) -> int:
     """The seed a training test uses where it wrote ``base``: ``base`` shifted by
     POLICYGRADEX_TEST_SEED_OFFSET (0 by default)."""
@@ -55,14 +66,53 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
                           cwd=cwd or ROOT, env=env, timeout=timeout)
 
 
-def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    """Exit code 2, exactly one line on stderr containing every needle, no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
+def assert_one_line(code, stderr: str, *needles: str) -> str:
+    """Exit code 2, exactly one line ``error: ...`` on stderr containing every needle, no traceback; the line."""
+    assert code == 2, (code, stderr)
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """:func:`assert_one_line` on a finished process."""
+    return assert_one_line(proc.returncode, proc.stderr, *needles)
+
+
+class ReachedTraining(Exception):
+    """Raised instead of meta-training by :func:`main_in_process` (``stop_at_training``): the input was accepted."""
+
+
+def main_in_process(*argv: str, stop_at_training: bool = False) -> subprocess.CompletedProcess:
+    """The CLI's ``main(ARGV)`` in this process (no interpreter start-up): exit code, stdout, stderr.
+    ``stop_at_training``: meta-training raises :class:`ReachedTraining` instead of running, and
+    the exit code is None when it was reached (the input was accepted)."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from policygradex import cli as entry
+
+    out, err = io.StringIO(), io.StringIO()
+    stop = mock.patch("policygradex.pipeline.train_meta_policy", side_effect=ReachedTraining) if stop_at_training \
+        else contextlib.nullcontext()
+    with stop, contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            entry.main(list(argv))
+        except SystemExit as exc:
+            return subprocess.CompletedProcess(list(argv), exc.code, out.getvalue(), err.getvalue())
+        except ReachedTraining:
+            return subprocess.CompletedProcess(list(argv), None, out.getvalue(), err.getvalue())
+    raise AssertionError("main() returned without exiting")
+
+
+def run_main(*argv: str, stop_at_training: bool = False) -> tuple:
+    """(exit code, stderr) of :func:`main_in_process`."""
+    proc = main_in_process(*argv, stop_at_training=stop_at_training)
+    return proc.returncode, proc.stderr
 
 
 @pytest.fixture

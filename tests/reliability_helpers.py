@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import csv
 import functools
+import hashlib
 import io
 import json
 import os
@@ -231,3 +232,20 @@ def assert_every_file_whole(run_dir: Path) -> int:
             assert data.endswith(b"\n"), p
         n += 1
     return n
+
+
+def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every file, folder and link below ``root`` (relative path -> sha256 of a file's content,
+    ``link:<target>`` or ``dir``), but those named in ``skip``: to show a directory untouched."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.name in skip:
+            continue
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out

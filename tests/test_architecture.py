@@ -30,11 +30,9 @@ MAX_LINES = 600
 #: ... except these, today's oversized modules, each held at its current size until it is split.
 #: Lower a limit when a module shrinks; remove the entry once it is at or under MAX_LINES.
 OVERSIZED: dict[str, int] = {
-    "artifacts": 752,
     "estimate.structured": 879,
     "estimate.surrogate": 1336,
     "group.sdp": 635,
-    "rl.sac": 613,
     "validate": 746,
 }
 
@@ -178,3 +176,5 @@ def test_module_sizes() -> None:
                          "split by job instead of growing")
     fixed = {m: sizes[m] for m in OVERSIZED if sizes[m] <= MAX_LINES}
     assert not fixed, f"now at most {MAX_LINES} lines, remove from OVERSIZED: {fixed}"
+    shrunk = {m: sizes[m] for m in OVERSIZED if sizes[m] < OVERSIZED[m]}  # the ratchet: a shrink is kept
+    assert not shrunk, f"smaller than their OVERSIZED limit, lower the limit to: {shrunk}"

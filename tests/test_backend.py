@@ -114,6 +114,24 @@ def test_a_user_error_in_a_unit_stays_a_user_error(tmp_path):
         list(LocalBackend(retries=1).map(_always_fails, units))
 
 
+class _Deterministic(UserError):
+    transient = False  # e.g. a diverging optimizer: a rerun fails the same way
+
+
+def _fails_for_good(ctx, payload):
+    marker, key = payload
+    _attempt(marker, key)
+    raise _Deterministic(f"unit {key} diverged")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_error_a_rerun_would_repeat_is_not_retried(tmp_path, workers):
+    units = [Unit("d", (str(tmp_path / "m"), "d"), ("task-0",))]
+    with LocalBackend(workers=workers, retries=2) as be, pytest.raises(UserError, match="unit d diverged"):
+        list(be.map(_fails_for_good, units))
+    assert (tmp_path / "m" / "d").stat().st_size == 1  # one attempt, no retry
+
+
 def test_backend_user_mistakes():
     for kwargs, needle in [(dict(name="spark"), "--backend 'spark': unknown backend; allowed: local, ray"),
                            (dict(name="local", workers=0), "--workers must be an integer >= 1"),
@@ -217,6 +235,10 @@ def test_ray_retries_raised_and_killed_units_then_reports_the_tasks(ray_cluster,
     user = [Unit("env", (str(tmp_path / "m3"), "env", True), ("lunar-00",))]
     with pytest.raises(UserError, match="lunar-00"):
         list(be.map(_always_fails, user))
+    final = [Unit("d", (str(tmp_path / "m4"), "d"), ("lunar-01",))]
+    with pytest.raises(UserError, match="unit d diverged"):  # not transient: not retried on Ray either
+        list(be.map(_fails_for_good, final))
+    assert (tmp_path / "m4" / "d").stat().st_size == 1
 
 
 # 7 subsets x 2 seeds + theta*: 15 fine-tuning units of one PPO iteration each

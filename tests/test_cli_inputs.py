@@ -8,57 +8,31 @@ inputs are refused before anything trains); two run the real CLI in a subprocess
 
 from __future__ import annotations
 
-import contextlib
-import io
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_cli
-from policygradex import cli
+from conftest import assert_one_line, assert_user_error, run_cli, run_main
 
 PLANTED = ["--suite", "cartpole-planted", "--steps", "64"]  # n = 8
 TWO = '[[tasks]]\nname = "a"\nenv_id = "CartPole-v1"\n[[tasks]]\nname = "b"\nenv_id = "CartPole-v1"\n'
 DEEP = 600  # the issue's depth: tomllib's recursive parser ran out of stack
 
 
-class ReachedTraining(Exception):
-    """Raised instead of meta-training: the input was accepted."""
-
-
-def run_main(*argv: str) -> tuple[int | None, str]:
-    """(exit code, stderr) of ``policygradex ARGV`` in-process; exit code None when training was reached."""
-    err = io.StringIO()
-    with mock.patch("policygradex.pipeline.train_meta_policy", side_effect=ReachedTraining), \
-            contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            cli.main(list(argv))
-        except SystemExit as exc:
-            return exc.code, err.getvalue()
-        except ReachedTraining:
-            return None, err.getvalue()
-    raise AssertionError("main() returned without exiting")
-
-
 def assert_refused(out: Path, *argv: str, needles: list[str], absent: list[str] = ()) -> str:
     """Exit code 2, one line ``error: ...`` with every needle, no traceback, nothing written to ``out``."""
-    code, stderr = run_main(*argv, "--out", str(out))
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 2, (code, stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+    code, stderr = run_main(*argv, "--out", str(out), stop_at_training=True)
+    line = assert_one_line(code, stderr, *needles)
     for n in absent:
-        assert n not in lines[0], (n, lines[0])
+        assert n not in line, (n, line)
     assert not out.exists(), "a refused input must not create the output directory"
-    return lines[0]
+    return line
 
 
 def assert_accepted(out: Path, *argv: str) -> None:
-    code, stderr = run_main(*argv, "--out", str(out))
+    code, stderr = run_main(*argv, "--out", str(out), stop_at_training=True)
     assert code is None and stderr.strip() == "", (code, stderr)
 
 

@@ -11,9 +11,6 @@ they happen at the first update on any CPU.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import re
 import shutil
@@ -26,14 +23,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_user_error
-from policygradex import cli
+from conftest import assert_one_line, assert_user_error, run_main, seeded
 from policygradex.config import NetConfig, PPOConfig, SACConfig
 from policygradex.errors import UserError
 from policygradex.rl.checkpoint import list_checkpoints, read_checkpoint
 from policygradex.rl.finite import Divergence
 from reliability_helpers import cli as cli_env
-from reliability_helpers import reference_run, tiny_run_args, with_pythonpath
+from reliability_helpers import reference_run, tiny_run_args, tree_digest, with_pythonpath
 
 # Two tasks sharing spaces: "calm" rewards 1 per step, "huge" 3e38 (float32's max is 3.4e38), so
 # the discounted returns of "huge" overflow to inf; "HugeLater" only after 150 steps of an
@@ -91,31 +87,6 @@ TINY = dict(total_steps=512, envs_per_task=2, num_steps=64, minibatch_size=64, u
             net=NetConfig(hidden=(16, 16)))
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def run_main(argv: list[str]) -> tuple[int, str]:
-    """(exit code, stderr) of ``policygradex ARGV`` run in-process."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            cli.main(argv)
-        except SystemExit as exc:
-            return exc.code, err.getvalue()
-    raise AssertionError("main() returned without exiting")
-
-
-def assert_one_line(code: int, stderr: str, *needles: str) -> str:
-    lines = [l for l in stderr.splitlines() if l.strip()]
-    assert code == 2, (code, stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def helpers(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("divergence-helpers")
@@ -127,14 +98,20 @@ def helpers(tmp_path_factory) -> Path:
     sys.path.remove(str(d))
 
 
+def _finished_setup():
+    """The suite and config of the ``finished`` run (seeds shifted with the test seed offset)."""
+    from policygradex.tasks import load_suite
+
+    return load_suite("cartpole", 2, seeded(0)), PPOConfig(**{**TINY, "seed": seeded(0)})
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A finished tiny training run, next to which the failing commands write."""
     from policygradex.rl.ppo import train
-    from policygradex.tasks import load_suite
 
     root = tmp_path_factory.mktemp("divergence-runs")
-    train(load_suite("cartpole", 2), PPOConfig(**TINY), root / "finished")
+    train(*_finished_setup(), root / "finished")
     return root, tree_digest(root / "finished")
 
 
@@ -144,18 +121,6 @@ def assert_untouched(finished) -> None:
 
 
 # ----------------------------------------------------------------------------------- the CLI
-
-
-@pytest.mark.parametrize("field", ["learning_rate", "clip_coef"])
-def test_train_with_an_overflowing_option_is_one_line(finished, field):
-    root = finished[0]
-    config = root / f"{field}.toml"
-    config.write_text(f"[ppo]\n{field} = 1e300\n")
-    code, err = run_main(["train", "--suite", "cartpole", "--tasks", "2", "--steps", "256", "--config", str(config),
-                          "--out", str(root / f"new-{field}")])
-    assert_one_line(code, err, field)  # refused by the config's bound, or at update 1 naming the option
-    assert not list_checkpoints(root / f"new-{field}" / "checkpoints")
-    assert_untouched(finished)
 
 
 def test_rewards_near_float32_max_name_the_task(helpers, finished):
@@ -168,12 +133,13 @@ def test_rewards_near_float32_max_name_the_task(helpers, finished):
     assert_untouched(finished)
 
 
+@pytest.mark.trains
 def test_a_later_divergence_keeps_the_checkpoints_written_before(helpers, tmp_path):
     """Task 'huge' overflows only from update 3 on: updates 1 and 2 are checkpointed, stay whole
     and finite, and a rerun resumes from them (diverging again later) without rewriting them."""
     out = tmp_path / "later"
     argv = ["train", "--suite", str(helpers / "big_later.toml"), "--steps", "2048", "--out", str(out)]
-    assert_one_line(*run_main(argv), "PPO update 3/8", "task 'huge'", "rewards are too large")
+    assert_one_line(*run_main(*argv), "PPO update 3/8", "task 'huge'", "rewards are too large")
     ckpts = list_checkpoints(out / "checkpoints")
     assert [p.name for p in ckpts] == ["step_000000256.pt", "step_000000512.pt"]
     for p in ckpts:
@@ -181,7 +147,7 @@ def test_a_later_divergence_keeps_the_checkpoints_written_before(helpers, tmp_pa
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert [h["update"] for h in json.loads((out / "train_history.json").read_text())] == [1, 2]
     before = {p.name: p.read_bytes() for p in ckpts}
-    assert_one_line(*run_main(argv), "task 'huge'", "rewards are too large")
+    assert_one_line(*run_main(*argv), "task 'huge'", "rewards are too large")
     for name, data in before.items():
         assert (out / "checkpoints" / name).read_bytes() == data
 
@@ -191,7 +157,6 @@ def test_resume_skips_a_checkpoint_with_non_finite_weights(finished, tmp_path):
     from: training restarts from the newest checkpoint before it."""
     from policygradex.artifacts import content_digest, save_torch
     from policygradex.rl.ppo import _resume_point
-    from policygradex.tasks import load_suite
 
     run = tmp_path / "poisoned"
     shutil.copytree(finished[0] / "finished", run)
@@ -201,7 +166,8 @@ def test_resume_skips_a_checkpoint_with_non_finite_weights(finished, tmp_path):
     next(v for v in ckpt["model"].values() if v.is_floating_point()).fill_(float("nan"))
     body = {k: v for k, v in ckpt.items() if k != "digest"}
     save_torch(ckpts[-1], {**body, "digest": content_digest(body)})
-    good, history = _resume_point(run, PPOConfig(**TINY), load_suite("cartpole", 2))
+    suite, cfg = _finished_setup()
+    good, history = _resume_point(run, cfg, suite)
     assert good is not None and good["update"] == len(ckpts) - 1 and len(history) == len(ckpts) - 1
 
 
@@ -218,7 +184,7 @@ def _ppo_path(kind: str, tmp_path: Path):
     suite = load_suite("cartpole", 2)
     bad = PPOConfig(**TINY).model_copy(update={"learning_rate": 1e30})  # past the config's bound, as a Python caller may
     if kind == "train":
-        return lambda: train(suite, bad, tmp_path / "t"), rf"PPO update 1/\d+ of the meta-policy on all 2 tasks of 'cartpole'"
+        return lambda: train(suite, bad, tmp_path / "t"), r"PPO update 1/\d+ of the meta-policy on all 2 tasks of 'cartpole'"
     if kind == "finetune":
         model = build_model(suite, PPOConfig(**TINY))
         return (lambda: finetune(model, suite, [1], bad, 256, 3),
@@ -366,14 +332,14 @@ def test_a_real_solver_panic_prints_nothing(capfd):
     from policygradex.group.sdp import _solve_sdp
 
     capfd.readouterr()
-    try:  # group_tasks never sends such a price to a solver (closed form); _solve_sdp does as told
+    # group_tasks never sends such a price to a solver (closed form); _solve_sdp does as told
+    with pytest.raises(RuntimeError, match="clarabel: .*scs: "):
         _solve_sdp(_affinity(), None, 1e300, "clarabel")
-    except RuntimeError as exc:
-        assert "clarabel: " in str(exc) and "scs: " in str(exc)
     out = capfd.readouterr()
     assert out.err == "" and out.out == ""
 
 
+@pytest.mark.trains
 def test_cli_extreme_price_per_group_and_unsolvable_sdp(tmp_path):
     """On a copy of a finished run: ``[group] penalty = 1e300`` regroups in closed form (one group,
     finite numbers in groups.json); with both solvers panicking, ``--k 2`` is one line.  The
@@ -388,12 +354,12 @@ def test_cli_extreme_price_per_group_and_unsolvable_sdp(tmp_path):
     shutil.copytree(ref, run)
     config = tmp_path / "penalty.toml"
     config.write_text(TINY_CONFIG + "penalty = 1e300\n")  # [group] is the last table
-    code, err = run_main(tiny_run_args(run, config))
+    code, err = run_main(*tiny_run_args(run, config))
     assert code == 0, err
     groups = json.loads((run / "groups.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in groups.json"))
     assert groups["k"] == 1 and groups["solver"] == "none" and groups["penalty"] == 1e300
     with mock.patch.object(cp.Problem, "solve", side_effect=PanicException("Eigval error: Eigen(1)")):
-        code, err = run_main([*tiny_run_args(run, _tiny(tmp_path)), "--k", "2"])
+        code, err = run_main(*tiny_run_args(run, _tiny(tmp_path)), "--k", "2")
     assert_one_line(code, err, "could not be solved", "k = 2", "--k")
     assert tree_digest(ref) == digest
 
@@ -404,3 +370,26 @@ def _tiny(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_CONFIG)
     return path
+
+
+@pytest.mark.parametrize("suite_name", ["cartpole", "env:Pendulum-v1"])
+def test_a_policy_with_non_finite_outputs_is_named_where_it_acts(suite_name):
+    """Any collection (PPO iterations, theta*'s rollouts, meta-RL streams) goes through
+    RolloutCollector.collect: NaN weights make torch's distributions refuse the outputs, which
+    is one line naming the caller's label and advice, not torch's error with a tensor dump."""
+    from policygradex.rl.checkpoint import build_model
+    from policygradex.rl.rollout import MultiTaskEnv, RolloutCollector
+    from policygradex.tasks import load_suite
+
+    suite = load_suite(suite_name, 2 if suite_name == "cartpole" else None, 0)
+    model = build_model(suite, PPOConfig(envs_per_task=1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    env = MultiTaskEnv(suite, 1, 0)
+    try:
+        with pytest.raises(Divergence, match=r"^PPO update 7/9: the policy's outputs are NaN or inf; lower it") as info:
+            RolloutCollector(env, torch.Generator().manual_seed(0)).collect(model, 4, label="PPO update 7/9", advice="lower it")
+    finally:
+        env.close()
+    assert "\n" not in str(info.value) and "tensor" not in str(info.value)

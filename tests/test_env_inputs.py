@@ -17,19 +17,17 @@ process (its exit code after ``sys.exit`` in an environment) runs it in a subpro
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import sys
 import textwrap
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import assert_user_error
-from reliability_helpers import cli, with_pythonpath
+from conftest import assert_one_line, assert_user_error, run_main, seeded
+from reliability_helpers import cli, tree_digest, with_pythonpath
 
 ENVS = textwrap.dedent('''
     """Environments of tests/test_env_inputs.py, importable as ``pgx_envinputs:<Name>-v0``."""
@@ -128,31 +126,6 @@ def suite_of(name: str) -> str:
     return f"env:pgx_envinputs:{name}-v0"
 
 
-def tree(directory: Path) -> dict[str, bytes]:
-    """Every file under ``directory`` (but the lock) and its bytes."""
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
-
-
-def main(*args: str) -> tuple[int, str]:
-    """(exit code, stderr) of ``policygradex ARGS`` through the CLI's entry point in-process."""
-    from policygradex import cli as entry
-
-    err = io.StringIO()
-    with redirect_stderr(err), redirect_stdout(io.StringIO()):
-        with pytest.raises(SystemExit) as exit_:
-            entry.main(list(args))
-    return exit_.value.code, err.getvalue()
-
-
-def assert_one_line(code: int, stderr: str, *needles: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, (code, stderr)
-    assert lines[0].startswith("error: ")
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-
-
 @pytest.fixture(scope="module")
 def envs(tmp_path_factory):
     """The directory of ``pgx_envinputs.py``, also on this process's sys.path."""
@@ -172,10 +145,10 @@ def finished(envs, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "finished"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(base, "DEFAULT_MAX_EPISODE_STEPS", 30)
-        code, err = main("train", "--suite", suite_of("Forever"), "--steps", "256", "--envs-per-task", "2",
-                         "--checkpoint-every", "1", "--eval-episodes", "1", "--out", str(out))
+        code, err = run_main("train", "--suite", suite_of("Forever"), "--steps", "256", "--envs-per-task", "2",
+                         "--checkpoint-every", "1", "--eval-episodes", "1", "--seed", str(seeded(0)), "--out", str(out))
     assert code == 0, err
-    return out, tree(out)
+    return out, tree_digest(out, skip=(".lock",))
 
 
 def newest_checkpoint(run: Path) -> Path:
@@ -190,7 +163,7 @@ def test_sys_exit_inside_step_is_one_line_exit_2_naming_task_and_call(envs, fini
     proc = cli("train", "--suite", suite_of("ExitStep"), "--steps", "256", "--envs-per-task", "2",
                "--out", str(run.parent / "exit_step"), env=with_pythonpath(envs))
     assert_user_error(proc, "task 'pgx_envinputs:ExitStep-v0'", "step called sys.exit(3)", "not exit the process")
-    assert tree(run) == files
+    assert tree_digest(run, skip=(".lock",)) == files
 
 
 def test_old_gym_api_is_our_line_only_without_gymnasium_warnings(envs, finished):
@@ -201,10 +174,10 @@ def test_old_gym_api_is_our_line_only_without_gymnasium_warnings(envs, finished)
     run, files = finished
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, err = main("train", "--suite", suite_of("OldApi"), "--steps", "256", "--out", str(run.parent / "old_api"))
+        code, err = run_main("train", "--suite", suite_of("OldApi"), "--steps", "256", "--out", str(run.parent / "old_api"))
     assert_one_line(code, err, "task 'pgx_envinputs:OldApi-v0'", "reset does not accept seed", "old gym API")
     assert not [w for w in caught if "gymnasium" in (w.filename or "")], [str(w.message) for w in caught]
-    assert tree(run) == files
+    assert tree_digest(run, skip=(".lock",)) == files
 
 
 @pytest.mark.parametrize("env_name, needles", [
@@ -215,19 +188,19 @@ def test_old_gym_api_is_our_line_only_without_gymnasium_warnings(envs, finished)
 ])
 def test_misbehaving_environment_is_one_line(envs, finished, env_name, needles):
     run, files = finished
-    code, err = main("train", "--suite", suite_of(env_name), "--steps", "256", "--envs-per-task", "2",
+    code, err = run_main("train", "--suite", suite_of(env_name), "--steps", "256", "--envs-per-task", "2",
                      "--out", str(run.parent / env_name.lower()))
     assert_one_line(code, err, *needles)
-    assert tree(run) == files
+    assert tree_digest(run, skip=(".lock",)) == files
 
 
 def test_env_whose_close_raises_still_gives_a_working_run(envs, tmp_path):
     out = tmp_path / "bad_close"
-    code, err = main("train", "--suite", suite_of("BadClose"), "--steps", "256", "--envs-per-task", "2",
+    code, err = run_main("train", "--suite", suite_of("BadClose"), "--steps", "256", "--envs-per-task", "2",
                      "--checkpoint-every", "1", "--eval-episodes", "1", "--out", str(out))
     assert code == 0 and "Traceback" not in err, err
     assert json.loads((out / "train_history.json").read_text())
-    code, err = main("evaluate", str(newest_checkpoint(out)), "--episodes", "2", "--json")
+    code, err = run_main("evaluate", str(newest_checkpoint(out)), "--episodes", "2", "--json")
     assert code == 0 and not err.strip(), err
 
 
@@ -239,7 +212,7 @@ def test_evaluate_a_json_artifact_says_it_is_not_a_checkpoint(finished, tmp_path
     groups = tmp_path / "groups.json"
     groups.write_text(json.dumps({"k": 2, "groups": [["a"], ["b"]]}))
     for path in (groups, run / "train_history.json"):
-        code, err = main("evaluate", str(path))
+        code, err = run_main("evaluate", str(path))
         assert_one_line(code, err, str(path), "is not a policygradex checkpoint", "JSON file", "step_*.pt")
         assert "delete" not in err
         assert path.exists()
@@ -248,7 +221,7 @@ def test_evaluate_a_json_artifact_says_it_is_not_a_checkpoint(finished, tmp_path
 @pytest.mark.parametrize("seed", ["-1", "4294967296"])
 def test_evaluate_seed_out_of_range_is_an_option_error(finished, seed):
     run, _ = finished
-    code, err = main("evaluate", str(newest_checkpoint(run)), "--seed", seed)
+    code, err = run_main("evaluate", str(newest_checkpoint(run)), "--seed", seed)
     assert_one_line(code, err, "--seed", "between 0 and 4294967295", f"got {seed}")
     assert "reset" not in err
 
@@ -257,7 +230,7 @@ def test_evaluate_a_checkpoint_whose_environment_changed_its_spaces(finished, mo
     run, _ = finished
     ckpt = newest_checkpoint(run)
     monkeypatch.setenv("PGX_TEST_OBS_DIM", "5")
-    code, err = main("evaluate", str(ckpt))
+    code, err = run_main("evaluate", str(ckpt))
     assert_one_line(code, err, f"checkpoint {ckpt}", "task 'pgx_envinputs:Forever-v0'", "(4,)", "(5,)",
                     "environment changed since training")
 
@@ -277,7 +250,7 @@ def test_evaluate_caps_a_never_ending_episode(finished, monkeypatch):
     for deterministic in (True, False):
         ev = evaluate_policy(model, suite, episodes=3, deterministic=deterministic)
         assert ev[suite.names[0]]["returns"] == [40.0] * 3  # reward 1 per step, cut at the cap
-    code, err = main("evaluate", str(newest_checkpoint(run)), "--episodes", "2", "--json")  # the CLI: no hang
+    code, err = run_main("evaluate", str(newest_checkpoint(run)), "--episodes", "2", "--json")  # the CLI: no hang
     assert code == 0 and not err.strip(), err
 
 
@@ -321,6 +294,7 @@ def test_default_cap_applies_only_without_a_limit_of_its_own(envs):
 # --- checkpoint bytes on resume ------------------------------------------------------------------------
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("env_name", ["Forever", "ForeverBox"])
 def test_resumed_training_writes_byte_identical_checkpoints_while_an_episode_spans_them(envs, tmp_path, env_name):
     """The episodes never end within the budget, so every checkpoint holds the actions of an
@@ -333,7 +307,7 @@ def test_resumed_training_writes_byte_identical_checkpoints_while_an_episode_spa
 
     suite = load_suite(suite_of(env_name))
     cfg = PPOConfig(total_steps=512, envs_per_task=2, num_steps=32, minibatch_size=64, update_epochs=1,
-                    checkpoint_every=2, seed=1)
+                    checkpoint_every=2, seed=seeded(1))
     train(suite, cfg, tmp_path / "full")
     ref = list_checkpoints(tmp_path / "full" / "checkpoints")
     assert len(ref) == 4

@@ -8,38 +8,17 @@ examples are derandomized, so the test is deterministic.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policygradex import cli
+from conftest import run_main
 
 SETTINGS = {"deadline": None, "derandomize": True, "suppress_health_check": list(HealthCheck), "database": None}
-
-
-class ReachedTraining(Exception):
-    """Raised instead of meta-training: the input was accepted."""
-
-
-def run_main(argv: list[str]) -> tuple[int | None, str]:
-    """(exit code, stderr) of ``policygradex ARGV``; exit code None when training was reached."""
-    err = io.StringIO()
-    with mock.patch("policygradex.pipeline.train_meta_policy", side_effect=ReachedTraining), \
-            contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            cli.main(argv)
-        except SystemExit as exc:
-            return exc.code, err.getvalue()
-        except ReachedTraining:
-            return None, err.getvalue()
-    raise AssertionError("main() returned without exiting")
 
 
 def assert_controlled(code: int | None, stderr: str, argv: list[str]) -> None:
@@ -111,7 +90,7 @@ def command_lines(draw):
 def test_fuzzed_options_never_crash(argv):
     with tempfile.TemporaryDirectory() as tmp:
         argv = argv + ["--out", str(Path(tmp) / "out")]
-        code, stderr = run_main(argv)
+        code, stderr = run_main(*argv, stop_at_training=True)
         assert_controlled(code, stderr, argv)
 
 
@@ -172,7 +151,7 @@ def test_fuzzed_suite_files_never_crash(data):
         suite = Path(tmp) / "suite.toml"
         suite.write_text(text)
         argv = ["train", "--suite", str(suite), "--steps", "64", "--out", str(Path(tmp) / "out")]
-        code, stderr = run_main(argv)
+        code, stderr = run_main(*argv, stop_at_training=True)
         assert_controlled(code, stderr, argv + [text])
 
 
@@ -185,5 +164,5 @@ def test_fuzzed_bytes_as_suite_and_config_files_never_crash(raw):
         for argv in (["train", "--suite", str(f), "--steps", "64"],
                      ["run", "--suite", "cartpole-planted", "--config", str(f), "--steps", "64"]):
             argv = argv + ["--out", str(Path(tmp) / "out")]
-            code, stderr = run_main(argv)
+            code, stderr = run_main(*argv, stop_at_training=True)
             assert_controlled(code, stderr, argv + [repr(raw)])

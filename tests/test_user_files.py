@@ -11,7 +11,6 @@ to a real CLI subprocess.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,35 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_user_error
-from reliability_helpers import assert_every_file_whole
+from conftest import ROOT, assert_user_error, main_in_process, seeded
+from reliability_helpers import assert_every_file_whole, tree_digest
 
-TRAIN = ["train", "--suite", "cartpole", "--tasks", "2", "--steps", "256", "--eval-episodes", "1"]
-
-
-def main_in_process(capsys, *argv: str) -> subprocess.CompletedProcess:
-    """The CLI's main() in this process: exit code, stdout, stderr."""
-    from policygradex.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    cap = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, info.value.code, cap.out, cap.err)
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every file and link below ``root`` (relative path -> sha256 of its content or link target)."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = "link:" + os.readlink(p)
-        elif p.is_file():
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-        else:
-            out[rel] = "dir"
-    return out
+TRAIN = ["train", "--suite", "cartpole", "--tasks", "2", "--steps", "256", "--eval-episodes", "1", "--seed", str(seeded(0))]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +65,7 @@ def test_users_tmp_files_survive_and_only_stale_project_temps_go(capsys, finishe
              out / "checkpoints" / ".step_000000256.pt.policygradex-abcdef012345.tmp"]
     for p in stale:
         p.write_bytes(b"half a file")
-    proc = main_in_process(capsys, *TRAIN, "--out", str(out))
+    proc = main_in_process(*TRAIN, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     for i, p in enumerate(users):
         assert p.read_text() == f"user data {i}\n", p
@@ -107,7 +81,7 @@ def test_a_non_empty_unmarked_directory_is_refused_and_untouched(capsys, finishe
     (mine / "deep" / ".y.policygradex-0123456789ab.tmp").write_text("scratch\n")
     before, finished_before = tree_digest(mine), tree_digest(finished[0])
     for command in (TRAIN, ["run", "--suite", "cartpole", "--tasks", "2", "--steps", "256"]):
-        proc = main_in_process(capsys, *command, "--out", str(mine))
+        proc = main_in_process(*command, "--out", str(mine))
         assert_user_error(proc, f"--out {mine}", "is not empty and is not a policygradex output directory",
                           ".policygradex", "nothing in it was changed")
     assert tree_digest(mine) == before
@@ -124,15 +98,42 @@ def test_an_empty_path_is_refused(capsys, tmp_path, monkeypatch, argv):
     monkeypatch.chdir(tmp_path)  # an empty --out must not mean the current directory
     before = tree_digest(tmp_path)
     flag = next(a.split("=")[0] for i, a in enumerate(argv) if a.endswith("=") or argv[i + 1:i + 2] == [""])
-    assert_user_error(main_in_process(capsys, *argv), f"{flag}: an empty path is not allowed")
+    assert_user_error(main_in_process(*argv), f"{flag}: an empty path is not allowed")
     assert tree_digest(tmp_path) == before
 
 
 def test_a_marked_directory_reruns(capsys, finished, tmp_path):
     out = fresh_copy(finished, tmp_path, "again")
-    proc = main_in_process(capsys, *TRAIN, "--out", str(out))
+    proc = main_in_process(*TRAIN, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(p.name for p in (finished[0] / "checkpoints").iterdir())
+
+
+def test_a_directory_inside_an_output_directory_in_use_is_refused(capsys, finished, tmp_path):
+    """Another process writing R (its lock held): claiming R/train would mark and sweep part of its
+    outputs, its temporary files among them.  The lock is held here through a second open file,
+    which flock treats as another holder."""
+    import fcntl
+
+    busy = fresh_copy(finished, tmp_path, "busy")
+    (busy / "train").mkdir()
+    temp = busy / "train" / ".step_000000256.pt.policygradex-0123456789ab.tmp"  # a write in progress
+    temp.write_bytes(b"partial")
+    before = tree_digest(busy)
+    with open(busy / ".lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert_user_error(main_in_process(*TRAIN, "--out", str(busy / "train")), "is inside", "another policygradex process")
+    assert tree_digest(busy) == before
+
+
+def test_a_file_named_like_the_marker_that_is_not_ours_is_refused(capsys, tmp_path):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / ".policygradex").write_text("my own notes")
+    (out / "config.json").write_text(json.dumps({"suite": {}, "config": {}}))  # looks like an earlier version's run
+    before = tree_digest(out)
+    assert_user_error(main_in_process(*TRAIN, "--out", str(out)), "that policygradex did not write")
+    assert tree_digest(out) == before
 
 
 def test_earlier_versions_output_directories_are_accepted_and_marked(capsys, finished, tmp_path):
@@ -143,7 +144,7 @@ def test_earlier_versions_output_directories_are_accepted_and_marked(capsys, fin
     conf = {"suite": {"name": "cartpole"}, "config": {}, "versions": {}, "seeds": {}, "command": ["policygradex", "run"]}
     (old_run / "config.json").write_text(json.dumps(conf))
     for out in (old_train, old_run):
-        proc = main_in_process(capsys, *TRAIN, "--out", str(out))
+        proc = main_in_process(*TRAIN, "--out", str(out))
         assert proc.returncode == 0, proc.stderr
         assert json.loads((out / ".policygradex").read_text())["tool"] == "policygradex"
     assert json.loads((old_run / "config.json").read_text()) == conf
@@ -167,7 +168,7 @@ def test_bad_output_paths_are_one_line(capsys, finished, tmp_path, case, needles
            "file": tmp_path / "afile", "tensorboard_file": tmp_path / "tb-run"}[case]
     extra = ["--tensorboard", str(tmp_path / "afile")] if case == "tensorboard_file" else []
     before = tree_digest(finished[0])
-    proc = main_in_process(capsys, *TRAIN, "--out", str(out), *extra)
+    proc = main_in_process(*TRAIN, "--out", str(out), *extra)
     assert_user_error(proc, *needles)
     assert (tmp_path / "afile").read_text() == "x\n"
     assert tree_digest(finished[0]) == before

@@ -342,7 +342,21 @@ def _ray_call(fn, setup, box, threads, payload):
         value = None if box is None else ray.get(box[0])
         _RAY_CTX.clear()  # keep one shared input per worker process
         _RAY_CTX[key] = setup(value) if setup is not None else value
-    return fn(_RAY_CTX[key], payload)
+    try:
+        return fn(_RAY_CTX[key], payload)
+    except Exception as exc:  # noqa: BLE001 - an error a rerun would repeat goes back as a value: Ray must not retry it
+        if getattr(exc, "transient", True):
+            raise
+        return _Final(exc, _format(exc))
+
+
+@dataclass(frozen=True)
+class _Final:
+    """A unit's non-transient error (``transient = False``), returned by a Ray worker instead of
+    raised so that Ray's exception retries do not run it again; the driver raises it."""
+
+    exc: BaseException
+    text: str
 
 
 def import_ray():
@@ -423,6 +437,8 @@ class RayBackend(Backend):
                     except ray.exceptions.RayError as exc:  # worker died, node lost, object lost
                         raise _failed(unit, self.retries + 1, None, f"{type(exc).__name__}: {_first_line(exc)}",
                                       self.name) from None
+                    if isinstance(result, _Final):
+                        raise _failed(unit, 1, result.exc, result.text, self.name) from None
                     yield unit, result
         finally:
             for ref in pending:  # interrupted or failed: stop what is still queued or running

@@ -111,12 +111,7 @@ def _sac_config(suite, steps, seed, threads, envs_per_task, hidden, checkpoint_e
         data["net"] = {**data.get("net", {}), "hidden": hidden}
     flags = {"total_steps": "--steps", "seed": "--seed", "threads": "--threads", "envs_per_task": "--envs-per-task",
              "checkpoint_every": "--checkpoint-every", "net.hidden": "--hidden"}
-    cfg = parse(SACConfig, data, "options", flags)
-    if cfg.batch_size > cfg.buffer_size:  # the buffer never holds a batch: not one update would run
-        where = f"--config {config_file}: [sac]" if config_file is not None else "[sac]"
-        raise UserError(f"{where}: batch_size {cfg.batch_size} exceeds buffer_size {cfg.buffer_size}: the replay buffer "
-                        "could never fill one batch and SAC would never update; allowed: batch_size <= buffer_size")
-    return cfg
+    return parse(SACConfig, data, "options", flags)
 
 
 def _returns_table(title: str, rows: dict[str, dict]) -> Table:
@@ -163,12 +158,13 @@ def train(
     else:
         cfg = _ppo_config(s, steps, seed, threads, envs_per_task, _hidden(hidden), norm_adv, checkpoint_every, config)
     from . import artifacts as art
+    from . import outdir
     from .pipeline import train_meta_policy  # torch: imported once the options are known to be valid
     from .rl.evaluate import evaluate_policy
 
     if tensorboard is not None:  # before --out is claimed: a bad --tensorboard leaves nothing behind
-        art.check_dir_path(tensorboard, "--tensorboard")
-    art.lock_run_dir(out_dir)
+        outdir.check_dir_path(tensorboard, "--tensorboard")
+    outdir.lock_run_dir(out_dir)
     with art.interrupt_summary(out_dir):
         res = train_meta_policy(s, cfg, out_dir, tensorboard)
     ev = evaluate_policy(res.model, s, episodes=eval_episodes)
@@ -239,7 +235,8 @@ def run(
                       target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector, algo=algo)
     from .pipeline import run as run_pipeline  # torch: imported once the options are known to be valid
 
-    from .artifacts import check_dir_path, interrupt_summary
+    from .artifacts import interrupt_summary
+    from .outdir import check_dir_path
 
     if tensorboard is not None:  # before --out is claimed: a bad --tensorboard leaves nothing behind
         check_dir_path(tensorboard, "--tensorboard")
@@ -300,6 +297,8 @@ def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transition
     if sac is not None:
         data.update(algo="sac", sac=sac.model_dump())
     cfg = parse(RunConfig, data, "options", flags)
+    from .estimate.subsets import default_subset_size
+
     size = cfg.estimate.subset_size
     if size is not None and size == s.n and s.n > 2:
         # every subset would be the whole suite: all f(S, i) are measured on the same S, and the
@@ -308,7 +307,7 @@ def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transition
                  f"--config {config}: [estimate]: subset_size = {size}" if "subset_size" in est_table else f"subset_size {size}")
         raise UserError(f"{where} equals the number of tasks ({s.n}): every subset would be the whole suite and the "
                         f"affinities would carry no information; allowed: 2 to {s.n - 1}, or leave it out "
-                        f"(default {max(2, -(-s.n // 2))})")
+                        f"(default {default_subset_size(s.n)})")
     return cfg
 
 
@@ -502,6 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     import warnings
 
     from . import artifacts as art
+    from . import outdir
 
     # gymnasium warns (several lines: its passive env checker, Box bound precision, async worker
     # errors) before an environment's bad output is reported; rl.rollout.TaskEnv checks the same
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM (batch schedulers, docker stop) stops a command as Ctrl-C does, then exits 143
     with art.sigterm_as_interrupt() as term:
         try:
-            art.set_command(next((a for a in args if not a.startswith("-")), None))
+            outdir.set_command(next((a for a in args if not a.startswith("-")), None))
             art.refuse_empty_paths(args)
             try:
                 rv = app(args=args, standalone_mode=False)
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
                 code = 2
-    art.set_command(None)
+    outdir.set_command(None)
     if term.interrupted:
         code = 143  # 128 + SIGTERM, as if the signal had ended the process
     sys.exit(code)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from .errors import UserError
 
@@ -141,6 +141,13 @@ class SACConfig(Strict):
             data.pop("device", None)
         return data
 
+    @model_validator(mode="after")
+    def _batch_fits_the_buffer(self):
+        if self.batch_size > self.buffer_size:  # the buffer never holds a batch: not one update would run
+            raise ValueError(f"batch_size {self.batch_size} exceeds buffer_size {self.buffer_size}: the replay buffer could "
+                             "never fill one batch and SAC would never update; allowed: batch_size <= buffer_size")
+        return self
+
 
 ALGOS = ("ppo", "sac")
 
@@ -148,8 +155,10 @@ ALGOS = ("ppo", "sac")
 def validation_message(exc: ValidationError, source: str, labels: dict[str, str] | None = None) -> str:
     """One line naming the first offending field (or its CLI flag via ``labels``) and what is allowed."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a rule over several fields (a model validator): its message names them
+        return f"{source}: {msg}"
     if labels and loc in labels:
         return f"{labels[loc]}: {msg}"
     if err["type"] == "extra_forbidden":

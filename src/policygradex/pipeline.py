@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import artifacts as art
+from . import outdir
 from .config import PPOConfig, RunConfig
 from .errors import UserError
 from .estimate.collect import load_rollouts
@@ -32,7 +33,6 @@ from .estimate.first_order import logprob_change, relative_error
 from .estimate.persample import flat_params
 from .rl.checkpoint import list_checkpoints, load_checkpoint
 from .rl.ppo import TrainResult, train
-from .stage import stage_seconds  # noqa: F401  (re-exported: benchmarks import it from here)
 from .tasks import TaskSuite
 from .ui import console, progress_bar
 
@@ -96,13 +96,14 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
         raise UserError(f"suite {suite.name!r} has {suite.n} task; grouping needs at least 2")
     est, grp = cfg.estimate, cfg.group
     size = est.subset_size or default_subset_size(suite.n)
-    if size > suite.n:
-        raise UserError(f"--subset-size {size} exceeds the number of tasks ({suite.n})")
+    if size > suite.n or (size == suite.n and suite.n > 2):  # the CLI names the source of an equal size itself
+        raise UserError(f"--subset-size {size} {'exceeds' if size > suite.n else 'equals'} the number of tasks ({suite.n}); "
+                        f"allowed: 2 to {suite.n - 1}")
     if grp.k is not None and grp.k > suite.n:
         raise UserError(f"--k {grp.k} exceeds the number of tasks ({suite.n})")
     run_dir = Path(out_dir)
     torch.set_num_threads(cfg.learner().threads)
-    art.lock_run_dir(run_dir)  # one process per run directory; removes temporary files of killed runs
+    outdir.lock_run_dir(run_dir)  # one process per run directory; removes temporary files of killed runs
     art.write_json(run_dir / "config.json", {"suite": suite.to_dict(), "config": cfg.model_dump(mode="json"), "versions": art.versions(),
                                              "seeds": _seeds(suite, cfg), "command": list(sys.argv)})
 

@@ -100,7 +100,7 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
     est = cfg.estimate
     lines = [f"# PolicyGradEx run: `{suite.name}` ({suite.n} tasks)", ""]
     trust = []
-    signal = groups.get("signal") or signal_summary(meta, est.min_healthy_frac)
+    signal = groups["signal"]  # written by the group stage (GROUPS_FORMAT 2)
     sentence = signal_sentence(signal)
     if signal["run_level_collapsed"]:
         trust.append(sentence)

@@ -9,6 +9,9 @@ dropped.
 
 from __future__ import annotations
 
+import copy
+import functools
+import os
 import tomllib
 from pathlib import Path
 
@@ -77,9 +80,20 @@ def read_config(path: Path) -> dict:
     tables and fields, wrong types and out-of-range values are one-line errors naming the file
     and the table.  All tables are checked whichever command reads the file, so a value that
     makes no sense (``[validate] finetune_steps = 0``) is refused by ``run`` too, not only by
-    the command that uses it."""
+    the command that uses it.  A command asks for several tables: the file is read and checked
+    once while it is unchanged (its size and modification time)."""
+    try:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size)
+    except (OSError, ValueError):  # missing or unusable: load_toml says so in one line
+        stamp = None
+    return copy.deepcopy(_read_config(str(path), stamp))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_config(path: str, stamp: tuple[int, int] | None) -> dict:
     what = f"--config {path}"
-    data = load_toml(path, what)
+    data = load_toml(Path(path), what)
     unknown = set(data) - set(TABLES)
     if unknown:
         raise UserError(f"{what}: unknown table {sorted(unknown)[0]!r}; allowed: {', '.join(TABLES)}")

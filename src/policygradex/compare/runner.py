@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import artifacts as art
+from .. import outdir
 from ..backend import LocalBackend, Resources, Unit
 from ..config import CompareConfig, PPOConfig, RunConfig, SACConfig
 from ..errors import UserError
@@ -296,8 +297,8 @@ def compare(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, out_dir: s
         if other:
             raise UserError(f"--methods {other[0]}: not available with --algo sac (allowed: {', '.join(SAC_METHODS)})")
     if run_dir is not None and any(m.needs_run for m in methods):
-        art.check_output_dir(run_dir, "--run-dir")  # a bad --run-dir is named before anything is written
-    art.lock_run_dir(out_dir)  # absent, empty or ours (marked); never a user's directory
+        outdir.check_output_dir(run_dir, "--run-dir")  # a bad --run-dir is named before anything is written
+    outdir.lock_run_dir(out_dir)  # absent, empty or ours (marked); never a user's directory
     t_run = 0.0
     if any(m.needs_run for m in methods):
         from ..pipeline import run as run_pipeline
@@ -305,7 +306,7 @@ def compare(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, out_dir: s
         ctx.run_dir = Path(run_dir) if run_dir is not None else out_dir / "run"
         # claim it here, so that a bad directory is named by the option that gave it (the
         # pipeline's own claim of the same directory is then a no-op: the lock is re-entrant)
-        art.lock_run_dir(ctx.run_dir, flag="--run-dir" if run_dir is not None else "--out")
+        outdir.lock_run_dir(ctx.run_dir, flag="--run-dir" if run_dir is not None else "--out")
         t0 = time.perf_counter()
         res = run_pipeline(suite, run_cfg, ctx.run_dir, backend=backend)
         t_run = time.perf_counter() - t0

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..artifacts import content_digest, save_torch, versions
-from ..config import PPOConfig
+from ..config import PPOConfig, SACConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
 from .networks import ActorCritic, build_actor_critic
@@ -138,26 +138,27 @@ def load_checkpoint(path: str | Path) -> tuple[ActorCritic, TaskSuite, PPOConfig
     be made any more, or whose spaces no longer fit the saved weights, is a one-line error
     naming the checkpoint (and the task and both spaces)."""
     ckpt = read_checkpoint(path)
-    sac = ckpt.get("algo") == "sac"  # an MT-SAC checkpoint (rl.sac): a SACModel and its SACConfig
-    suite = None
     try:
-        if sac:
-            from .sac import model_from_checkpoint
-
-            model, suite, cfg = model_from_checkpoint(ckpt)
-        else:
-            suite = TaskSuite.from_dict(ckpt["suite"])
-            cfg = PPOConfig.model_validate(ckpt["config"])
-            model = build_model(suite, cfg)
-            model.load_state_dict(ckpt["model"])
+        suite = TaskSuite.from_dict(ckpt["suite"])
     except UserError as exc:  # a task that cannot be made (or checked) any more
         raise UserError(f"checkpoint {path}: {exc}") from None
-    except RuntimeError as exc:  # load_state_dict: a tensor of another shape (the spaces changed)
-        if not _does_not_fit(exc):
-            raise
-        raise UserError(_spaces_changed(path, ckpt, suite or TaskSuite.from_dict(ckpt["suite"]))) from None
+    try:
+        if ckpt.get("algo") == "sac":  # an MT-SAC checkpoint (rl.sac): a SACModel and its SACConfig
+            from .sac import build_model as build_sac_model
+
+            cfg = SACConfig.model_validate(ckpt["config"])
+            model = build_sac_model(suite, cfg)
+        else:
+            cfg = PPOConfig.model_validate(ckpt["config"])
+            model = build_model(suite, cfg)
+    except UserError as exc:  # e.g. an action space the learner cannot act in any more
+        raise UserError(f"checkpoint {path}: {exc}") from None
+    load_model_state(model, ckpt, path, suite, advice=_EVALUATE_ADVICE)
     model.eval()
     return model, suite, cfg, ckpt
+
+
+_EVALUATE_ADVICE = "evaluate the checkpoint with the environment it was trained on, or train again"
 
 
 def load_model_state(model: torch.nn.Module, ckpt: dict, path: str | Path, suite: TaskSuite,
@@ -178,8 +179,7 @@ def _does_not_fit(exc: RuntimeError) -> bool:
     return any(s in str(exc) for s in ("size mismatch", "Missing key", "Unexpected key"))
 
 
-def _spaces_changed(path: str | Path, ckpt: dict, suite: TaskSuite,
-                    advice: str = "evaluate the checkpoint with the environment it was trained on, or train again") -> str:
+def _spaces_changed(path: str | Path, ckpt: dict, suite: TaskSuite, advice: str) -> str:
     """The one line for a checkpoint whose weights do not fit the spaces its tasks have now."""
     now = spaces_of(suite)
     task = suite.tasks[0]

@@ -175,15 +175,8 @@ def ppo_iteration(model: ActorCritic, optimizer: torch.optim.Optimizer, collecto
     for g in optimizer.param_groups:
         g["lr"] = lr
     model.eval()
-    try:
-        ro = collector.collect(model, cfg.num_steps)
-    except (ValueError, RuntimeError) as exc:  # torch.distributions / multinomial refusing NaN or inf outputs
-        if not any(s in str(exc) for s in ("invalid values", "probability tensor contains")):
-            raise
-        obs = np.abs(np.asarray(collector.env.obs, dtype=np.float64))
-        raise Divergence(f"{label}: the policy's outputs are NaN or inf while collecting its rollout; lower [ppo] learning_rate "
-                         f"(now {now(cfg.learning_rate)}), or scale the observations down if a task's are very large (the "
-                         f"largest |observation| is now {float(obs.max()) if obs.size else 0.0:.3g})") from None
+    ro = collector.collect(model, cfg.num_steps, label=label,
+                           advice=f"lower [ppo] learning_rate (now {now(cfg.learning_rate)})")
     model.train()
     stats = ppo_update(model, optimizer, ro, cfg, n_tasks, cfg.clip_coef, gen, grad_surgery, label, task_names)
     model.eval()
@@ -242,7 +235,8 @@ def finetune(model: ActorCritic, suite: TaskSuite, tasks: list[int], cfg: PPOCon
     return FinetuneResult(model, snapshots, steps, time.perf_counter() - t0)
 
 
-def _close(env: MultiTaskEnv, writer) -> None:
+def close_env_and_log(env: MultiTaskEnv, writer) -> None:
+    """Release a training loop's environments and its TensorBoard writer (if any)."""
     env.close()
     if writer is not None:
         writer.close()
@@ -365,9 +359,9 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
             crash_point(f"train:update:{update}")
         write_json(out_dir / "train_history.json", history)  # also when resumed after the last checkpoint
     except Exception:  # a divergence, a misbehaving environment: release the environments and the log (not on Ctrl-C)
-        _close(env, writer)
+        close_env_and_log(env, writer)
         raise
-    _close(env, writer)
+    close_env_and_log(env, writer)
     elapsed = time.perf_counter() - t0
     model = model.cpu().eval()  # callers (evaluation, the pipeline) work on the CPU
     return TrainResult(model, list_checkpoints(out_dir / "checkpoints"), history, global_step,

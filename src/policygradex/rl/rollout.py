@@ -36,6 +36,7 @@ import torch
 
 from ..errors import UserError
 from ..tasks import TaskSuite
+from .finite import Divergence
 from .gae import gae
 from .networks import ActorCritic, env_action
 
@@ -310,9 +311,23 @@ class RolloutCollector:
         if env.obs is None:
             env.reset()
 
-    def collect(self, model: ActorCritic, num_steps: int, on_step: Callable[[int], None] | None = None) -> Rollout:
+    def _act(self, model: ActorCritic, x: torch.Tensor, label: str, advice: str):
+        try:
+            return model.act(x, generator=self.gen)
+        except (ValueError, RuntimeError) as exc:  # torch.distributions / multinomial refusing NaN or inf outputs
+            if not any(s in str(exc) for s in ("invalid values", "probability tensor contains")):
+                raise
+            obs = np.abs(np.asarray(self.env.obs, dtype=np.float64))
+            raise Divergence(f"{label}: the policy's outputs are NaN or inf; {advice}, or scale the observations down if a "
+                             f"task's are very large (the largest |observation| is now {float(obs.max()) if obs.size else 0.0:.3g})"
+                             ) from None
+
+    def collect(self, model: ActorCritic, num_steps: int, on_step: Callable[[int], None] | None = None,
+                label: str = "collecting a rollout", advice: str = "lower the learning rate") -> Rollout:
         """Step every env ``num_steps`` times; ``on_step(num_envs)`` after each vector step.
-        The rollout is on the CPU whatever the model's device."""
+        The rollout is on the CPU whatever the model's device.  A policy whose outputs are NaN or
+        inf (torch's distributions refuse them) is a :class:`~policygradex.rl.finite.Divergence`
+        named by ``label`` with ``advice``."""
         acting = _cpu_model(model, self._mirror)
         if acting is not model:
             self._mirror = model = acting
@@ -322,7 +337,7 @@ class RolloutCollector:
         finished: list[list[float]] = [[] for _ in range(n)]
         for _ in range(num_steps):
             x = policy_input(env.obs, env.task_ids, n)
-            a, logp, v = model.act(x, generator=self.gen)
+            a, logp, v = self._act(model, x, label, advice)
             obs, r, term, trunc, info = env.step(env_action(model.kind, a, space))
             done = np.logical_or(term, trunc)
             nv = torch.zeros(E)

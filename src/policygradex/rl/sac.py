@@ -60,7 +60,7 @@ from ..tasks import TaskSuite
 from .device import resolve_device
 from .finite import Divergence, describe, first_nonfinite, max_abs, now, overflow_guard, reward_overflow
 from .networks import body
-from .ppo import TrainResult, task_list
+from .ppo import TrainResult, close_env_and_log, task_list
 from .rollout import MultiTaskEnv, policy_input
 
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
@@ -280,10 +280,6 @@ class ReplayBuffer:
 # one update
 
 
-def _grad_norm(params) -> torch.Tensor:
-    return max_abs(p.grad for p in params if p.grad is not None)
-
-
 def sac_update(model: SACModel, opts: dict[str, torch.optim.Optimizer], batch: tuple[torch.Tensor, ...], cfg: SACConfig,
                h_target: float, gen: torch.Generator, label: str = "SAC update",
                task_names: list[str] | None = None) -> dict[str, float]:
@@ -306,7 +302,6 @@ def sac_update(model: SACModel, opts: dict[str, torch.optim.Optimizer], batch: t
     critic_loss = 0.5 * ((q1 - y).pow(2).mean() + (q2 - y).pow(2).mean())
     opts["critic"].zero_grad()
     critic_loss.backward()
-    critic_grad = _grad_norm(groups["critic"])
     with overflow_guard(label, "the critic's optimizer step", f"lower [sac] critic_lr (now {now(cfg.critic_lr)})"):
         opts["critic"].step()
 
@@ -315,7 +310,6 @@ def sac_update(model: SACModel, opts: dict[str, torch.optim.Optimizer], batch: t
     actor_loss = (alpha * logp - q_new).mean()
     opts["actor"].zero_grad()
     actor_loss.backward()
-    actor_grad = _grad_norm(groups["actor"])
     with overflow_guard(label, "the actor's optimizer step", f"lower [sac] actor_lr (now {now(cfg.actor_lr)})"):
         opts["actor"].step()
 
@@ -325,7 +319,6 @@ def sac_update(model: SACModel, opts: dict[str, torch.optim.Optimizer], batch: t
     alpha_loss = (torch.zeros(n, device=dev).index_add(0, task, per_row) / counts).sum()
     opts["alpha"].zero_grad()
     alpha_loss.backward()
-    alpha_grad = _grad_norm(groups["alpha"])
     with overflow_guard(label, "the temperatures' optimizer step", f"lower [sac] alpha_lr (now {now(cfg.alpha_lr)})"):
         opts["alpha"].step()
 
@@ -333,11 +326,11 @@ def sac_update(model: SACModel, opts: dict[str, torch.optim.Optimizer], batch: t
         for net, tgt in ((model.q1, model.q1_target), (model.q2, model.q2_target)):
             for p, pt in zip(net.parameters(), tgt.parameters()):
                 pt.lerp_(p, cfg.tau)
-    bad = first_nonfinite([("the critic loss", critic_loss), ("the critic's gradient", critic_grad),
-                           ("the critics' Q value", max_abs([q_new])), ("the actor loss", actor_loss),
-                           ("the actor's gradient", actor_grad),
-                           ("the temperature loss", alpha_loss), ("the temperatures' gradient", alpha_grad),
-                           ("the largest parameter after the optimizer steps", max_abs(model.parameters()))])
+    # one sync; a non-finite gradient leaves non-finite parameters after Adam's step, so each
+    # group's parameters (not the target critics: averages of the critics) stand for its gradient too
+    bad = first_nonfinite([("the critic loss", critic_loss), ("the critics' parameters", max_abs(groups["critic"])),
+                           ("the actor loss", actor_loss), ("the actor's parameters", max_abs(groups["actor"])),
+                           ("the temperature loss", alpha_loss), ("the temperatures", max_abs(groups["alpha"]))])
     if bad is not None:
         raise _divergence(label, cfg, *bad, r, task, task_names)
     return {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()), "alpha_loss": float(alpha_loss.detach()),
@@ -352,8 +345,7 @@ def _divergence(label: str, cfg: SACConfig, name: str, value: float, r: torch.Te
         return err
     critic, actor, alpha = (f"[sac] critic_lr (now {now(cfg.critic_lr)})", f"[sac] actor_lr (now {now(cfg.actor_lr)})",
                             f"[sac] alpha_lr (now {now(cfg.alpha_lr)})")
-    lower = {"critic": f"lower {critic}", "actor": f"lower {actor} (or {critic})", "temperature": f"lower {alpha}",
-             "Q value": f"lower {critic}"}
+    lower = {"critic": f"lower {critic}", "actor": f"lower {actor} (or {critic})", "temperature": f"lower {alpha}"}
     key = next((k for k in lower if k in name), None)
     advice = lower[key] if key is not None else f"lower {actor}, {critic} or {alpha}"
     return Divergence(f"{label}: {name} is {describe(value)}; {advice}")
@@ -390,14 +382,6 @@ def save_checkpoint(path: Path, model: SACModel, opts: dict, cfg: SACConfig, sui
     }
     payload["digest"] = content_digest(payload)
     save_torch(path, payload)
-
-
-def model_from_checkpoint(ckpt: dict) -> tuple[SACModel, TaskSuite, SACConfig]:
-    suite = TaskSuite.from_dict(ckpt["suite"])
-    cfg = SACConfig.model_validate(ckpt["config"])
-    model = build_model(suite, cfg)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), suite, cfg
 
 
 def _check_out_dir(out_dir: Path, cfg: SACConfig, suite: TaskSuite) -> None:
@@ -449,9 +433,6 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
     if list_checkpoints(out_dir / "checkpoints"):
         console.print("[yellow]note:[/] SAC training does not resume (its replay buffer is not checkpointed): "
                       "training restarts and rewrites the same checkpoints")
-    if cfg.total_steps <= max(cfg.learning_starts, cfg.batch_size):  # legal (a smoke run), but says so
-        console.print(f"[yellow]note:[/] SAC makes no update: --steps {cfg.total_steps:,} is within the random warm-up "
-                      f"(learning_starts {cfg.learning_starts:,}, batch_size {cfg.batch_size:,}); the policy stays at its initialization")
     opts = make_optimizers(model, cfg)
     h_target = target_entropy(cfg, model.actor.act_dim)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -472,6 +453,10 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
     recent = [deque(maxlen=20) for _ in range(n)]
     recent_ok = [deque(maxlen=20) for _ in range(n)]
     vec_steps = max(1, math.ceil(cfg.total_steps / E))
+    if vec_steps * E < max(cfg.learning_starts, cfg.batch_size):  # legal (a smoke run), but says so
+        console.print(f"[yellow]note:[/] SAC makes no update: its {vec_steps * E:,} environment steps stay within the random "
+                      f"warm-up (learning_starts {cfg.learning_starts:,}, batch_size {cfg.batch_size:,}); the policy stays at "
+                      "its initialization")
     history: list[dict] = []
     global_step, updates, next_ckpt = 0, 0, cfg.checkpoint_every
     stats: dict[str, float] = {}
@@ -543,13 +528,9 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
                 write_json(out_dir / "train_history.json", history)
             crash_point(f"train:update:{it}")
     except Exception:  # a divergence, a misbehaving environment: release the environments and the log (not on Ctrl-C)
-        env.close()
-        if writer is not None:
-            writer.close()
+        close_env_and_log(env, writer)
         raise
-    env.close()
-    if writer is not None:
-        writer.close()
+    close_env_and_log(env, writer)
     elapsed = time.perf_counter() - t0
     model = model.cpu().eval()
     return TrainResult(model, list_checkpoints(out_dir / "checkpoints"), history, global_step,

@@ -23,14 +23,13 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ..config import PPOConfig, Strict, parse
+from ..config import MAX_SEED, PPOConfig, Strict, parse
 from ..errors import UserError
 from ..runfile import load_toml
 from .base import Task, TaskSuite
 from .builtin import SUITES, single_task
 
 
-MAX_SEED = 2**32 - 1
 MAX_TASKS = 1000  # a built-in suite's --tasks; each task is an environment made at load time
 
 
