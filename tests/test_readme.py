@@ -201,7 +201,7 @@ def test_report_healthy_signal(tmp_path):
 def _cli_run(tmp_path: Path, meta: dict, p: float) -> tuple[int, str, str]:
     cfg = RunConfig()
     groups = _groups(meta, cfg, p)
-    result = RunResult(tmp_path / "out", groups, None, groups["tasks"])
+    result = RunResult(tmp_path / "out", groups, None, groups["tasks"], [])
     out, err = io.StringIO(), io.StringIO()
     with mock.patch("policygradex.pipeline.run", return_value=result), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:

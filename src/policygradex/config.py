@@ -42,6 +42,36 @@ class Strict(BaseModel):
         return v
 
 
+#: How a field that does not enter its stage's cache key is marked (``json_schema_extra``), and why:
+#: ``execution`` changes how a stage runs, not what it makes (threads, device, chunk size); ``report``
+#: only changes how report.md reads an artifact; ``check`` is a guard applied to an artifact after it
+#: is made (``--min-return``).  Every other field enters the key of the stage whose config declares it.
+NOT_KEYED = ("execution", "report", "check")
+
+
+def not_keyed(why: str, default, **kwargs):
+    """A ``Field`` left out of its stage's cache key (``why``: one of :data:`NOT_KEYED`)."""
+    if why not in NOT_KEYED:
+        raise ValueError(f"not_keyed: {why!r} is not one of {NOT_KEYED}")
+    return Field(default, json_schema_extra={"not_keyed": why}, **kwargs)
+
+
+class StageConfig(Strict):
+    """The options of one stage of a run.  Its cache key is derived from the fields, never
+    listed by hand: every field enters it except those declared with :func:`not_keyed`."""
+
+    @classmethod
+    def keyed_fields(cls) -> tuple[str, ...]:
+        return tuple(name for name, f in cls.model_fields.items()
+                     if not (isinstance(f.json_schema_extra, dict) and "not_keyed" in f.json_schema_extra))
+
+    def cache_key(self) -> dict:
+        """What of this config a stage's cache key holds: the keyed fields (nested models whole)
+        and the config's type (a PPO and a SAC config never share a key)."""
+        data = self.model_dump(mode="json", include=set(self.keyed_fields()))
+        return {"type": type(self).__name__, **data}
+
+
 class NetConfig(Strict):
     hidden: tuple[int, ...] = Field((64, 64, 64), description="hidden layer widths of actor and critic MLPs (default: 4 linear layers, as in the paper)")
     activation: Literal["tanh", "relu", "elu"] = Field("tanh", description="hidden activation")
@@ -70,7 +100,7 @@ class NetConfig(Strict):
         return data
 
 
-class PPOConfig(Strict):
+class PPOConfig(StageConfig):
     """Multi-task PPO hyperparameters (CleanRL names)."""
 
     total_steps: int = Field(200_000, ge=1, description="total environment steps over all tasks")
@@ -90,8 +120,8 @@ class PPOConfig(Strict):
     target_kl: float | None = Field(None, gt=0, description="stop the epoch loop early above this approximate KL")
     checkpoint_every: int = Field(10, ge=1, description="save a checkpoint every this many updates (and at the end)")
     seed: int = Field(0, description="random seed")
-    threads: int = Field(1, ge=1, le=MAX_THREADS, description="torch threads (1 is fastest for small networks)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device of the PPO updates and per-sample gradients: auto (cuda when available), cpu or cuda; rollouts always run on the CPU")
+    threads: int = not_keyed("execution", 1, ge=1, le=MAX_THREADS, description="torch threads (1 is fastest for small networks)")
+    device: Literal["auto", "cpu", "cuda"] = not_keyed("execution", "auto", description="device of the PPO updates and per-sample gradients: auto (cuda when available), cpu or cuda; rollouts always run on the CPU")
     net: NetConfig = Field(default_factory=NetConfig)
 
     @model_serializer(mode="wrap")
@@ -110,7 +140,7 @@ class PPOConfig(Strict):
         return max(1, self.total_steps // self.batch_size(n_tasks))
 
 
-class SACConfig(Strict):
+class SACConfig(StageConfig):
     """Multi-task SAC hyperparameters (``--algo sac``, ``[sac]`` table; rl/sac.py, docs/sac.md)."""
 
     total_steps: int = Field(200_000, ge=1, description="total environment steps over all tasks")
@@ -130,8 +160,8 @@ class SACConfig(Strict):
     advantage: Literal["soft", "q_minus_v"] = Field("soft", description="features' advantage: soft = Q(s,a) - alpha log pi(a|s) - V(s) (mean 0 under pi), q_minus_v = Q(s,a) - V(s) (mean -alpha H(pi): one-sided labels when Q is flat)")
     checkpoint_every: int = Field(10_000, ge=1, description="save a checkpoint every this many environment steps over all tasks (and at the end)")
     seed: int = Field(0, description="random seed")
-    threads: int = Field(1, ge=1, le=MAX_THREADS, description="torch threads (1 is fastest for small networks)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device of the SAC updates and per-sample gradients; rollouts run on the CPU")
+    threads: int = not_keyed("execution", 1, ge=1, le=MAX_THREADS, description="torch threads (1 is fastest for small networks)")
+    device: Literal["auto", "cpu", "cuda"] = not_keyed("execution", "auto", description="device of the SAC updates and per-sample gradients; rollouts run on the CPU")
     net: NetConfig = Field(default_factory=lambda: NetConfig(hidden=(256, 256), activation="relu"))
 
     @model_serializer(mode="wrap")
@@ -173,8 +203,8 @@ def parse(model: type[BaseModel], data: dict, source: str, labels: dict[str, str
         raise UserError(validation_message(exc, source, labels)) from None
 
 
-class EstimateConfig(Strict):
-    """Stages 2-4: meta-policy choice, collection, features, subsets, surrogate, evaluator."""
+class CollectConfig(StageConfig):
+    """Stage 2 (collect): choose theta* among the checkpoints and roll it out."""
 
     checkpoint: int | None = Field(None, ge=0, description="pin theta* to the checkpoint at this step (default: newest with a healthy advantage signal)")
     probe_transitions: int = Field(1024, ge=16, le=MAX_ROWS, description="transitions per task when probing a checkpoint's advantage signal")
@@ -182,24 +212,22 @@ class EstimateConfig(Strict):
     signal_keep: float = Field(0.5, ge=0, le=1, description="theta* keeps at least this fraction of the first checkpoint's advantage scale")
     min_label_frac: float = Field(0.02, ge=0, lt=0.5, description="advantage labels one-sided when either sign is rarer than this")
     min_healthy_frac: float = Field(0.8, ge=0, le=1, description="fraction of tasks whose signal must be healthy to accept a checkpoint")
-    min_return: float | None = Field(None, description="refuse theta* whose mean per-task return is below this (weak meta-policy)")
+    min_return: float | None = not_keyed("check", None, description="refuse theta* whose mean per-task return is below this (weak meta-policy)")
     transitions_per_task: int = Field(8192, ge=64, le=MAX_ROWS, description="transitions of theta* collected per task (8,192: see docs/decisions.md)")
     collect_envs_per_task: int = Field(8, ge=2, le=MAX_ENVS, description="environment copies per task during collection")
     heldout_frac: float = Field(0.25, gt=0, le=0.5, description="fraction of each task's environment copies held out for evaluation "
                                 "(at most half: the surrogates are fitted on the copies that are not held out)")
+    seed: int = Field(0, description="seed of collection")
+
+
+class FeaturesConfig(StageConfig):
+    """Stage 3 (features): projected per-sample gradients of theta*'s log-probabilities."""
+
     adv_scaling: Literal["none", "task"] = Field("task", description="divide each task's advantages by their mean |A| before fitting (keeps signs)")
     projector: Literal["dense", "structured"] = Field("structured", description="random projection of gradients: structured (per-layer Khatri-Rao, d split by gradient energy; ~2x one forward+backward, docs/projector.md) or dense (seeded Gaussian P, ~50-150x; 'gaussian' is accepted as an alias)")
     d: int = Field(400, ge=1, le=100_000, description="projection dimension")
     projector_seed: int = Field(0, description="seed of the random projection")
-    chunk_size: int = Field(512, ge=1, le=1_000_000, description="transitions per per-sample-gradient chunk")
-    subset_size: int | None = Field(None, ge=2, description="tasks per sampled subset (default: about n/2)")
-    min_pair_coverage: int = Field(3, ge=1, le=10_000, description="every pair of tasks appears together in at least this many subsets")
-    subsets: int | None = Field(None, ge=1, le=100_000, description="number of subsets m (default: enough for the pair coverage; raised if needed)")
-    subset_seed: int = Field(0, description="seed of the subset sampler")
-    target_delta: float = Field(0.01, gt=0, le=0.5, description="target relative distance ||P u|| / ||theta*|| of the surrogate solutions")
-    evaluator: Literal["first_order_ppo", "surrogate_loss", "rollout_return"] = Field("first_order_ppo", description="performance estimate f(S, i)")
-    rollout_episodes: int = Field(8, ge=1, le=10_000, description="episodes per task and subset for the rollout_return evaluator")
-    seed: int = Field(0, description="seed of collection")
+    chunk_size: int = not_keyed("execution", 512, ge=1, le=1_000_000, description="transitions per per-sample-gradient chunk")
 
     @field_validator("projector", mode="before")
     @classmethod
@@ -207,8 +235,40 @@ class EstimateConfig(Strict):
         return "dense" if v == "gaussian" else v  # the dense projector's spec kind, accepted as an alias
 
 
-class GroupConfig(Strict):
-    """Stage 5: SDP grouping and the null test."""
+class SubsetsConfig(StageConfig):
+    """Stage 4 (subsets): the sampled task subsets."""
+
+    subset_size: int | None = Field(None, ge=2, description="tasks per sampled subset (default: about n/2)")
+    min_pair_coverage: int = Field(3, ge=1, le=10_000, description="every pair of tasks appears together in at least this many subsets")
+    subsets: int | None = Field(None, ge=1, le=100_000, description="number of subsets m (default: enough for the pair coverage; raised if needed)")
+    subset_seed: int = Field(0, description="seed of the subset sampler")
+
+
+class SurrogateConfig(StageConfig):
+    """Stage 5 (surrogate): one weighted logistic regression per subset."""
+
+    target_delta: float = Field(0.01, gt=0, le=0.5, description="target relative distance ||P u|| / ||theta*|| of the surrogate solutions")
+
+
+class EvaluateConfig(StageConfig):
+    """Stage 6 (evaluate): the performance estimate f(S, i)."""
+
+    evaluator: Literal["first_order_ppo", "surrogate_loss", "rollout_return"] = Field("first_order_ppo", description="performance estimate f(S, i)")
+    rollout_episodes: int = Field(8, ge=1, le=10_000, description="episodes per task and subset for the rollout_return evaluator")
+
+
+class EstimateConfig(EvaluateConfig, SurrogateConfig, SubsetsConfig, FeaturesConfig, CollectConfig):
+    """The ``[estimate]`` table: the options of stages 2-6 in one flat table, each declared by its
+    stage's config above (bases listed last stage first, so the fields come in stage order);
+    :meth:`stage` gives one stage's part."""
+
+    def stage(self, config: type[StageConfig]) -> StageConfig:
+        """This table's part for one stage, e.g. ``est.stage(FeaturesConfig)``."""
+        return config.model_validate(self.model_dump(include=set(config.model_fields)))
+
+
+class GroupConfig(StageConfig):
+    """Stage 7 (group): affinity, SDP grouping, the null test and the self-checks."""
 
     k: int | None = Field(None, ge=1, description="fixed number of groups (default: chosen by the trace penalty)")
     penalty: float | None = Field(None, ge=0, description="price per group in auto-k mode (default: penalty_scale x mean |off-diagonal U|)")
@@ -218,8 +278,8 @@ class GroupConfig(Strict):
     null_seed: int = Field(0, description="seed of the null test")
     alpha: float = Field(0.05, gt=0, lt=1, description="groups are reported as distinguishable from noise when null p < alpha")
     bootstrap: int = Field(50, ge=1, le=100_000, description="bootstrap resamples of the subsets for each task's group stability")
-    min_stability: float = Field(0.8, ge=0, le=1, description="the report flags tasks whose bootstrap stability is below this")
-    max_approx_error: float = Field(0.1, gt=0, description="the report flags a first-order error above this at the surrogate's delta")
+    min_stability: float = not_keyed("report", 0.8, ge=0, le=1, description="the report flags tasks whose bootstrap stability is below this")
+    max_approx_error: float = not_keyed("report", 0.1, gt=0, description="the report flags a first-order error above this at the surrogate's delta")
 
 
 class RunConfig(Strict):

@@ -96,11 +96,11 @@ def signal_sentence(signal: dict, max_names: int | None = None) -> str | None:
     return f"advantage signal collapsed on {k} of {n} tasks: {', '.join(names)}"
 
 
-def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict) -> None:
+def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> None:
     est = cfg.estimate
     lines = [f"# PolicyGradEx run: `{suite.name}` ({suite.n} tasks)", ""]
     trust = []
-    signal = groups["signal"]  # written by the group stage (GROUPS_FORMAT 2)
+    signal = groups["signal"]  # written by the group stage (format version 2)
     sentence = signal_sentence(signal)
     if signal["run_level_collapsed"]:
         trust.append(sentence)
@@ -169,7 +169,7 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, sur: dict)
     for p in meta["probes"]:
         lines.append(f"- `{p['checkpoint']}`: healthy on {p['healthy_task_frac']:.0%} of tasks, overall adv scale "
                      f"{p['overall']['adv_scale']:.2e}, {p['overall']['frac_positive']:.0%} positive")
-    conv = sur["converged"]
+    conv = fit.converged
     lines += ["", "## Surrogate", "",
               f"{groups['subsets']['m']} subsets of {groups['subsets']['size']} tasks; every pair together in at least "
               f"{groups['subsets']['min_pair_count']} subsets. d = {est.d}, {est.transitions_per_task:,} transitions per task "

@@ -57,6 +57,7 @@ from .estimate.collect import load_meta_policy, load_rollouts
 from .estimate.first_order import float64_copy, functional_logprob, functional_logprob_change, logprob_change, relative_error
 from .estimate.persample import flat_params
 from .stage import stage_seconds
+from .stages import group_with_null
 from .tasks import TaskSuite
 
 __all__ = [
@@ -568,20 +569,6 @@ def surrogate_truth(model, theta_star: torch.Tensor, ro: dict, members: np.ndarr
     return out
 
 
-def _grouping(f: np.ndarray, members: np.ndarray, grp, backend=None) -> tuple:
-    from .estimate.affinity import build_affinity
-    from .group.null import null_test
-    from .group.sdp import group_tasks
-
-    aff = build_affinity(f, members)
-    nt = null_test(f, members, k=grp.k, penalty_scale=grp.penalty_scale, n_perm=grp.null_permutations,
-                   seed=grp.null_seed, solver=grp.solver, backend=backend)
-    g = nt.grouping
-    if grp.penalty is not None and grp.k is None:  # as in the run: an explicit price per group overrides the rule
-        g = group_tasks(aff.U, penalty=grp.penalty, solver=grp.solver)
-    return aff, g, nt
-
-
 def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: ValidateConfig | None = None, backend=None) -> dict:
     """Validate the finished run in ``run_dir`` (made by :func:`policygradex.pipeline.run` with
     ``suite`` and ``cfg``) against real fine-tuning on the same subsets.
@@ -637,7 +624,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     # 3. ground truth and agreement
     t1 = time.perf_counter()
     with console.status(f"ground-truth grouping: SDP + null test ({cfg.group.null_permutations} permutations)"):
-        aff_true, g_true, nt_true = _grouping(f_true, members, cfg.group, backend)
+        aff_true, g_true, nt_true = group_with_null(f_true, members, cfg.group, backend)
     groups = art.read_json(run_dir / "groups.json")
     est_labels = np.asarray(groups["labels"])
     agree = agreement(g_true.labels, est_labels)
@@ -666,7 +653,7 @@ def validate(run_dir: str | Path, suite: TaskSuite, cfg: RunConfig, vcfg: Valida
     with console.status("ground truth from the real surrogate improvement: SDP + null test"):
         sur_reps = surrogate_truth(model, theta_star, ro, members, ft["finals"])
         f_sur = sur_reps.mean(axis=0)
-        aff_sur, g_sur, nt_sur = _grouping(f_sur, members, cfg.group, backend)
+        aff_sur, g_sur, nt_sur = group_with_null(f_sur, members, cfg.group, backend)
     z_sur = _standardized(f_sur, members)
     _, pair_sur = _seed_pairs(sur_reps, members)
     rnd_nmi_sur = np.array([normalized_mutual_info_score(g_sur.labels, r) for r in rnd])

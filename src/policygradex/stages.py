@@ -1,0 +1,403 @@
+"""The seven cached stages of a run, each a :class:`~policygradex.stage.StageDef`.
+
+Each stage's ``compute(run_dir, cfg, **inputs)`` writes its artifacts (atomically) and returns
+their paths; ``load(run_dir)`` reads them back as the stage's typed output.  The maths lives in
+the modules named beside each stage; this module only moves data between them and the run
+directory.  :mod:`policygradex.pipeline` chains the stages; ``validate`` and ``compare`` read
+their outputs and reuse :func:`group_with_null` (the group stage's SDP + null test).
+
+    train      multi-task learner on all tasks -> checkpoints               (rl.learners)
+    collect    choose theta* (healthy advantage signal), roll it out, GAE  (estimate.collect)
+    features   g~ = P^T grad log pi(a|s) per transition -> FeatureStore    (estimate.features)
+    subsets    m subsets covering every pair >= c times                    (estimate.subsets)
+    surrogate  weighted logistic regression per subset, lam for target delta (estimate.surrogate)
+    evaluate   f(S, i) for every task i in every subset S                 (estimate.evaluators)
+    group      affinity U, SDP grouping, null test, self-checks            (estimate.affinity, group)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import artifacts as art
+from .config import CollectConfig, EvaluateConfig, FeaturesConfig, GroupConfig, PPOConfig, SACConfig, SubsetsConfig, SurrogateConfig
+from .errors import UserError
+from .estimate.affinity import Affinity, build_affinity
+from .estimate.collect import collect as collect_rollouts
+from .estimate.collect import load_rollouts, select_checkpoint
+from .estimate.evaluators import EVALUATORS
+from .estimate.features import FeatureStore, build_features
+from .estimate.first_order import logprob_change, relative_error
+from .estimate.persample import flat_params
+from .estimate.projectors import build_projector, projector_from_spec
+from .estimate.subsets import sample_subsets
+from .estimate.surrogate import choose_lambda
+from .group.null import NullTest, null_test
+from .group.sdp import Grouping, group_tasks
+from .group.stability import bootstrap_stability
+from .rl.checkpoint import list_checkpoints, load_checkpoint
+from .rl.device import resolve_device
+from .rl.ppo import TrainResult, train
+from .stage import StageDef
+from .tasks import TaskSuite
+from .ui import console, progress_bar
+
+__all__ = ["TRAIN", "COLLECT", "FEATURES", "SUBSETS", "SURROGATE", "EVALUATE", "GROUP", "ThetaStar", "Subsets", "SurrogateFit",
+           "Groups", "group_with_null", "train_meta_policy"]
+
+
+# ============================================================================ 1. train
+
+
+def train_meta_policy(suite: TaskSuite, cfg: PPOConfig | SACConfig, out_dir: str | Path,
+                      tensorboard: str | Path | None = None) -> TrainResult:
+    """Multi-task PPO on all tasks (multi-task SAC for a ``SACConfig``: rl.sac), with a progress
+    bar (steps/s, mean return, ETA)."""
+    if isinstance(cfg, SACConfig):
+        from .rl import sac
+
+        sac.check_action_space(suite.action_space, suite.name)
+        E = suite.n * cfg.envs_per_task
+        with progress_bar(max(1, math.ceil(cfg.total_steps / E)) * E, f"train {suite.name} (SAC)") as bar:
+            def on_step(steps: int, info: dict) -> None:
+                finite = [r for r in info["returns"].values() if r is not None]
+                bar.advance(steps, f"return mean {sum(finite) / len(finite):.1f} min {min(finite):.1f}" if finite else "")
+
+            return sac.train(suite, cfg, out_dir, tensorboard, on_step)
+    total = cfg.num_updates(suite.n) * cfg.batch_size(suite.n)
+    with progress_bar(total, f"train {suite.name}") as bar:
+        def on_update(steps: int, info: dict) -> None:
+            finite = [r for r in info["returns"].values() if r is not None]
+            text = f"return mean {sum(finite) / len(finite):.1f} min {min(finite):.1f}" if finite else ""
+            bar.advance(steps, text)
+
+        return train(suite, cfg, out_dir, tensorboard, on_update)
+
+
+def _train(run_dir: Path, cfg: PPOConfig | SACConfig, suite: TaskSuite, tensorboard: str | Path | None = None) -> list[str]:
+    res = train_meta_policy(suite, cfg, run_dir / "train", tensorboard)
+    return [str(p.relative_to(run_dir)) for p in res.checkpoints] + ["train/train_history.json"]
+
+
+TRAIN = StageDef("train", ("suite",), _train, lambda run_dir: list_checkpoints(run_dir / "train" / "checkpoints"))
+
+
+# ============================================================================ 2. collect
+
+
+@dataclass
+class ThetaStar:
+    """The collect stage's output: the chosen checkpoint's record (``collect/meta_policy.json``)
+    and its model; the rollouts (``collect/rollouts.pt``) are read on demand."""
+
+    run_dir: Path
+    meta: dict
+    model: torch.nn.Module
+
+    def rollouts(self) -> dict:
+        return load_rollouts(self.run_dir)
+
+
+def _collect(run_dir: Path, cfg: CollectConfig, checkpoints: list[Path]) -> list[str]:
+    if not checkpoints:
+        raise UserError(f"no checkpoints under {run_dir / 'train'}; rerun to train")
+    if cfg.checkpoint is not None and not any(int(p.stem.split("_")[1]) == cfg.checkpoint for p in checkpoints):
+        steps = ", ".join(str(int(p.stem.split("_")[1])) for p in checkpoints)
+        raise UserError(f"--checkpoint {cfg.checkpoint}: no such checkpoint; available steps: {steps}")
+    with console.status("choosing theta*: probing checkpoints' advantage signal"):
+        sel = select_checkpoint(checkpoints, cfg.probe_transitions, cfg.min_adv_scale, cfg.min_label_frac,
+                                cfg.min_healthy_frac, cfg.seed, cfg.checkpoint, cfg.signal_keep)
+    model, suite, learner_cfg, _ = load_checkpoint(sel.checkpoint)
+    steps = math.ceil(cfg.transitions_per_task / cfg.collect_envs_per_task) * cfg.collect_envs_per_task * suite.n
+    with progress_bar(steps, f"collect with theta* (step {sel.step:,})") as bar:
+        c = collect_rollouts(model, suite, learner_cfg, cfg.transitions_per_task, cfg.collect_envs_per_task, cfg.heldout_frac,
+                             cfg.seed + 1, on_step=bar.advance)
+    health = c.per_task_health(suite.n, cfg.min_adv_scale, cfg.min_label_frac)
+    ep = {name: (float(np.mean(r)) if r else None) for name, r in zip(suite.names, c.episode_returns)}
+    finite = [v for v in ep.values() if v is not None]
+    art.save_torch(run_dir / "collect" / "rollouts.pt", c.to_dict())
+    art.write_json(run_dir / "collect" / "meta_policy.json", {
+        "checkpoint": sel.checkpoint.name, "step": sel.step, "healthy": sel.healthy and not all(h.collapsed for h in health),
+        "probe_met_rule": sel.healthy,
+        "per_task_return": ep, "mean_return": float(np.mean(finite)) if finite else float("nan"),
+        "training_returns": sel.returns,
+        "signal": {name: h.to_dict() for name, h in zip(suite.names, health)},
+        "probes": sel.probes,
+    })
+    return ["collect/rollouts.pt", "collect/meta_policy.json"]
+
+
+def _load_theta_star(run_dir: Path) -> ThetaStar:
+    meta = art.read_json(run_dir / "collect" / "meta_policy.json")
+    model = load_checkpoint(run_dir / "train" / "checkpoints" / meta["checkpoint"])[0]
+    return ThetaStar(run_dir, meta, model)
+
+
+COLLECT = StageDef("collect", ("train",), _collect, _load_theta_star)
+
+
+def check_min_return(meta: dict, min_return: float) -> None:
+    """Refuse a meta-policy too weak to trust (``--min-return``): the mean per-task return of
+    theta*'s collection episodes, or of its last training episodes when collection finished none."""
+    ret, source = meta["mean_return"], "collection"
+    if ret is None or not math.isfinite(ret):
+        finite = [v for v in (meta.get("training_returns") or {}).values() if v is not None]
+        ret, source = (float(np.mean(finite)), "training") if finite else (None, None)
+    if ret is None:
+        raise UserError(f"--min-return {min_return}: no episode of theta* finished, so its return is unknown; "
+                        "raise --transitions or drop --min-return")
+    if ret < min_return:
+        raise UserError(f"meta-policy too weak: mean per-task return {ret:.1f} ({source} episodes of theta*) < --min-return "
+                        f"{min_return}; train longer (--steps) or lower --min-return")
+
+
+# ============================================================================ 3. features
+
+
+def _features_setup(shared: dict) -> dict:
+    """Once per worker process: the actor and the projector (rebuilt from its spec, not shipped)."""
+    torch.set_num_threads(shared["threads"])
+    return {**shared, "projector": projector_from_spec(shared["projector"])}
+
+
+def _features_unit(ctx: dict, payload: tuple) -> dict:
+    """The features of one task (``build_features`` works task by task: the same numbers as in one call)."""
+    torch.set_num_threads(ctx["threads"])
+    x, a, adv, held = payload
+    return build_features(ctx["actor"], [x], [a], [adv], [held], ctx["projector"], ctx["chunk_size"])[0]
+
+
+def _features_by_task(actor, xs, as_, advs, helds, projector, chunk_size: int, threads: int, backend, names) -> list[dict]:
+    """The features stage as one unit per task on ``backend`` (the projector travels as its spec)."""
+    from .backend import Resources, Unit
+
+    units = [Unit(f"task-{i}", (xs[i], as_[i], advs[i], helds[i]), (names[i],), f"features of {names[i]}", float(len(xs[i])))
+             for i in range(len(xs))]
+    shared = {"actor": actor, "projector": projector.spec(), "chunk_size": chunk_size, "threads": threads}
+    out: dict[str, dict] = {}
+    with progress_bar(sum(u.cost for u in units), f"features ({backend.name}, {len(units)} tasks)", unit="transitions") as bar:
+        for unit, res in backend.map(_features_unit, units, shared=shared, setup=_features_setup, resources=Resources(cpus=threads)):
+            out[unit.key] = res
+            bar.advance(unit.cost, unit.label)
+    return [out[u.key] for u in units]
+
+
+def _features(run_dir: Path, cfg: FeaturesConfig, theta: ThetaStar, suite: TaskSuite, threads: int, device: str,
+              backend=None) -> list[str]:
+    """``threads`` and ``device`` (the learner's execution options) change how, not what."""
+    model, c = theta.model, theta.rollouts()
+    xs, as_, advs, helds = [], [], [], []
+    for i in range(suite.n):
+        m = c["task"] == i
+        adv = c["adv"][m]
+        if cfg.adv_scaling == "task":
+            adv = adv / adv.abs().mean().clamp_min(1e-12)
+        xs.append(c["x"][m]); as_.append(c["actions"][m]); advs.append(adv); helds.append(c["heldout"][m])
+    with warnings.catch_warnings(record=True):  # a dense fallback is printed below and recorded in the manifest
+        warnings.simplefilter("always")
+        projector = build_projector(cfg.projector, model.actor, torch.cat(xs), torch.cat(as_), cfg.d, cfg.projector_seed)
+    for name, why in getattr(projector, "fallback", {}).items():
+        console.print(f"[yellow]note:[/] structured projector: dense fallback for {name} ({why})")
+    dev = resolve_device(device)  # per-sample gradients on the GPU when there is one; stored on the CPU
+    if backend is not None and backend.parallelism > 1 and dev.type == "cpu":  # one unit per task, same numbers
+        per_task = _features_by_task(model.actor, xs, as_, advs, helds, projector, cfg.chunk_size, threads, backend, suite.names)
+    else:
+        with progress_bar(sum(len(x) for x in xs), "features", unit="transitions") as bar:
+            model.actor.to(dev)
+            try:
+                per_task = build_features(model.actor, [x.to(dev) for x in xs], [a.to(dev) for a in as_], advs, helds, projector,
+                                          cfg.chunk_size, progress=bar.advance)
+            finally:
+                model.actor.cpu()
+    per_task = [{k: v.cpu() for k, v in d.items()} for d in per_task]
+    FeatureStore.write(run_dir / "features", suite.names, per_task, projector, float(flat_params(model.actor).norm()),
+                       extra={"adv_scaling": cfg.adv_scaling, "projector": cfg.projector})
+    return [str(p.relative_to(run_dir)) for p in (run_dir / "features").iterdir() if not p.name.startswith(".")]
+
+
+FEATURES = StageDef("features", ("collect",), _features, lambda run_dir: FeatureStore.load(run_dir / "features"))
+
+
+# ============================================================================ 4. subsets
+
+
+@dataclass
+class Subsets:
+    """``subsets.json``: the task names, the subset size and the ``[m, n]`` membership matrix."""
+
+    names: list[str]
+    size: int
+    members: np.ndarray
+
+
+def _subsets(run_dir: Path, cfg: SubsetsConfig, names: list[str]) -> list[str]:
+    """``cfg.subset_size`` is resolved (not None) by the caller."""
+    members = sample_subsets(len(names), cfg.subset_size, cfg.min_pair_coverage, cfg.subsets, cfg.subset_seed)
+    art.write_json(run_dir / "subsets.json", {"tasks": names, "size": cfg.subset_size,
+                                              "subsets": [[names[i] for i in np.flatnonzero(r)] for r in members]})
+    return ["subsets.json"]
+
+
+def load_subsets(run_dir: str | Path) -> Subsets:
+    sub = art.read_json(Path(run_dir) / "subsets.json")
+    members = np.array([[name in s for name in sub["tasks"]] for s in sub["subsets"]], dtype=bool)
+    return Subsets(list(sub["tasks"]), int(sub["size"]), members)
+
+
+SUBSETS = StageDef("subsets", ("suite",), _subsets, load_subsets)
+
+
+# ============================================================================ 5. surrogate
+
+
+@dataclass
+class SurrogateFit:
+    """``surrogate.pt``: the ``[m, d]`` surrogate solutions ``u`` (one per subset), the shared
+    ridge ``lam`` and each solution's relative distance ``deltas`` = ||P u|| / ||theta*||."""
+
+    u: torch.Tensor
+    lam: float
+    deltas: torch.Tensor
+    converged: torch.Tensor
+    iterations: int
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> SurrogateFit:
+        d = torch.load(Path(run_dir) / "surrogate.pt", weights_only=False)
+        return cls(d["u"], float(d["lam"]), d["deltas"], d["converged"], d["iterations"])
+
+
+def _surrogate(run_dir: Path, cfg: SurrogateConfig, store: FeatureStore, subsets: Subsets) -> list[str]:
+    members = subsets.members
+    with console.status(f"fitting {members.shape[0]} surrogates (target delta {cfg.target_delta:.2%})"):
+        lam, fit, deltas = choose_lambda(store.G, store.y, store.w, store.task, torch.as_tensor(members), ~store.heldout,
+                                         store.projector.gram(), store.theta_norm, cfg.target_delta)
+    art.save_torch(run_dir / "surrogate.pt", {"u": fit.u, "lam": lam, "deltas": deltas, "converged": fit.converged,
+                                              "iterations": fit.iterations})
+    return ["surrogate.pt"]
+
+
+SURROGATE = StageDef("surrogate", ("features", "subsets"), _surrogate, SurrogateFit.load)
+
+
+# ============================================================================ 6. evaluate
+
+
+def _evaluate(run_dir: Path, cfg: EvaluateConfig, theta: ThetaStar, suite: TaskSuite, store: FeatureStore, subsets: Subsets,
+              fit: SurrogateFit, seed: int) -> list[str]:
+    """``seed``: the collection's seed (keyed by the collect stage), for the rollout evaluator."""
+    members = subsets.members
+    if cfg.evaluator == "rollout_return":
+        from .estimate.rollout_eval import rollout_return
+
+        f = rollout_return(theta.model, suite, store.projector, fit.u, members, cfg.rollout_episodes, seed)
+    else:
+        with console.status(f"evaluating {members.shape[0]} subsets ({cfg.evaluator})"):
+            f = EVALUATORS[cfg.evaluator](store.G, store.y, store.w, store.task, store.heldout, torch.as_tensor(members), fit.u)
+    art.write_table(run_dir / "f_table.csv", np.asarray(f, dtype=float), suite.names)
+    return ["f_table.csv"]
+
+
+EVALUATE = StageDef("evaluate", ("collect", "features", "subsets", "surrogate"), _evaluate, lambda run_dir: art.read_table(run_dir / "f_table.csv"))
+
+
+# ============================================================================ 7. group
+
+
+def group_with_null(f: np.ndarray, members: np.ndarray, cfg: GroupConfig, backend=None) -> tuple[Affinity, Grouping, NullTest]:
+    """Affinity, grouping and null test of a performance table, as the group stage makes them
+    (also used on validate's ground truth and on replicate tables)."""
+    aff = build_affinity(f, members)
+    nt = null_test(f, members, k=cfg.k, penalty_scale=cfg.penalty_scale, n_perm=cfg.null_permutations,
+                   seed=cfg.null_seed, solver=cfg.solver, backend=backend)
+    g = nt.grouping
+    if cfg.penalty is not None and cfg.k is None:  # an explicit price per group overrides the rule
+        g = group_tasks(aff.U, penalty=cfg.penalty, solver=cfg.solver)
+    return aff, g, nt
+
+
+@dataclass
+class Groups:
+    """``groups.json`` and ``affinity.csv``."""
+
+    groups: dict
+    U: np.ndarray
+
+
+def _approx_error_at_surrogate(theta: ThetaStar, store: FeatureStore, members: np.ndarray, U: torch.Tensor,
+                               max_subsets: int = 5) -> dict:
+    """First-order error ||dlogp_true - g^T Delta|| / ||dlogp_true|| along the surrogate's own steps
+    Delta = P u_S (held-out rows of each subset's tasks), for the first ``max_subsets`` subsets."""
+    c, model = theta.rollouts(), theta.model
+    theta_vec = flat_params(model.actor).double()
+    errors, deltas = [], []
+    for s in range(min(max_subsets, members.shape[0])):
+        rows = c["heldout"] & torch.as_tensor(members[s])[c["task"]]
+        step = store.projector.map_back(U[s].to(store.projector.dtype)).double()
+        d_true, d_lin = logprob_change(model.actor, theta_vec, theta_vec + step, c["x"][rows], c["actions"][rows])
+        errors.append(relative_error(d_true, d_lin))
+        deltas.append(float(step.norm() / theta_vec.norm()))
+    return {"median": float(np.median(errors)), "max": float(np.max(errors)), "subsets": len(errors),
+            "delta_median": float(np.median(deltas))}
+
+
+def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, f: np.ndarray, subsets: Subsets, fit: SurrogateFit,
+           theta: ThetaStar, store: FeatureStore, target_delta: float, min_healthy_frac: float, backend=None) -> list[str]:
+    """``target_delta`` and ``min_healthy_frac`` are upstream options (keyed by their stages),
+    recorded in groups.json."""
+    from .report import affinity_heatmap, signal_summary
+
+    members = subsets.members
+    with console.status(f"grouping: SDP + null test ({cfg.null_permutations} permutations)"):
+        aff, g, nt = group_with_null(f, members, cfg, backend)
+    with console.status(f"self-check: bootstrap stability ({cfg.bootstrap} resamples), first-order error at the surrogate's delta"):
+        stab = bootstrap_stability(f, members, g.labels, cfg.k, cfg.penalty_scale, cfg.solver, cfg.bootstrap, cfg.null_seed)
+        approx = _approx_error_at_surrogate(theta, store, members, fit.u)
+    deltas = fit.deltas.numpy()
+    signal = signal_summary(theta.meta, min_healthy_frac)
+    names = suite.names
+    groups = {
+        "tasks": names,
+        "groups": [[names[i] for i in grp_] for grp_ in g.groups],
+        "k": int(g.k),
+        "labels": [int(x) for x in g.labels],
+        "penalty": g.penalty,
+        "objective": float(g.objective),
+        "rounded_objective": float(g.rounded_objective),
+        "solver": g.solver,
+        "delta": {"target": target_delta, "lam": float(fit.lam), "median": float(np.median(deltas)),
+                  "min": float(deltas.min()), "max": float(deltas.max()), "mean": float(deltas.mean())},
+        "null_p": float(nt.p_value),
+        "null_statistic": {"name": nt.statistic, "observed": float(nt.observed),
+                           "null_mean": float(nt.null_stats.mean()), "null_q95": float(np.quantile(nt.null_stats, 0.95)),
+                           "permutations": int(nt.n_perm)},
+        "distinguishable_from_noise": bool(nt.p_value < cfg.alpha),
+        "signal_collapsed": signal["run_level_collapsed"],
+        "signal": signal,
+        "meta_policy": {"checkpoint": theta.meta["checkpoint"], "step": theta.meta["step"], "mean_return": theta.meta["mean_return"]},
+        "subsets": {"m": int(members.shape[0]), "size": subsets.size, "min_pair_count": int(aff.min_pair_count)},
+        "stability": {"per_task": dict(zip(names, stab["per_task"])), "mean_ari": stab["mean_ari"], "resamples": stab["n_boot"]},
+        "approx_error_at_delta": approx,
+    }
+    if suite.true_labels() is not None:
+        from sklearn.metrics import normalized_mutual_info_score
+
+        groups["nmi_vs_true_partition"] = float(normalized_mutual_info_score(suite.true_labels(), g.labels))
+    art.write_table(run_dir / "affinity.csv", aff.U, names, index=names)
+    affinity_heatmap(aff.U, names, g.labels, run_dir / "affinity.png")
+    art.write_json(run_dir / "groups.json", groups)
+    return ["groups.json", "affinity.csv", "affinity.png"]
+
+
+def _load_groups(run_dir: Path) -> Groups:
+    return Groups(art.read_json(run_dir / "groups.json"), art.read_table(run_dir / "affinity.csv", index=True))
+
+
+# version 2: "signal", with "signal_collapsed" meaning the run-level rule on the collection's table
+GROUP = StageDef("group", ("collect", "features", "subsets", "surrogate", "evaluate"), _group, _load_groups, version=2)
