@@ -17,6 +17,7 @@ import importlib.util
 import io
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -168,7 +169,7 @@ def _groups(meta: dict, cfg: RunConfig, p: float = 0.01) -> dict:
 def _report(tmp_path: Path, meta: dict) -> str:
     cfg = RunConfig()
     write_report(tmp_path, _Suite(len(meta["signal"])), cfg, meta, _groups(meta, cfg),
-                 {"converged": torch.ones(10, dtype=torch.bool)})
+                 SimpleNamespace(converged=torch.ones(10, dtype=torch.bool)))
     return (tmp_path / "report.md").read_text()
 
 

@@ -25,7 +25,7 @@ from policygradex.stages import COLLECT, EVALUATE, FEATURES, GROUP, SUBSETS, SUR
 
 DEFS = {d.name: d for d in (TRAIN, COLLECT, FEATURES, SUBSETS, SURROGATE, EVALUATE, GROUP)}
 N_TASKS, SIZE = 8, 4  # the resolved subset size of an 8-task suite
-FIXED = {name: f"digest-of-{name}" for name in ("suite", *STAGES)}  # upstream digests held fixed
+FIXED = {name: f"digest-of-{name}" for name in ("suite", "replicates", *STAGES)}  # upstream digests held fixed
 
 
 def _keys(cfg: RunConfig) -> dict[str, str]:

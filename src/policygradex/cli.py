@@ -45,6 +45,8 @@ TargetDeltaOpt = Annotated[Optional[float], typer.Option("--target-delta", help=
 EvaluatorOpt = Annotated[Optional[str], typer.Option("--evaluator", help="first_order_ppo, surrogate_loss or rollout_return")]
 CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="pin theta* to the checkpoint of this step")]
 MinReturnOpt = Annotated[Optional[float], typer.Option("--min-return", help="refuse a meta-policy whose mean return is below this")]
+ReplicatesOpt = Annotated[Optional[int], typer.Option("--replicates", help="independent estimates of the affinity; their consensus gives the groups and, with 2 or more, a calibrated verdict (default 1)")]
+ReplicateOverOpt = Annotated[Optional[str], typer.Option("--replicate-over", help="what differs between replicates: seeds (independent trainings: calibrated), checkpoints or projection (cheaper, one training: not calibrated)")]
 NullPermutationsOpt = Annotated[Optional[int], typer.Option("--null-permutations", help="permutations of the null test (default 200)")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default 1)")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="where independent units run (run: features per task, null-test permutations; validate: fine-tuning per subset and seed; compare: training per method and seed): local (this machine) or ray (docs/scaling.md)")]
@@ -219,6 +221,8 @@ def run(
     checkpoint: CheckpointOpt = None,
     min_return: MinReturnOpt = None,
     null_permutations: NullPermutationsOpt = None,
+    replicates: ReplicatesOpt = None,
+    replicate_over: ReplicateOverOpt = None,
     threads: ThreadsOpt = None,
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="TensorBoard logs of meta-training"),
     backend: BackendOpt = "local",
@@ -232,7 +236,8 @@ def run(
     _check_algo(algo)
     s = load_suite(suite, tasks, suite_seed, profile)
     cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector, algo=algo)
+                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector,
+                      replicates=replicates, replicate_over=replicate_over, algo=algo)
     from .pipeline import run as run_pipeline  # torch: imported once the options are known to be valid
 
     from .artifacts import interrupt_summary
@@ -248,10 +253,10 @@ def run(
         be.close()
     from rich.markup import escape  # names from suite files are text, not markup
 
-    from .report import signal_sentence
+    from .report import signal_sentence, verdict_label, verdict_of
 
     g = res.groups
-    t = Table(title=escape(f"{s.name}: k = {g['k']} groups (null test p = {g['null_p']:.3f})"))
+    t = Table(title=escape(f"{s.name}: k = {g['k']} groups ({verdict_label(g)})"))
     t.add_column("group")
     t.add_column("tasks")
     for i, grp_ in enumerate(g["groups"]):
@@ -260,6 +265,8 @@ def run(
     # plain lines, never wrapped to the terminal: the output reads the same at any width (README, benchmarks)
     if not g["distinguishable_from_noise"]:
         out.print("[bold red]warning:[/] these groups are not distinguishable from noise; see report.md", soft_wrap=True)
+    elif not verdict_of(g)["calibrated"]:
+        out.print(f"[yellow]note:[/] this verdict is not calibrated: {escape(verdict_of(g)['not_calibrated_because'])}", soft_wrap=True)
     signal = g.get("signal")
     sentence = signal_sentence(signal, max_names=10) if signal else None
     if sentence is not None:
@@ -272,7 +279,8 @@ def run(
 
 
 def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                         target_delta, evaluator, checkpoint, min_return, null_permutations, projector=None, algo="ppo"):
+                         target_delta, evaluator, checkpoint, min_return, null_permutations, projector=None, algo="ppo",
+                         replicates=None, replicate_over=None):
     """The RunConfig of `run` and `validate` (validate must reuse exactly the run that `run` makes)."""
     from .config import RunConfig, parse
     from .runfile import read_section
@@ -287,12 +295,14 @@ def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transition
                                         subsets=subsets, target_delta=target_delta, evaluator=evaluator, checkpoint=checkpoint,
                                         min_return=min_return, projector=projector).items() if v is not None})
     est.setdefault("seed", seed); est.setdefault("projector_seed", seed); est.setdefault("subset_seed", seed)
-    grp.update({k_: v for k_, v in dict(k=k, penalty_scale=penalty_scale, null_permutations=null_permutations).items() if v is not None})
+    grp.update({k_: v for k_, v in dict(k=k, penalty_scale=penalty_scale, null_permutations=null_permutations, replicates=replicates,
+                                        replicate_over=replicate_over).items() if v is not None})
     grp.setdefault("null_seed", seed)
     flags = {"estimate.d": "--d", "estimate.transitions_per_task": "--transitions", "estimate.subset_size": "--subset-size",
              "estimate.min_pair_coverage": "--coverage", "estimate.subsets": "--subsets", "estimate.target_delta": "--target-delta",
              "estimate.evaluator": "--evaluator", "estimate.checkpoint": "--checkpoint", "estimate.min_return": "--min-return", "estimate.projector": "--projector", "group.k": "--k",
-             "group.penalty_scale": "--penalty-scale", "group.null_permutations": "--null-permutations"}
+             "group.penalty_scale": "--penalty-scale", "group.null_permutations": "--null-permutations",
+             "group.replicates": "--replicates", "group.replicate_over": "--replicate-over"}
     data = {"ppo": ppo.model_dump(), "estimate": est, "group": grp}
     if sac is not None:
         data.update(algo="sac", sac=sac.model_dump())
@@ -340,6 +350,8 @@ def validate(
     checkpoint: CheckpointOpt = None,
     min_return: MinReturnOpt = None,
     null_permutations: NullPermutationsOpt = None,
+    replicates: ReplicatesOpt = None,
+    replicate_over: ReplicateOverOpt = None,
     threads: ThreadsOpt = None,
     backend: BackendOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -353,7 +365,8 @@ def validate(
 
     s = load_suite(suite, tasks, suite_seed, profile)
     cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                               target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector)
+                               target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector,
+                      replicates=replicates, replicate_over=replicate_over)
     vopts = dict(finetune_steps=finetune_steps, episodes=episodes, finetune_seeds=finetune_seeds, hessian_probes=probes,
                  hessian_subsets=hessian_subsets, random_draws=random_draws)
     vdata = dict(finetune_seed=seed, eval_seed=12345 + seed, hessian_seed=seed, random_seed=seed)
@@ -449,6 +462,8 @@ def compare(
     checkpoint: CheckpointOpt = None,
     min_return: MinReturnOpt = None,
     null_permutations: NullPermutationsOpt = None,
+    replicates: ReplicatesOpt = None,
+    replicate_over: ReplicateOverOpt = None,
     threads: ThreadsOpt = None,
     backend: BackendOpt = "local",
     ray_address: RayAddressOpt = None,
@@ -463,7 +478,8 @@ def compare(
     _check_algo(algo)
     s = load_suite(suite, tasks, suite_seed, profile)
     cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector, algo=algo)
+                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector,
+                      replicates=replicates, replicate_over=replicate_over, algo=algo)
     cdata = dict(seeds=seeds, steps_per_task=steps_per_task, episodes=episodes, arch=arch, n_test=n_test, adapt_steps=adapt_steps,
                  probe_episodes=probe_episodes, inner_steps=inner_steps, inner_lr=inner_lr,
                  methods=None if methods is None else tuple(m.strip() for m in methods.split(",") if m.strip()))

@@ -8,6 +8,7 @@ recomputes only its stage and those downstream.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,17 @@ import torch
 from . import artifacts as art
 from . import outdir
 from .config import CollectConfig, EvaluateConfig, FeaturesConfig, RunConfig, StageConfig, SubsetsConfig, SurrogateConfig
+from .backend import Resources, Unit
 from .errors import UserError
 from .estimate.subsets import default_subset_size
 from .report import write_report
 from .stage import Runner
-from .stages import COLLECT, EVALUATE, FEATURES, GROUP, SUBSETS, SURROGATE, TRAIN, check_min_return, train_meta_policy
+from . import replicates
+from .stages import COLLECT, EVALUATE, FEATURES, GROUP, SUBSETS, SURROGATE, TRAIN, Estimate, check_min_return, train_meta_policy
 from .tasks import TaskSuite
+from .ui import progress_bar
 
-__all__ = ["RunResult", "run", "stage_configs", "train_meta_policy"]
+__all__ = ["RunResult", "estimate", "run", "stage_configs", "train_meta_policy"]
 
 
 @dataclass
@@ -34,27 +38,47 @@ class RunResult:
     groups: dict
     affinity: np.ndarray
     task_names: list[str]
-    computed: list[str]  # the stages computed by this call (the others were current)
+    computed: list[str]  # the stages computed by this call, "r<i>/<stage>" for replicate i (the others were current)
 
 
 def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
         backend=None) -> RunResult:
     """The whole PolicyGradEx pipeline on ``suite``; artifacts under ``out_dir``.
 
-    ``backend`` (:mod:`policygradex.backend`; default this process) runs the stages' independent
-    units (the features of each task, the null test's permutations); the results do not depend on it."""
-    est, learner = cfg.estimate, cfg.learner()
+    ``backend`` (:mod:`policygradex.backend`; default this process) runs the independent units
+    (the replicates, the features of each task, the null test's draws); the results do not depend on it."""
     size = check_sizes(suite, cfg)
     run_dir = Path(out_dir)
-    torch.set_num_threads(learner.threads)
+    torch.set_num_threads(cfg.learner().threads)
     outdir.lock_run_dir(run_dir)  # one process per run directory; removes temporary files of killed runs
     art.write_json(run_dir / "config.json", {"suite": suite.to_dict(), "config": cfg.model_dump(mode="json"), "versions": art.versions(),
                                              "seeds": seeds(suite, cfg), "command": list(sys.argv)})
-    c = stage_configs(cfg, size)
-    stage = Runner(run_dir, suite_digest(suite))
+    estimates = estimate_all(suite, cfg, run_dir, size, tensorboard, backend)  # stages 1-6, once per replicate
+    first = estimates[0]
+    stage = Runner(run_dir, suite_digest(suite), digests={**first.digests, "replicates": replicates.digest(estimates)})
+    groups = stage(GROUP, cfg.group, suite=suite, estimates=estimates, target_delta=cfg.estimate.target_delta,  # 7. grouping
+                   min_healthy_frac=cfg.estimate.min_healthy_frac, backend=backend)
+    write_report(run_dir, suite, cfg, first.theta.meta, groups.groups, first.fit)
+    computed = [f"r{i}/{name}" if i else name for i, e in enumerate(estimates) for name in e.computed]
+    return RunResult(run_dir, groups.groups, groups.U, suite.names, computed + stage.computed)
 
-    checkpoints = stage(TRAIN, c["train"], suite=suite, tensorboard=tensorboard)           # 1. meta-policy
-    theta = stage(COLLECT, c["collect"], checkpoints=checkpoints)                          # 2. theta* and its rollouts
+
+def estimate(suite: TaskSuite, cfg: RunConfig, run_dir: Path, size: int, tensorboard: str | Path | None = None,
+             backend=None, shared: Estimate | None = None) -> Estimate:
+    """Stages 1-6 of one replicate in ``run_dir``: the performance table f(S, i) of every subset.
+
+    ``shared``: the first replicate, whose training (``replicate_over = checkpoints``) or whose
+    theta* and rollouts (``projection``) this replicate reuses instead of computing its own."""
+    est, learner, c = cfg.estimate, cfg.learner(), stage_configs(cfg, size)
+    stage = Runner(run_dir, suite_digest(suite))
+    if shared is None:
+        checkpoints = stage(TRAIN, c["train"], suite=suite, tensorboard=tensorboard)      # 1. meta-policy
+    else:
+        checkpoints = stage.reuse("train", shared.digests, shared.checkpoints)
+    if shared is None or cfg.group.replicate_over == "checkpoints":
+        theta = stage(COLLECT, c["collect"], checkpoints=checkpoints)                      # 2. theta* and its rollouts
+    else:
+        theta = stage.reuse("collect", shared.digests, shared.theta)
     if est.min_return is not None:
         check_min_return(theta.meta, est.min_return)
     store = stage(FEATURES, c["features"], theta=theta, suite=suite,                       # 3. projected gradients
@@ -63,10 +87,60 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
     fit = stage(SURROGATE, c["surrogate"], store=store, subsets=subsets)                   # 5. a surrogate per subset
     f = stage(EVALUATE, c["evaluate"], theta=theta, suite=suite, store=store, subsets=subsets, fit=fit,  # 6. f(S, i)
               seed=est.seed)
-    groups = stage(GROUP, c["group"], suite=suite, f=f, subsets=subsets, fit=fit, theta=theta, store=store,  # 7. grouping
-                   target_delta=est.target_delta, min_healthy_frac=est.min_healthy_frac, backend=backend)
-    write_report(run_dir, suite, cfg, theta.meta, groups.groups, fit)
-    return RunResult(run_dir, groups.groups, groups.U, suite.names, stage.computed)
+    return Estimate(run_dir, checkpoints, theta, store, subsets, fit, f, dict(stage.digests), list(stage.computed))
+
+
+# ============================================================================ replicates
+
+
+def estimate_all(suite: TaskSuite, cfg: RunConfig, run_dir: Path, size: int, tensorboard=None, backend=None) -> list[Estimate]:
+    """Stages 1-6 of every replicate (``cfg.group.replicates`` of them, :mod:`policygradex.replicates`),
+    replicate 0 (the run directory itself) first.  Replicates are units of ``backend`` when it runs
+    more than one at a time; replicates that share replicate 0's training wait for it."""
+    r, over = cfg.group.replicates, cfg.group.replicate_over
+    parallel = r > 1 and backend is not None and backend.parallelism > 1
+    first = None
+    if r == 1 or over != "seeds" or not parallel:
+        first = estimate(suite, cfg, run_dir, size, tensorboard, backend)  # replicate 0, in this process
+    pinned = replicates.pinned_steps(first, r) if over == "checkpoints" and r > 1 else [None] * r
+    todo = [(i, replicates.replicate_config(cfg, i, pinned[i - 1]), replicates.replicate_dir(run_dir, i))
+            for i in range(0 if first is None else 1, r)]
+    shared = first if over != "seeds" else None
+    if not parallel:
+        return [first] + [estimate(suite, c, d, size, shared=shared) for _, c, d in todo]
+    done = _on_backend(suite, size, todo, shared, tensorboard, backend)
+    out = [] if first is None else [first]
+    for i, c, d in todo:  # read back here: every stage is current, nothing recomputes
+        e = estimate(suite, c, d, size, shared=shared)
+        e.computed = done[i]
+        out.append(e)
+    return out
+
+
+def _on_backend(suite: TaskSuite, size: int, todo: list[tuple], shared: Estimate | None, tensorboard, backend) -> dict[int, list[str]]:
+    """The replicates in ``todo`` as units of ``backend``: what each computed, by replicate."""
+    ctx = {"suite": suite.to_dict(), "size": size, "tensorboard": None if tensorboard is None else str(tensorboard),
+           "shared": None if shared is None else (str(shared.run_dir), shared.digests)}
+    units = [Unit(f"replicate-{i}", (i, c, str(d)), tuple(suite.names), f"replicate {i}", 1.0) for i, c, d in todo]
+    out = {}
+    with progress_bar(len(units), f"replicates ({backend.name}, {backend.parallelism} at a time)", unit="replicates") as bar:
+        for unit, computed in backend.map(_replicate_unit, units, shared=ctx, resources=Resources(cpus=1)):
+            out[unit.payload[0]] = computed
+            bar.advance(1, unit.label)
+    return out
+
+
+def _replicate_unit(ctx: dict, payload: tuple) -> list[str]:
+    """One replicate's stages 1-6 in a worker, progress bars silenced (several run at once)."""
+    i, cfg, run_dir = payload
+    os.environ["POLICYGRADEX_QUIET"] = "1"
+    suite = TaskSuite.from_dict(ctx["suite"])
+    shared = None
+    if ctx["shared"] is not None:  # replicate 0's training and theta*, read back from its directory
+        d, digests = Path(ctx["shared"][0]), ctx["shared"][1]
+        shared = Estimate(d, TRAIN.load(d), COLLECT.load(d), None, None, None, None, digests, [])
+    tensorboard = ctx["tensorboard"] if i == 0 else None
+    return estimate(suite, cfg, Path(run_dir), ctx["size"], tensorboard, shared=shared).computed
 
 
 def stage_configs(cfg: RunConfig, subset_size: int) -> dict[str, StageConfig]:

@@ -96,6 +96,43 @@ def signal_sentence(signal: dict, max_names: int | None = None) -> str | None:
     return f"advantage signal collapsed on {k} of {n} tasks: {', '.join(names)}"
 
 
+def verdict_of(groups: dict) -> dict:
+    """groups.json's ``verdict`` (group stage format 3); for an older file, the single-theta* test it ran."""
+    return groups.get("verdict") or {"test": "single_theta_star_permutation", "calibrated": False, "p": groups["null_p"],
+                                     "replicates": 1, "replicate_over": "seeds", "not_calibrated_because": "one replicate",
+                                     "distinguishable_from_noise": groups["distinguishable_from_noise"]}
+
+
+def verdict_label(groups: dict) -> str:
+    """The verdict in a few words, shared by the CLI headline and report.md: which test, its p, calibrated or not."""
+    v = verdict_of(groups)
+    if v["test"] == "replicate_consensus":
+        over = "" if v["replicate_over"] == "seeds" else f" over {v['replicate_over']}"
+        test = f"consensus of {v['replicates']} replicates{over}"
+    else:
+        test = "one replicate, null test"
+    return f"{test}: p = {v['p']:.3f}, {'calibrated' if v['calibrated'] else 'not calibrated'}"
+
+
+def _null_description(verdict: dict) -> str:
+    if verdict["test"] == "replicate_consensus":
+        return "the consensus of the replicates with each replicate's task labels permuted independently"
+    return "f permuted among each task's subsets: this theta* only"
+
+
+def _stability_line(stab: dict | None) -> str:
+    """report.md's self-check of the grouping's stability: a bootstrap over the subsets (one
+    replicate) or the replicates' agreement with the consensus."""
+    if stab is None:
+        return "Stability: not measured."
+    per_task = ", ".join(f"{t} {v:.2f}" for t, v in stab["per_task"].items())
+    if "resamples" in stab:
+        return (f"Bootstrap over subsets ({stab['resamples']} resamples): mean ARI against the reported grouping "
+                f"{stab['mean_ari']:.2f}; per-task stability (fraction of partners kept): {per_task}.")
+    return (f"Agreement of the replicates' own groupings with the consensus, per task (fraction of the other tasks on whose "
+            f"side each replicate agrees, averaged; coassociation.csv has every pair): {per_task}.")
+
+
 def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> None:
     est = cfg.estimate
     lines = [f"# PolicyGradEx run: `{suite.name}` ({suite.n} tasks)", ""]
@@ -104,8 +141,9 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> No
     sentence = signal_sentence(signal)
     if signal["run_level_collapsed"]:
         trust.append(sentence)
+    verdict = verdict_of(groups)
     if not groups["distinguishable_from_noise"]:
-        trust.append(f"the groups are NOT distinguishable from noise (null test p = {groups['null_p']:.3f} >= {cfg.group.alpha})")
+        trust.append(f"the groups are NOT distinguishable from noise ({verdict_label(groups)}; p >= {cfg.group.alpha})")
         perms = groups["null_statistic"]["permutations"]
         if 1 / (perms + 1) >= cfg.group.alpha:
             trust.append(f"with {perms} permutations the smallest attainable p is {1 / (perms + 1):.3f} >= {cfg.group.alpha}: "
@@ -114,10 +152,11 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> No
     if d["median"] > 0.05:
         trust.append(f"median relative distance {d['median']:.2%} is beyond the first-order regime (~1%)")
     stab = groups.get("stability")
+    source = (stab or {}).get("source", "bootstrap over the subsets")
     if stab is not None:
         shaky = [t for t, v in stab["per_task"].items() if v < cfg.group.min_stability]
         if shaky:
-            trust.append(f"unstable under a bootstrap over subsets (stability < {cfg.group.min_stability}): {', '.join(shaky)}")
+            trust.append(f"unstable ({source}: stability < {cfg.group.min_stability}): {', '.join(shaky)}")
     ae = groups.get("approx_error_at_delta")
     if ae is not None and ae["median"] > cfg.group.max_approx_error:
         trust.append(f"the first-order approximation is off by {ae['median']:.1%} (median) at the surrogate's delta "
@@ -128,8 +167,10 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> No
     else:
         health = ("theta*'s advantage signal is healthy" if signal["n_collapsed"] == 0 else
                   f"theta*'s advantage signal is healthy on {signal['n_tasks'] - signal['n_collapsed']} of {signal['n_tasks']} tasks")
-        lines += [f"The groups are distinguishable from noise (null test p = {groups['null_p']:.3f}), stable under a bootstrap over "
-                  f"subsets, the first-order approximation holds at the surrogate's step, and {health}."]
+        lines += [f"The groups are distinguishable from noise ({verdict_label(groups)}), stable ({source}), "
+                  f"the first-order approximation holds at the surrogate's step, and {health}."]
+    if not verdict["calibrated"] and groups["distinguishable_from_noise"]:
+        lines += ["", f"Note: this verdict is not calibrated: {verdict['not_calibrated_because']}."]
     if sentence is not None and not signal["run_level_collapsed"]:
         lines += ["", f"Note: {sentence} (table below); the run-level rule ({signal['min_healthy_frac']:.0%} of tasks "
                   "healthy) holds, and the affinities of those tasks rest on a weak signal."]
@@ -141,13 +182,11 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> No
     lines += ["", "![affinity](affinity.png)", "",
               "## Null test", "",
               f"Statistic: {groups['null_statistic']['name']} (mean same-group affinity minus mean cross-group affinity).",
-              f"Observed {groups['null_statistic']['observed']:.3f}; under the null (f permuted among each task's subsets, "
-              f"{groups['null_statistic']['permutations']} permutations) mean {groups['null_statistic']['null_mean']:.3f}, "
+              f"Observed {groups['null_statistic']['observed']:.3f}; under the null ({_null_description(verdict)}, "
+              f"{groups['null_statistic']['permutations']} draws) mean {groups['null_statistic']['null_mean']:.3f}, "
               f"95th percentile {groups['null_statistic']['null_q95']:.3f}; p = {groups['null_p']:.4f}.", "",
               "## Self-check", "",
-              f"Bootstrap over subsets ({stab['resamples'] if stab else 0} resamples): mean ARI against the reported grouping "
-              f"{stab['mean_ari'] if stab else float('nan'):.2f}; per-task stability (fraction of partners kept): "
-              + (", ".join(f"{t} {v:.2f}" for t, v in stab["per_task"].items()) if stab else "-") + ".", "",
+              _stability_line(stab), "",
               (f"First-order approximation error along the surrogate's own steps (median delta {ae['delta_median']:.2%}, "
                f"{ae['subsets']} subsets, held-out rows): median {ae['median']:.2%}, max {ae['max']:.2%}. "
                "`policygradex validate` measures it along real fine-tuning paths." if ae else ""), "",

@@ -68,6 +68,12 @@ class Runner:
         """The cache key of ``stage`` with ``cfg`` under the current upstream digests."""
         return stage_key(stage, cfg, {name: self.digests[name] for name in stage.after})
 
+    def reuse(self, name: str, digests: dict[str, str], output: T) -> T:
+        """Take stage ``name``'s output from another runner (``digests``: that runner's) instead of
+        computing it here: its digest becomes the upstream digest of this runner's stages."""
+        self.digests[name] = digests[name]
+        return output
+
     def __call__(self, stage: StageDef[T], cfg: StageConfig | None, **inputs: Any) -> T:
         """``stage``'s output: computed with ``cfg`` and ``inputs`` if its artifacts are missing
         or stale, then loaded from the run directory."""

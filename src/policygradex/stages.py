@@ -38,6 +38,7 @@ from .estimate.persample import flat_params
 from .estimate.projectors import build_projector, projector_from_spec
 from .estimate.subsets import sample_subsets
 from .estimate.surrogate import choose_lambda
+from .group.consensus import Consensus, consensus
 from .group.null import NullTest, null_test
 from .group.sdp import Grouping, group_tasks
 from .group.stability import bootstrap_stability
@@ -49,7 +50,7 @@ from .tasks import TaskSuite
 from .ui import console, progress_bar
 
 __all__ = ["TRAIN", "COLLECT", "FEATURES", "SUBSETS", "SURROGATE", "EVALUATE", "GROUP", "ThetaStar", "Subsets", "SurrogateFit",
-           "Groups", "group_with_null", "train_meta_policy"]
+           "Groups", "Estimate", "group_with_null", "train_meta_policy", "verdict"]
 
 
 # ============================================================================ 1. train
@@ -133,9 +134,18 @@ def _collect(run_dir: Path, cfg: CollectConfig, checkpoints: list[Path]) -> list
     return ["collect/rollouts.pt", "collect/meta_policy.json"]
 
 
+def train_dir(run_dir: Path) -> Path:
+    """Where a run directory's checkpoints are: its own ``train/``, or, for a replicate that shares
+    the first replicate's training (``<run>/replicates/r<i>/``), the run's."""
+    own = run_dir / "train"
+    if own.is_dir() or run_dir.parent.name != "replicates":
+        return own
+    return run_dir.parent.parent / "train"
+
+
 def _load_theta_star(run_dir: Path) -> ThetaStar:
     meta = art.read_json(run_dir / "collect" / "meta_policy.json")
-    model = load_checkpoint(run_dir / "train" / "checkpoints" / meta["checkpoint"])[0]
+    model = load_checkpoint(train_dir(run_dir) / "checkpoints" / meta["checkpoint"])[0]
     return ThetaStar(run_dir, meta, model)
 
 
@@ -323,6 +333,21 @@ def group_with_null(f: np.ndarray, members: np.ndarray, cfg: GroupConfig, backen
 
 
 @dataclass
+class Estimate:
+    """Stages 1-6 of one replicate: its run directory, outputs, stage digests and what it computed."""
+
+    run_dir: Path
+    checkpoints: list[Path]
+    theta: ThetaStar
+    store: FeatureStore
+    subsets: Subsets
+    fit: SurrogateFit
+    f: np.ndarray
+    digests: dict[str, str]
+    computed: list[str]
+
+
+@dataclass
 class Groups:
     """``groups.json`` and ``affinity.csv``."""
 
@@ -347,21 +372,38 @@ def _approx_error_at_surrogate(theta: ThetaStar, store: FeatureStore, members: n
             "delta_median": float(np.median(deltas))}
 
 
-def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, f: np.ndarray, subsets: Subsets, fit: SurrogateFit,
-           theta: ThetaStar, store: FeatureStore, target_delta: float, min_healthy_frac: float, backend=None) -> list[str]:
-    """``target_delta`` and ``min_healthy_frac`` are upstream options (keyed by their stages),
-    recorded in groups.json."""
+def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Estimate], target_delta: float,
+           min_healthy_frac: float, backend=None) -> list[str]:
+    """``estimates``: stages 1-6 of every replicate (the first is the run's own).  ``target_delta``
+    and ``min_healthy_frac`` are upstream options (keyed by their stages), recorded in groups.json."""
     from .report import affinity_heatmap, signal_summary
 
-    members = subsets.members
-    with console.status(f"grouping: SDP + null test ({cfg.null_permutations} permutations)"):
-        aff, g, nt = group_with_null(f, members, cfg, backend)
-    with console.status(f"self-check: bootstrap stability ({cfg.bootstrap} resamples), first-order error at the surrogate's delta"):
-        stab = bootstrap_stability(f, members, g.labels, cfg.k, cfg.penalty_scale, cfg.solver, cfg.bootstrap, cfg.null_seed)
-        approx = _approx_error_at_surrogate(theta, store, members, fit.u)
-    deltas = fit.deltas.numpy()
-    signal = signal_summary(theta.meta, min_healthy_frac)
-    names = suite.names
+    first, names = estimates[0], suite.names
+    members = first.subsets.members
+    if len(estimates) == 1:
+        with console.status(f"grouping: SDP + null test ({cfg.null_permutations} permutations)"):
+            aff, g, nt = group_with_null(first.f, members, cfg, backend)
+        with console.status(f"self-check: bootstrap stability ({cfg.bootstrap} resamples)"):
+            stab = bootstrap_stability(first.f, members, g.labels, cfg.k, cfg.penalty_scale, cfg.solver, cfg.bootstrap, cfg.null_seed)
+        U, p, observed, null_stats = aff.U, nt.p_value, nt.observed, nt.null_stats
+        stability = {"per_task": dict(zip(names, stab["per_task"])), "mean_ari": stab["mean_ari"], "resamples": stab["n_boot"],
+                     "source": "bootstrap over the subsets"}
+        min_pairs = aff.min_pair_count
+    else:
+        affs = [build_affinity(e.f, e.subsets.members) for e in estimates]
+        with console.status(f"grouping: consensus of {len(estimates)} replicates, SDP + {cfg.null_permutations} relabelled draws"):
+            cons = consensus([a.U for a in affs], k=cfg.k, penalty=cfg.penalty, penalty_scale=cfg.penalty_scale,
+                             n_perm=cfg.null_permutations, seed=cfg.null_seed, solver=cfg.solver, backend=backend)
+        U, g, p, observed, null_stats = cons.U, cons.grouping, cons.p_value, cons.observed, cons.null_stats
+        stability = {"per_task": dict(zip(names, map(float, cons.stability))), "source": "agreement of the replicates' own groupings"}
+        min_pairs = min(a.min_pair_count for a in affs)
+        art.write_table(run_dir / "coassociation.csv", cons.co_association, names, index=names)
+        art.write_json(run_dir / "replicates.json", _replicates_summary(estimates, affs, cons, names))
+    with console.status("self-check: first-order error at the surrogate's delta"):
+        approx = _approx_error_at_surrogate(first.theta, first.store, members, first.fit.u)
+    deltas = first.fit.deltas.numpy()
+    signal = signal_summary(first.theta.meta, min_healthy_frac)
+    meta = first.theta.meta
     groups = {
         "tasks": names,
         "groups": [[names[i] for i in grp_] for grp_ in g.groups],
@@ -371,33 +413,61 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, f: np.ndarray, sub
         "objective": float(g.objective),
         "rounded_objective": float(g.rounded_objective),
         "solver": g.solver,
-        "delta": {"target": target_delta, "lam": float(fit.lam), "median": float(np.median(deltas)),
+        "delta": {"target": target_delta, "lam": float(first.fit.lam), "median": float(np.median(deltas)),
                   "min": float(deltas.min()), "max": float(deltas.max()), "mean": float(deltas.mean())},
-        "null_p": float(nt.p_value),
-        "null_statistic": {"name": nt.statistic, "observed": float(nt.observed),
-                           "null_mean": float(nt.null_stats.mean()), "null_q95": float(np.quantile(nt.null_stats, 0.95)),
-                           "permutations": int(nt.n_perm)},
-        "distinguishable_from_noise": bool(nt.p_value < cfg.alpha),
+        "null_p": float(p),
+        "null_statistic": {"name": "within_minus_between", "observed": float(observed), "null_mean": float(null_stats.mean()),
+                           "null_q95": float(np.quantile(null_stats, 0.95)), "permutations": int(null_stats.size)},
+        "distinguishable_from_noise": bool(p < cfg.alpha),
+        "verdict": verdict(cfg, len(estimates), p),
         "signal_collapsed": signal["run_level_collapsed"],
         "signal": signal,
-        "meta_policy": {"checkpoint": theta.meta["checkpoint"], "step": theta.meta["step"], "mean_return": theta.meta["mean_return"]},
-        "subsets": {"m": int(members.shape[0]), "size": subsets.size, "min_pair_count": int(aff.min_pair_count)},
-        "stability": {"per_task": dict(zip(names, stab["per_task"])), "mean_ari": stab["mean_ari"], "resamples": stab["n_boot"]},
+        "meta_policy": {"checkpoint": meta["checkpoint"], "step": meta["step"], "mean_return": meta["mean_return"]},
+        "subsets": {"m": int(members.shape[0]), "size": first.subsets.size, "min_pair_count": int(min_pairs)},
+        "stability": stability,
         "approx_error_at_delta": approx,
     }
     if suite.true_labels() is not None:
         from sklearn.metrics import normalized_mutual_info_score
 
         groups["nmi_vs_true_partition"] = float(normalized_mutual_info_score(suite.true_labels(), g.labels))
-    art.write_table(run_dir / "affinity.csv", aff.U, names, index=names)
-    affinity_heatmap(aff.U, names, g.labels, run_dir / "affinity.png")
+    art.write_table(run_dir / "affinity.csv", U, names, index=names)
+    affinity_heatmap(U, names, g.labels, run_dir / "affinity.png")
     art.write_json(run_dir / "groups.json", groups)
-    return ["groups.json", "affinity.csv", "affinity.png"]
+    extra = ["coassociation.csv", "replicates.json"] if len(estimates) > 1 else []
+    return ["groups.json", "affinity.csv", "affinity.png", *extra]
+
+
+def verdict(cfg: GroupConfig, n_replicates: int, p: float) -> dict:
+    """What the p-value means: calibrated only for a consensus of independently trained replicates."""
+    if n_replicates == 1:
+        test, calibrated = "single_theta_star_permutation", False
+        why = ("one replicate: the permutation test asks whether f depends on subset composition for this theta*, "
+               "not whether another training would give the same groups; use --replicates 3 or more for a calibrated verdict")
+    elif cfg.replicate_over != "seeds":
+        test, calibrated = "replicate_consensus", False
+        why = (f"the replicates share one training (--replicate-over {cfg.replicate_over}), so their agreement is not "
+               "evidence that another training would agree; use --replicate-over seeds for a calibrated verdict")
+    else:
+        test, calibrated, why = "replicate_consensus", True, None
+    return {"test": test, "calibrated": calibrated, "p": float(p), "alpha": cfg.alpha, "distinguishable_from_noise": bool(p < cfg.alpha),
+            "replicates": n_replicates, "replicate_over": cfg.replicate_over, "not_calibrated_because": why}
+
+
+def _replicates_summary(estimates: list[Estimate], affs: list[Affinity], cons: Consensus, names: list[str]) -> dict:
+    """replicates.json: every replicate's own grouping and theta*, next to the consensus."""
+    out = []
+    for i, (e, a, g) in enumerate(zip(estimates, affs, cons.replicate_groupings)):
+        out.append({"replicate": i, "dir": "." if i == 0 else f"replicates/r{i}", "groups": [[names[j] for j in grp] for grp in g.groups],
+                    "k": int(g.k), "labels": [int(x) for x in g.labels], "checkpoint": e.theta.meta["checkpoint"],
+                    "step": e.theta.meta["step"], "mean_return": e.theta.meta["mean_return"], "min_pair_count": int(a.min_pair_count)})
+    return {"tasks": names, "replicates": out, "consensus_labels": [int(x) for x in cons.grouping.labels],
+            "null_k": [int(k) for k in cons.null_k]}
 
 
 def _load_groups(run_dir: Path) -> Groups:
     return Groups(art.read_json(run_dir / "groups.json"), art.read_table(run_dir / "affinity.csv", index=True))
 
 
-# version 2: "signal", with "signal_collapsed" meaning the run-level rule on the collection's table
-GROUP = StageDef("group", ("collect", "features", "subsets", "surrogate", "evaluate"), _group, _load_groups, version=2)
+# version 3: "verdict", and the consensus of replicates ("replicates" upstream: every replicate's digests)
+GROUP = StageDef("group", ("collect", "features", "subsets", "surrogate", "evaluate", "replicates"), _group, _load_groups, version=3)

@@ -57,10 +57,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backend import Resources, Unit
 from ..estimate.affinity import build_affinity
 from .sdp import DEFAULT_PENALTY_SCALE, Grouping, GroupingInputError, canonical_labels, group_tasks
 
-__all__ = ["NullTest", "null_test", "within_between_contrast"]
+__all__ = ["NullTest", "null_test", "solve_null_affinities", "within_between_contrast"]
 
 
 @dataclass(frozen=True)
@@ -200,13 +201,27 @@ def null_test(
 def _null_on_backend(backend, f_arr, m_arr, rng, n_perm, k, penalty_scale, solver, chunk, null_stats, null_k) -> None:
     """The permutations of :func:`null_test` as units of ``backend``: every table drawn here, in
     order (the serial sequence of the generator), the solves ``chunk`` at a time in the units."""
-    from ..backend import Resources, Unit
-
     Us = [build_affinity(_permute_within_tasks(f_arr, m_arr, rng), m_arr).U for _ in range(n_perm)]
-    units = [Unit(f"perm{lo}", (lo, Us[lo:lo + chunk]), (), f"null-test permutations {lo + 1}-{min(lo + chunk, n_perm)} of {n_perm}",
-                  float(min(chunk, n_perm - lo))) for lo in range(0, n_perm, chunk)]
+    null_stats[:], null_k[:] = solve_null_affinities(Us, k, penalty_scale, solver, backend, chunk)
+
+
+def solve_null_affinities(Us: list[np.ndarray], k, penalty_scale, solver, backend=None, chunk: int | None = None,
+                          what: str = "null-test permutations") -> tuple[np.ndarray, np.ndarray]:
+    """The within-minus-between statistic and the number of groups of the grouping of each
+    affinity in ``Us`` (the null draws of a permutation test), ``chunk`` per unit on ``backend``
+    when it runs more than one unit at a time, else here; the same numbers either way."""
+    n = len(Us)
+    stats, ks = np.empty(n), np.empty(n, dtype=np.int64)
+    if backend is None or backend.parallelism <= 1 or n <= (chunk or _chunk_size(n, backend.parallelism)):
+        for b, U_b in enumerate(Us):
+            stats[b], ks[b] = _solve_one(U_b, k, penalty_scale, solver)
+        return stats, ks
+    chunk = chunk or _chunk_size(n, backend.parallelism)
+    units = [Unit(f"perm{lo}", (lo, Us[lo:lo + chunk]), (), f"{what} {lo + 1}-{min(lo + chunk, n)} of {n}",
+                  float(min(chunk, n - lo))) for lo in range(0, n, chunk)]
     shared = {"k": k, "penalty_scale": penalty_scale, "solver": solver}
-    for unit, (stats, ks) in backend.map(_null_chunk, units, shared=shared, resources=Resources(cpus=1)):
+    for unit, (st, kk) in backend.map(_null_chunk, units, shared=shared, resources=Resources(cpus=1)):
         lo = unit.payload[0]
-        null_stats[lo:lo + len(stats)] = stats
-        null_k[lo:lo + len(ks)] = ks
+        stats[lo:lo + len(st)] = st
+        ks[lo:lo + len(kk)] = kk
+    return stats, ks

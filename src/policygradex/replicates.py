@@ -1,0 +1,73 @@
+"""Replicates: R independent estimates of the task affinity (stages 1-6 run R times).
+
+Replicate 0 is the run itself (its stages live in the run directory, as with one replicate);
+replicate ``i >= 1`` lives in ``<run>/replicates/r<i>/`` with the same layout.  What differs
+between replicates (``--replicate-over``, :func:`replicate_config`):
+
+``seeds`` (default)
+    the meta-training seed, the collection seed, the projector seed and the subset seed are all
+    offset by ``i``: independent trainings, each with its own theta*, rollouts, projection and
+    subsets.  Only these replicates make the consensus verdict calibrated
+    (:mod:`policygradex.group.consensus`).
+``checkpoints``
+    one training (replicate 0's); replicate ``i`` pins theta* to the ``i``-th other checkpoint
+    nearest to replicate 0's, with its own collection, projection and subsets.  Captures how much
+    the answer depends on where training is stopped, not on the training run.
+``projection``
+    one theta* and one set of rollouts (replicate 0's); other projector and subset seeds.
+    Captures the estimate's own noise (projection, subset sampling, surrogate fits) only.
+
+:func:`policygradex.pipeline.estimate_all` runs them: with ``seeds`` every replicate is a unit on
+the execution backend (a local process pool or Ray); with the other two, replicate 0 runs first
+(the others reuse its training) and the rest are units.  Each unit runs its stages serially with
+its progress bars silenced; the results do not depend on the backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import artifacts as art
+from .config import RunConfig
+from .errors import UserError
+from .stages import Estimate
+
+__all__ = ["digest", "pinned_steps", "replicate_config", "replicate_dir"]
+
+
+def replicate_dir(run_dir: Path, i: int) -> Path:
+    return run_dir if i == 0 else run_dir / "replicates" / f"r{i}"
+
+
+def replicate_config(cfg: RunConfig, i: int, pinned_step: int | None = None) -> RunConfig:
+    """Replicate ``i``'s config (replicate 0's is ``cfg`` itself); ``pinned_step``: its theta*
+    checkpoint with ``replicate_over = checkpoints``."""
+    if i == 0:
+        return cfg
+    over, est = cfg.group.replicate_over, cfg.estimate
+    est_update = {"projector_seed": est.projector_seed + i, "subset_seed": est.subset_seed + i}
+    update = {}
+    if over in ("seeds", "checkpoints"):
+        est_update["seed"] = est.seed + i
+    if over == "checkpoints":
+        est_update["checkpoint"] = pinned_step
+    if over == "seeds":
+        learner = cfg.learner()
+        update[cfg.algo] = learner.model_copy(update={"seed": learner.seed + i})
+    return cfg.model_copy(update={**update, "estimate": est.model_copy(update=est_update)})
+
+
+def pinned_steps(first: Estimate, r: int) -> list[int]:
+    """The steps of the ``r - 1`` checkpoints nearest to replicate 0's theta* (later first on ties)."""
+    steps = [int(p.stem.split("_")[1]) for p in first.checkpoints]
+    own = int(first.theta.meta["step"])
+    others = sorted((s for s in steps if s != own), key=lambda s: (abs(s - own), -s))
+    if len(others) < r - 1:
+        raise UserError(f"--replicate-over checkpoints with --replicates {r} needs {r} checkpoints; the training has "
+                        f"{len(steps)}; lower --replicates or save checkpoints more often (ppo.checkpoint_every)")
+    return others[:r - 1]
+
+
+def digest(estimates: list[Estimate]) -> str:
+    """One digest of every replicate's stages (the group stage's ``replicates`` upstream)."""
+    return art.config_hash([e.digests for e in estimates])
