@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 a user error (one line on stderr naming the input), 1 a
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -53,13 +54,16 @@ BackendOpt = Annotated[str, typer.Option("--backend", help="where independent un
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="with --backend ray: an existing Ray cluster (auto, HOST:6379 or ray://HOST:10001); default: start a local Ray instance")]
 AlgoOpt = Annotated[str, typer.Option("--algo", help="meta-trainer: ppo (multi-task PPO, the default) or sac (multi-task SAC with a "
                                             "per-task entropy temperature, continuous actions; options in a \\[sac] table of --config; docs/sac.md)")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="local: worker processes (default 1: in this process); ray without --ray-address: CPUs of the local Ray instance")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="local: worker processes (default: one per replicate up to the machine's cores; with one replicate 1: in this process); ray without --ray-address: CPUs of the local Ray instance")]
 
 
-def _backend(name: str, workers: Optional[int], address: Optional[str]):
-    """The execution backend of --backend/--workers/--ray-address (user mistakes are UserErrors)."""
+def _backend(name: str, workers: Optional[int], address: Optional[str], replicates: int = 1):
+    """The execution backend of --backend/--workers/--ray-address (user mistakes are UserErrors).
+    Without --workers, a local run of R replicates gets min(R, cores) worker processes."""
     from .backend import make_backend
 
+    if workers is None and name == "local" and replicates > 1:
+        workers = max(1, min(replicates, os.cpu_count() or 1))
     return make_backend(name, workers=workers, address=address)
 
 
@@ -245,7 +249,7 @@ def run(
 
     if tensorboard is not None:  # before --out is claimed: a bad --tensorboard leaves nothing behind
         check_dir_path(tensorboard, "--tensorboard")
-    be = _backend(backend, workers, ray_address)
+    be = _backend(backend, workers, ray_address, cfg.group.replicates)
     try:
         with interrupt_summary(out_dir):
             res = run_pipeline(s, cfg, out_dir, tensorboard, backend=be)
@@ -378,7 +382,7 @@ def validate(
     vflags = {"finetune_steps": "--finetune-steps", "episodes": "--episodes", "finetune_seeds": "--finetune-seeds",
               "hessian_probes": "--probes", "hessian_subsets": "--hessian-subsets", "random_draws": "--random-draws"}
     vcfg = parse(ValidateConfig, vdata, "options", vflags)
-    be = _backend(backend, workers, ray_address)
+    be = _backend(backend, workers, ray_address, cfg.group.replicates)
     from .artifacts import interrupt_summary
 
     try:
@@ -489,7 +493,7 @@ def compare(
               "methods": "--methods", "n_test": "--n-test", "adapt_steps": "--adapt-steps", "probe_episodes": "--probe-episodes",
               "inner_steps": "--inner-steps", "inner_lr": "--inner-lr"}
     ccfg = parse(CompareConfig, cdata, "options", cflags)
-    be = _backend(backend, workers, ray_address)
+    be = _backend(backend, workers, ray_address, cfg.group.replicates)
     try:
         r = run_compare(s, cfg, ccfg, out_dir, run_dir, backend=be)
     finally:

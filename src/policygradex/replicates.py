@@ -5,9 +5,9 @@ replicate ``i >= 1`` lives in ``<run>/replicates/r<i>/`` with the same layout.  
 between replicates (``--replicate-over``, :func:`replicate_config`):
 
 ``seeds`` (default)
-    the meta-training seed, the collection seed, the projector seed and the subset seed are all
-    offset by ``i``: independent trainings, each with its own theta*, rollouts, projection and
-    subsets.  Only these replicates make the consensus verdict calibrated
+    the meta-training seed, the collection seed, the projector seed and the subset seed are each
+    replaced by :func:`replicate_seed`: independent trainings, each with its own theta*, rollouts,
+    projection and subsets.  Only these replicates make the consensus verdict calibrated
     (:mod:`policygradex.group.consensus`).
 ``checkpoints``
     one training (replicate 0's); replicate ``i`` pins theta* to the ``i``-th other checkpoint
@@ -27,16 +27,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from . import artifacts as art
 from .config import RunConfig
 from .errors import UserError
 from .stages import Estimate
 
-__all__ = ["digest", "pinned_steps", "replicate_config", "replicate_dir"]
+__all__ = ["digest", "pinned_steps", "replicate_config", "replicate_dir", "replicate_seed"]
 
 
 def replicate_dir(run_dir: Path, i: int) -> Path:
     return run_dir if i == 0 else run_dir / "replicates" / f"r{i}"
+
+
+def replicate_seed(seed: int, i: int) -> int:
+    """Replicate ``i``'s seed for a run seeded ``seed``: a hash of both (numpy's ``SeedSequence``),
+    not ``seed + i``, so that replicate 1 of ``--seed 0`` is not replicate 0 of ``--seed 1`` (two runs
+    with nearby seeds share no training).  Below 2**31, so that the offsets added to a seed inside
+    the pipeline (``seed + 1`` for the collection, ...) stay valid seeds."""
+    return seed if i == 0 else int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint32)[0]) % 2**31
 
 
 def replicate_config(cfg: RunConfig, i: int, pinned_step: int | None = None) -> RunConfig:
@@ -45,15 +55,15 @@ def replicate_config(cfg: RunConfig, i: int, pinned_step: int | None = None) -> 
     if i == 0:
         return cfg
     over, est = cfg.group.replicate_over, cfg.estimate
-    est_update = {"projector_seed": est.projector_seed + i, "subset_seed": est.subset_seed + i}
+    est_update = {"projector_seed": replicate_seed(est.projector_seed, i), "subset_seed": replicate_seed(est.subset_seed, i)}
     update = {}
     if over in ("seeds", "checkpoints"):
-        est_update["seed"] = est.seed + i
+        est_update["seed"] = replicate_seed(est.seed, i)
     if over == "checkpoints":
         est_update["checkpoint"] = pinned_step
     if over == "seeds":
         learner = cfg.learner()
-        update[cfg.algo] = learner.model_copy(update={"seed": learner.seed + i})
+        update[cfg.algo] = learner.model_copy(update={"seed": replicate_seed(learner.seed, i)})
     return cfg.model_copy(update={**update, "estimate": est.model_copy(update=est_update)})
 
 

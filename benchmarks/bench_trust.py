@@ -1,0 +1,210 @@
+"""The trust scoreboard: how often is one run's answer right, at one replicate and at R?
+
+Families (``--families``, comma-separated; default all):
+
+  planted      ``cartpole-planted`` at suite seeds 0-9: right = NMI 1 against the planted partition.
+  goalline     ``benchmarks/suites/goalline.toml``: 9 GoalLine tasks (a custom environment module,
+               ``benchmarks/envs/goalline.py``, registered through gymnasium as users do) in three
+               planted clusters, pipeline seeds 0-4: right = NMI 1.
+  identical    ``benchmarks/suites/identical.toml``: 8 CartPole-v1 tasks that differ only in their
+               task id, pipeline seeds 0-19, in auto-k and with ``--k 2``: right = not
+               distinguishable from noise.
+  cartpole     ``cartpole`` (n = 10), pipeline seeds 0-4: no known answer; the agreement between
+  lunarlander  seeds (mean pairwise NMI of the groupings) and the verdict's consistency.
+
+Every answer is one ``policygradex run`` at the default options plus ``--replicates R`` (and
+``--k 2`` for that mode).  A family's seeds share nothing across seeds; within a seed, the run
+directory (``runs/bench_trust/<variant>/<family>/seed<s>/``) is reused across R and modes, so
+that replicate 0 is the R = 1 run and R = 5 adds two replicates to R = 3: the pipeline's own stage
+cache makes the benchmark resumable and incremental.  Each answer is cached as a small JSON
+(``.../answers/``); a rerun skips what is cached, so the benchmark resumes across sessions
+(``--max-minutes`` stops it cleanly between answers).
+
+Cost: the ``seconds`` of every stage manifest the answer rests on (replicates 0..R-1 and the group
+stage), i.e. what a fresh serial run at R takes on this machine, and the wall time of the call
+that produced it (incremental, with ``--workers``).
+
+``--quick`` screens variants at R = 1 (``--replicates 1``); ``--variant NAME --extra "ARGS"`` runs
+every answer with extra CLI options (e.g. ``--extra "--transitions 16384"``), in its own
+directories and result file.
+
+Usage:
+  python benchmarks/bench_trust.py [--families planted,identical] [--replicates 1,3,5] [--workers 2]
+      [--quick] [--variant NAME --extra "ARGS"] [--max-minutes 120]
+
+Result: benchmarks/results/trust.json (``trust_<variant>.json`` for a variant) with the command,
+nproc, CPU model, versions, load average and date; a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import policygradex, save  # noqa: E402
+
+ROOT = HERE.parent
+SUITES, ENVS = HERE / "suites", HERE / "envs"
+
+
+@dataclass(frozen=True)
+class Family:
+    args: tuple[str, ...]   # the suite; "{seed}" is replaced by the seed
+    seeds: int
+    modes: tuple[str, ...]  # "auto" and/or "k2"
+    truth: str              # "nmi" (planted partition), "noise" (nothing to find), "agreement" (no known answer)
+    env: tuple[tuple[str, str], ...] = ()
+
+
+FAMILIES = {
+    "planted": Family(("--suite", "cartpole-planted", "--suite-seed", "{seed}"), 10, ("auto",), "nmi"),
+    "goalline": Family(("--suite", str(SUITES / "goalline.toml"), "--seed", "{seed}"), 5, ("auto",), "nmi",
+                       (("PYTHONPATH", str(ENVS)),)),
+    "identical": Family(("--suite", str(SUITES / "identical.toml"), "--seed", "{seed}"), 20, ("auto", "k2"), "noise"),
+    "cartpole": Family(("--suite", "cartpole", "--seed", "{seed}"), 5, ("auto",), "agreement"),
+    "lunarlander": Family(("--suite", "lunarlander", "--seed", "{seed}"), 5, ("auto",), "agreement"),
+}
+
+
+def _stage_seconds(run_dir: Path, replicates: int) -> float:
+    """Seconds of every stage manifest of replicates 0..R-1 and of the group stage."""
+    dirs = [run_dir] + [run_dir / "replicates" / f"r{i}" for i in range(1, replicates)]
+    total = 0.0
+    for d in dirs:
+        for name in ("train", "collect", "features", "subsets", "surrogate", "evaluate"):
+            m = d / f"{name}.manifest.json"
+            if m.is_file():
+                total += float(json.loads(m.read_text()).get("extra", {}).get("seconds", 0.0))
+    g = run_dir / "group.manifest.json"
+    return total + float(json.loads(g.read_text()).get("extra", {}).get("seconds", 0.0))
+
+
+def answer(work: Path, name: str, fam: Family, seed: int, R: int, mode: str, workers: int, extra: list[str]) -> dict:
+    """One cached answer: run (or reuse) the pipeline and summarize groups.json."""
+    cache = work / "answers" / f"{name}-seed{seed}-R{R}-{mode}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    run_dir = work / name / f"seed{seed}"
+    args = [a.replace("{seed}", str(seed)) for a in fam.args] + ["--replicates", str(R), "--workers", str(workers)]
+    args += ["--k", "2"] if mode == "k2" else []
+    wall, _ = policygradex("run", *args, *extra, "--out", str(run_dir), env=dict(fam.env), cwd=ROOT)
+    g = json.loads((run_dir / "groups.json").read_text())
+    v = g.get("verdict", {})
+    out = {"family": name, "seed": seed, "replicates": R, "mode": mode, "k": g["k"], "groups": g["groups"], "labels": g["labels"],
+           "p": g["null_p"], "distinguishable": g["distinguishable_from_noise"], "calibrated": v.get("calibrated"),
+           "test": v.get("test"), "nmi": g.get("nmi_vs_true_partition"), "cost_seconds": round(_stage_seconds(run_dir, R), 1),
+           "wall_seconds": round(wall, 1)}
+    if fam.truth == "nmi":
+        out["right"] = out["nmi"] is not None and out["nmi"] > 1 - 1e-9
+        out["wrong_but_significant"] = (not out["right"]) and out["distinguishable"]
+    elif fam.truth == "noise":
+        out["right"] = not out["distinguishable"]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, cache)
+    return out
+
+
+def _mean_pairwise_nmi(labels: list[list[int]]) -> float | None:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    pairs = list(itertools.combinations(labels, 2))
+    return float(np.mean([normalized_mutual_info_score(a, b) for a, b in pairs])) if pairs else None
+
+
+def summarize(answers: list[dict]) -> list[dict]:
+    rows = []
+    keys = sorted({(a["family"], a["replicates"], a["mode"]) for a in answers}, key=lambda t: (list(FAMILIES).index(t[0]), t[1], t[2]))
+    for fam, R, mode in keys:
+        rs = sorted((a for a in answers if (a["family"], a["replicates"], a["mode"]) == (fam, R, mode)), key=lambda a: a["seed"])
+        truth = FAMILIES[fam].truth
+        row = {"family": fam, "replicates": R, "mode": mode, "seeds_done": len(rs), "seeds_planned": FAMILIES[fam].seeds,
+               "significant": sum(a["distinguishable"] for a in rs), "calibrated": all(a["calibrated"] for a in rs),
+               "mean_cost_seconds": round(float(np.mean([a["cost_seconds"] for a in rs])), 1)}
+        if truth in ("nmi", "noise"):
+            row["right"] = sum(a["right"] for a in rs)
+        if truth == "nmi":
+            row["wrong_but_significant"] = sum(a["wrong_but_significant"] for a in rs)
+            row["nmi"] = [round(a["nmi"], 3) for a in rs]
+        if truth == "agreement":
+            row["mean_pairwise_nmi"] = _mean_pairwise_nmi([a["labels"] for a in rs])
+            verdicts = [a["distinguishable"] for a in rs]
+            row["verdict_consistency"] = max(verdicts.count(True), verdicts.count(False)) / len(verdicts)
+        row["p"] = [round(a["p"], 3) for a in rs]
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| family | R | mode | seeds | right | wrong but significant | significant | calibrated | mean cost (s) |",
+           "|---|---:|---|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        right = f"{r['right']}/{r['seeds_done']}" if "right" in r else f"agreement {r['mean_pairwise_nmi']:.2f}" if r.get(
+            "mean_pairwise_nmi") is not None else "-"
+        out.append(f"| {r['family']} | {r['replicates']} | {r['mode']} | {r['seeds_done']}/{r['seeds_planned']} | {right} | "
+                   f"{r.get('wrong_but_significant', '-')} | {r['significant']}/{r['seeds_done']} | {'yes' if r['calibrated'] else 'no'} | "
+                   f"{r['mean_cost_seconds']} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--replicates", default="1,3,5", help="comma-separated R values, run in this order")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--quick", action="store_true", help="screening: R = 1 only")
+    ap.add_argument("--variant", default=None, help="name of a variant (own directories and result file)")
+    ap.add_argument("--extra", default="", help="extra CLI options of every run of the variant")
+    ap.add_argument("--seeds", type=int, default=None, help="at most this many seeds per family")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop (cleanly, between answers) after this long")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_trust")
+    args = ap.parse_args()
+    families = [f for f in args.families.split(",") if f]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        ap.error(f"unknown families {unknown}; allowed: {', '.join(FAMILIES)}")
+    if args.extra and not args.variant:
+        ap.error("--extra needs --variant NAME")
+    Rs = [1] if args.quick else [int(r) for r in args.replicates.split(",")]
+    work = args.work / (args.variant or "default")
+    extra = shlex.split(args.extra)
+    t0, answers, stopped = time.monotonic(), [], False
+    for R in Rs:
+        for name in families:
+            fam = FAMILIES[name]
+            for seed in range(min(fam.seeds, args.seeds or fam.seeds)):
+                for mode in fam.modes:
+                    if args.max_minutes is not None and time.monotonic() - t0 > 60 * args.max_minutes:
+                        stopped = True
+                        break
+                    try:
+                        a = answer(work, name, fam, seed, R, mode, args.workers, extra)
+                    except subprocess.CalledProcessError as exc:
+                        print(f"{name} seed {seed} R {R} {mode}: failed ({exc.returncode}); skipped", flush=True)
+                        continue
+                    answers.append(a)
+                    print(f"{name} seed {seed} R {R} {mode}: k {a['k']} p {a['p']:.3f} nmi {a['nmi']} right {a.get('right')} "
+                          f"cost {a['cost_seconds']} s", flush=True)
+    rows = summarize(answers)
+    name = "trust" + (f"_{args.variant}" if args.variant else "")
+    save(name, {"variant": args.variant, "extra": args.extra, "complete": not stopped,
+                "rows": rows, "answers": answers})
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
