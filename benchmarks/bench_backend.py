@@ -109,7 +109,7 @@ def unit_costs(n: int, steps: int, tmp: Path) -> dict:
 
     from policygradex.config import PPOConfig, ValidateConfig
     from policygradex.estimate.subsets import default_subset_size, sample_subsets
-    from policygradex.pipeline import train_meta_policy
+    from policygradex.stages import train_meta_policy
     from policygradex.tasks import load_suite
     from policygradex.validate import _finetune_setup, _finetune_unit, finetune_units
 

@@ -97,7 +97,7 @@ def main_in_process(*argv: str, stop_at_training: bool = False) -> subprocess.Co
     from policygradex import cli as entry
 
     out, err = io.StringIO(), io.StringIO()
-    stop = mock.patch("policygradex.pipeline.train_meta_policy", side_effect=ReachedTraining) if stop_at_training \
+    stop = mock.patch("policygradex.stages.train_meta_policy", side_effect=ReachedTraining) if stop_at_training \
         else contextlib.nullcontext()
     with stop, contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:

@@ -20,7 +20,7 @@ _API = {
     "GroupConfig": ("policygradex.config", "GroupConfig"),
     "ValidateConfig": ("policygradex.config", "ValidateConfig"),
     "run": ("policygradex.pipeline", "run"),
-    "train_meta_policy": ("policygradex.pipeline", "train_meta_policy"),
+    "train_meta_policy": ("policygradex.stages", "train_meta_policy"),
 }
 __all__ = list(_API)
 

@@ -165,7 +165,7 @@ def train(
         cfg = _ppo_config(s, steps, seed, threads, envs_per_task, _hidden(hidden), norm_adv, checkpoint_every, config)
     from . import artifacts as art
     from . import outdir
-    from .pipeline import train_meta_policy  # torch: imported once the options are known to be valid
+    from .stages import train_meta_policy  # torch: imported once the options are known to be valid
     from .rl.evaluate import evaluate_policy
 
     if tensorboard is not None:  # before --out is claimed: a bad --tensorboard leaves nothing behind

@@ -25,11 +25,11 @@ from .estimate.subsets import default_subset_size
 from .report import write_report
 from .stage import Runner
 from . import replicates
-from .stages import COLLECT, EVALUATE, FEATURES, GROUP, SUBSETS, SURROGATE, TRAIN, Estimate, check_min_return, train_meta_policy
+from .stages import COLLECT, EVALUATE, FEATURES, GROUP, SUBSETS, SURROGATE, TRAIN, Estimate, check_min_return
 from .tasks import TaskSuite
 from .ui import progress_bar
 
-__all__ = ["RunResult", "estimate", "run", "stage_configs", "train_meta_policy"]
+__all__ = ["RunResult", "estimate", "estimate_all", "run", "stage_configs"]
 
 
 @dataclass
