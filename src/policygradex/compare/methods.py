@@ -105,7 +105,10 @@ class Method:
     """A named method.  ``grouping(ctx, seed) -> (groups as task-index lists, info)``;
     ``arch`` forces the network (None: ``CompareConfig.arch``); ``pcgrad`` turns on gradient
     surgery; ``needs_run`` asks the runner for the PolicyGradEx run first; ``run_unit``
-    replaces the default unit (train one policy per group, evaluate per task)."""
+    replaces the default unit (train one policy per group, evaluate per task); ``learners``:
+    the names of the learners (``rl.learners``) the method trains with, None for every learner
+    (the default unit trains through the run's learner; gradient similarity and TAG read PPO
+    quantities, PCGrad is a PPO update, meta-RL is FOMAML on PPO: those are PPO-only)."""
 
     name: str
     description: str
@@ -117,6 +120,11 @@ class Method:
     kind: str = "multi_task"
     run_unit: Callable[..., dict] | None = None
     key_parts: Callable[[CompareContext], list] | None = None  # extra inputs of a unit's cache key
+    learners: tuple[str, ...] | None = None
+
+    def trains_with(self, learner: str) -> bool:
+        """Whether the method runs with the learner named ``learner`` (``RunConfig.algo``)."""
+        return self.learners is None or learner in self.learners
 
 
 METHODS: dict[str, Method] = {}
@@ -177,16 +185,20 @@ def _tag(ctx: CompareContext, seed: int) -> tuple[list[list[int]], dict]:
     return groups_from_affinity(aff["U"], ctx.k), {"k": ctx.k, "affinity_s": aff["seconds"], **aff["info"]}
 
 
+#: the learners of the methods that read PPO's own quantities or updates
+PPO_ONLY = ("ppo",)
+
 register(Method("multitask", "one policy on all tasks", _all_tasks))
 register(Method("softmod", "one Soft Modularization policy on all tasks (modules + task-conditioned routing)", _all_tasks,
                 arch="softmod"))
 register(Method("random", "one policy per group of a random partition with PolicyGradEx's group sizes (new draw per seed)",
                 _random, needs_run=True, seed_dependent_grouping=True))
 register(Method("gradsim", "one policy per group: SDP (same k) on the cosine of per-task mean policy gradients at theta*",
-                _gradsim, needs_run=True))
-register(Method("pcgrad", "one policy on all tasks with PCGrad gradient surgery on per-task PPO losses", _all_tasks, pcgrad=True))
+                _gradsim, needs_run=True, learners=PPO_ONLY))
+register(Method("pcgrad", "one policy on all tasks with PCGrad gradient surgery on per-task PPO losses", _all_tasks, pcgrad=True,
+                learners=PPO_ONLY))
 register(Method("tag", "one policy per group: SDP (same k) on TAG-style lookahead affinities along meta-training", _tag,
-                needs_run=True))
+                needs_run=True, learners=PPO_ONLY))
 register(Method("policygradex", "one policy per group of the PolicyGradEx grouping", _policygradex, needs_run=True))
 
 
@@ -206,9 +218,11 @@ def _meta_key(ctx: CompareContext) -> list:
 
 
 register(Method("meta-maml", "meta-RL: first-order MAML on all training tasks, adapted to held-out tasks", _all_tasks,
-                kind="meta_rl", run_unit=_meta_unit, key_parts=_meta_key))
+                kind="meta_rl", run_unit=_meta_unit, key_parts=_meta_key,
+                learners=PPO_ONLY))
 register(Method("meta-policygradex", "meta-RL: first-order MAML per PolicyGradEx group; a held-out task adapts the group "
                 "policy with the best probe return", _policygradex, needs_run=True, kind="meta_rl", run_unit=_meta_unit,
-                key_parts=_meta_key))
+                key_parts=_meta_key, learners=PPO_ONLY))
 register(Method("meta-multitask", "meta-RL: task-blind multi-task PPO policy as the initialization, adapted to held-out tasks",
-                _all_tasks, kind="meta_rl", run_unit=_meta_unit, key_parts=_meta_key))
+                _all_tasks, kind="meta_rl", run_unit=_meta_unit, key_parts=_meta_key,
+                learners=PPO_ONLY))

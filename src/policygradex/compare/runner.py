@@ -45,10 +45,10 @@ from ..backend import LocalBackend, Resources, Unit
 from ..config import CompareConfig, PPOConfig, RunConfig, SACConfig
 from ..errors import UserError
 from ..report import save_png
+from ..rl.learners import learner_for
 from ..tasks import TaskSuite
 from ..ui import console, progress_bar
-from .methods import CompareContext, Method, get_method
-from .train import group_ppo, group_sac, iterations_for, train_group, train_group_sac
+from .methods import METHODS, CompareContext, Method, get_method
 
 __all__ = ["compare", "ci95", "summarize", "UNIT_KEYS", "BASELINE"]
 
@@ -71,32 +71,20 @@ def ci95(values) -> tuple[float, float | None, float | None]:
     return m, float(t * v.std(ddof=1) / math.sqrt(v.size)), t
 
 
-def _downstream_ppo(run_cfg: RunConfig, arch: str) -> PPOConfig:
-    learner = run_cfg.learner()  # PPOConfig, or SACConfig with --algo sac
+def _downstream_ppo(run_cfg: RunConfig, arch: str) -> PPOConfig | SACConfig:
+    learner = run_cfg.learner()  # the run's learner's config (PPOConfig, SACConfig with --algo sac)
     net = learner.net.model_copy(update={"arch": arch})
     return learner.model_copy(update={"net": net})
 
 
-#: Methods that train with the run's SAC config under ``--algo sac`` (the others are PPO-only:
-#: gradient similarity and TAG read PPO quantities, PCGrad is a PPO update, meta-RL is FOMAML on PPO).
-SAC_METHODS = ("multitask", "softmod", "random", "policygradex")
+def _iterations(cfg: PPOConfig | SACConfig, steps_per_task: int) -> int:
+    """Iterations of the config's learner (PPO updates, SAC vector steps) that give every task ``steps_per_task`` steps."""
+    return learner_for(cfg).iterations(cfg, steps_per_task)
 
 
-def _is_sac(learner) -> bool:
-    return isinstance(learner, SACConfig)
-
-
-def _iterations(learner, steps_per_task: int) -> int:
-    """PPO iterations, or SAC vector steps, that give every task ``steps_per_task`` steps."""
-    if _is_sac(learner):
-        return max(1, math.ceil(steps_per_task / learner.envs_per_task))
-    return iterations_for(learner, steps_per_task)
-
-
-def _task_steps(learner, steps_per_task: int) -> int:
-    """Environment steps every task actually gets (whole iterations / vector steps)."""
-    per = learner.envs_per_task * (1 if _is_sac(learner) else learner.num_steps)
-    return _iterations(learner, steps_per_task) * per
+def _task_steps(cfg: PPOConfig | SACConfig, steps_per_task: int) -> int:
+    """Environment steps every task actually gets (whole iterations)."""
+    return _iterations(cfg, steps_per_task) * learner_for(cfg).steps_per_iteration(cfg)
 
 
 def _unit_arch(method: Method, cfg: CompareConfig) -> str:
@@ -129,11 +117,11 @@ def _unit_key(ctx: CompareContext, method: Method, seed: int, groups: list[list[
 
 def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[list[int]], info: dict, ppo: PPOConfig,
                 warm: bool, unit_dir: Path, bar) -> tuple[dict, list[Path]]:
-    from ..rl.checkpoint import save_checkpoint
     from ..rl.evaluate import evaluate_policy
     from .pcgrad import PCGrad
 
     suite, c = ctx.suite, ctx.cfg
+    learner = learner_for(ppo)
     t0 = time.perf_counter()
     per_task, steps, files, train_ret, surgery_stats, minibatch_sizes = {}, {}, [], {}, [], []
     for g, tasks in enumerate(groups):
@@ -141,15 +129,12 @@ def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[lis
         surgery = PCGrad(gseed) if method.pcgrad else None
         advance = lambda k: bar.advance(k, f"{method.name} seed {seed}")  # noqa: E731
         init = _theta_star_state(ctx) if warm else None
-        if _is_sac(ppo):
-            gppo = group_sac(ppo, len(tasks), suite.n, c.steps_per_task, gseed, c.minibatches)
-            minibatch_sizes.append(gppo.batch_size)
-            res = train_group_sac(suite, tasks, gppo, unit_dir / f"group_{g}_train", init_state=init, on_step=advance)
-        else:
-            gppo = group_ppo(ppo, len(tasks), suite.n, c.minibatches).model_copy(update={"seed": gseed})
-            minibatch_sizes.append(gppo.minibatch_size)
-            res = train_group(suite, tasks, gppo, c.steps_per_task, gseed, init_state=init, grad_surgery=surgery, on_step=advance,
-                              context=f"compare's {method.name} policy for group {g + 1} of {len(groups)} (seed {seed})")
+        gppo = learner.group_config(ppo, len(tasks), suite.n, c.steps_per_task, gseed, c.minibatches)
+        minibatch_sizes.append(learner.group_batch_size(gppo))
+        work_dir = unit_dir / f"group_{g}_train"
+        res = learner.train_group(suite, tasks, gppo, c.steps_per_task, gseed, work_dir, init_state=init, grad_surgery=surgery,
+                                  on_step=advance,
+                                  context=f"compare's {method.name} policy for group {g + 1} of {len(groups)} (seed {seed})")
         ev = evaluate_policy(res.model, suite, episodes=c.episodes, deterministic=c.deterministic, seed=c.eval_seed, tasks=tasks)
         for t in tasks:
             name = suite.names[t]
@@ -161,13 +146,9 @@ def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[lis
         if surgery is not None:
             surgery_stats.append({"conflicting_pairs": surgery.conflicts, "pairs": surgery.pairs})
         path = unit_dir / f"group_{g}.pt"
-        total = sum(res.env_steps.values())
         rets = {suite.names[t]: per_task[suite.names[t]]["mean"] for t in tasks}
-        if _is_sac(ppo):  # the final SAC checkpoint as the group's policy; the training run's folder goes
-            art.write_bytes(path, res.checkpoint.read_bytes())
-            shutil.rmtree(unit_dir / f"group_{g}_train", ignore_errors=True)
-        else:
-            save_checkpoint(path, res.model, None, gppo.model_copy(update={"total_steps": total}), suite, total, res.iterations, rets)
+        learner.save_group_policy(path, res, gppo, suite, rets)  # the group's policy as a checkpoint
+        shutil.rmtree(work_dir, ignore_errors=True)  # the group training's own files (SAC's run folder), if any
         files.append(path)
     per_task = {name: per_task[name] for name in suite.names}
     result = {
@@ -181,7 +162,7 @@ def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[lis
         "groups": [[suite.names[t] for t in grp] for grp in groups],
         "grouping": info,
         "arch": ppo.net.arch, "init": "theta*" if warm else "scratch", "minibatch_sizes": minibatch_sizes,
-        "learner": "sac" if _is_sac(ppo) else "ppo",
+        "learner": learner.name,
         "train_returns_last20": train_ret,
         "policies": [f"group_{g}.pt" for g in range(len(groups))],
     }
@@ -292,10 +273,11 @@ def compare(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, out_dir: s
     import torch
 
     torch.set_num_threads(run_cfg.learner().threads)
-    if run_cfg.algo == "sac":
-        other = [m.name for m in methods if m.name not in SAC_METHODS]
-        if other:
-            raise UserError(f"--methods {other[0]}: not available with --algo sac (allowed: {', '.join(SAC_METHODS)})")
+    learner = learner_for(run_cfg.learner())
+    other = [m.name for m in methods if not m.trains_with(learner.name)]
+    if other:
+        allowed = [name for name, m in METHODS.items() if m.trains_with(learner.name)]
+        raise UserError(f"--methods {other[0]}: not available with --algo {learner.name} (allowed: {', '.join(allowed)})")
     if run_dir is not None and any(m.needs_run for m in methods):
         outdir.check_output_dir(run_dir, "--run-dir")  # a bad --run-dir is named before anything is written
     outdir.lock_run_dir(out_dir)  # absent, empty or ours (marked); never a user's directory
@@ -393,6 +375,7 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
     all_steps = [e["env_steps_per_task"] for e in out_methods.values()]
     equal = all(isinstance(s, dict) and s == all_steps[0] for s in all_steps)
     learner = run_cfg.learner()
+    trainer = learner_for(learner)
     res = {
         "suite": suite.name, "tasks": suite.names, "n_tasks": suite.n,
         "methods_order": [m.name for m in methods],
@@ -401,7 +384,7 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
                    "equal_across_methods": equal,
                    "learner": run_cfg.algo,
                    "iterations": _iterations(learner, cfg.steps_per_task),
-                   "per_task_steps_per_iteration": learner.envs_per_task * (1 if _is_sac(learner) else learner.num_steps),
+                   "per_task_steps_per_iteration": trainer.steps_per_iteration(learner),
                    "rule": "every task gets the same environment steps; a group of s tasks trains for s x steps_per_task"},
         "evaluation": {"episodes": cfg.episodes, "deterministic": cfg.deterministic, "seed": cfg.eval_seed,
                        "common_random_numbers": True},

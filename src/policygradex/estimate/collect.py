@@ -35,61 +35,21 @@ come from separate episodes, not from the same trajectories as the training rows
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import PPOConfig
+from ..artifacts import read_json
+from ..config import PPOConfig, SACConfig
 from ..rl.checkpoint import load_checkpoint
-from ..rl.rollout import MultiTaskEnv, RolloutCollector
+from ..rl.collected import Collected, SignalHealth, signal_health
+from ..rl.learners import learner_for
 from ..tasks import TaskSuite
 
-
-@dataclass
-class SignalHealth:
-    adv_scale: float
-    frac_positive: float
-    mean_abs_adv: float
-    collapsed: bool
-    reason: str = ""
-
-    def to_dict(self) -> dict:
-        return {"adv_scale": self.adv_scale, "frac_positive": self.frac_positive, "mean_abs_adv": self.mean_abs_adv,
-                "collapsed": self.collapsed, "reason": self.reason}
-
-
-def signal_health(adv: torch.Tensor, returns: torch.Tensor, min_adv_scale: float, min_label_frac: float) -> SignalHealth:
-    adv = adv.double()
-    scale = float(adv.abs().mean() / (returns.double().abs().mean() + 1e-8)) if adv.numel() else 0.0
-    pos = float((adv > 0).double().mean()) if adv.numel() else 0.0
-    reasons = []
-    if scale < min_adv_scale:
-        reasons.append(f"advantage scale {scale:.2e} < {min_adv_scale:.0e}")
-    if not (min_label_frac <= pos <= 1 - min_label_frac):
-        reasons.append(f"labels one-sided ({pos:.1%} positive)")
-    return SignalHealth(scale, pos, float(adv.abs().mean()) if adv.numel() else 0.0, bool(reasons), "; ".join(reasons))
-
-
-@dataclass
-class Collected:
-    """Rollouts of theta*, flattened: one row per transition."""
-
-    x: torch.Tensor          # [N, in] policy inputs (observation ++ one-hot)
-    actions: torch.Tensor    # [N] or [N, act]
-    adv: torch.Tensor        # [N] GAE advantages (raw, not normalized)
-    returns: torch.Tensor    # [N] value targets A + V
-    task: torch.Tensor       # [N] task index
-    heldout: torch.Tensor    # [N] bool
-    episode_returns: list[list[float]] = field(default_factory=list)
-
-    def per_task_health(self, n: int, min_adv_scale: float, min_label_frac: float) -> list[SignalHealth]:
-        return [signal_health(self.adv[self.task == i], self.returns[self.task == i], min_adv_scale, min_label_frac) for i in range(n)]
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("x", "actions", "adv", "returns", "task", "heldout", "episode_returns")}
+__all__ = ["SignalHealth", "signal_health", "Collected", "load_rollouts", "load_meta_policy", "collect", "Selection",
+           "select_checkpoint"]
 
 
 def load_rollouts(run_dir: str | Path) -> dict:
@@ -99,40 +59,16 @@ def load_rollouts(run_dir: str | Path) -> dict:
 
 def load_meta_policy(run_dir: str | Path):
     """The model theta* that the collect stage chose (``collect/meta_policy.json``) from a run directory."""
-    from ..artifacts import read_json
-    from ..rl.checkpoint import load_checkpoint
-
     meta = read_json(Path(run_dir) / "collect" / "meta_policy.json")
     model, _, _, _ = load_checkpoint(Path(run_dir) / "train" / "checkpoints" / meta["checkpoint"])
     return model
 
 
-def collect(model, suite: TaskSuite, cfg: PPOConfig, transitions_per_task: int, envs_per_task: int,
+def collect(model: torch.nn.Module, suite: TaskSuite, cfg: PPOConfig | SACConfig, transitions_per_task: int, envs_per_task: int,
             heldout_frac: float, seed: int, on_step=None) -> Collected:
-    if getattr(model, "algo", "ppo") == "sac":  # MT-SAC theta*: advantages Q(s, a) - V(s) (rl.sac.collect)
-        from ..rl.sac import collect as sac_collect
-
-        return sac_collect(model, suite, cfg, transitions_per_task, envs_per_task, heldout_frac, seed, on_step)
-    steps = math.ceil(transitions_per_task / envs_per_task)
-    env = MultiTaskEnv(suite, envs_per_task, seed)
-    gen = torch.Generator().manual_seed(seed)
-    model.eval()
-    ro = RolloutCollector(env, gen).collect(model, steps, on_step)
-    env.close()
-    adv, ret = ro.advantages(cfg.gamma, cfg.gae_lambda)
-    T, E = adv.shape
-    copy = torch.arange(E) % envs_per_task  # env e runs copy (e % envs_per_task) of task e // envs_per_task
-    n_held = max(1, math.ceil(heldout_frac * envs_per_task)) if heldout_frac > 0 else 0
-    held = (copy >= envs_per_task - n_held).unsqueeze(0).expand(T, E)
-    # rows ordered task-major so each task's rows are contiguous
-    order = torch.argsort(ro.task_ids, stable=True)
-
-    def flat(t: torch.Tensor) -> torch.Tensor:
-        t = t[:, order]
-        return t.transpose(0, 1).reshape(T * E, *t.shape[2:])
-
-    return Collected(flat(ro.x), flat(ro.actions), flat(adv), flat(ret), flat(ro.task_ids.unsqueeze(0).expand(T, E)),
-                     flat(held), ro.episode_returns)
+    """theta*'s rollouts with the advantages of the learner that trained it (the model's
+    ``algo``: ``Learner.collect``; PPO: GAE, ``rl.ppo.collect``; SAC: soft Q - V, ``rl.sac.collect``)."""
+    return learner_for(model).collect(model, suite, cfg, transitions_per_task, envs_per_task, heldout_frac, seed, on_step)
 
 
 @dataclass

@@ -1,201 +1,58 @@
-"""Checkpoints: weights, optimizer, config, suite, versions and per-task returns.
+"""Checkpoints: :func:`load_checkpoint` (a checkpoint as a model of the learner that wrote it)
+and the format's primitives (:mod:`policygradex.rl.checkpoint_io`, re-exported here).
 
-Saved atomically; ``load_checkpoint`` returns a model whose parameters are bit-identical to
-the saved ones, and reports a truncated or corrupted file as a user error.  Each checkpoint
-holds the sha256 of its own content (``digest``, :func:`artifacts.content_digest`): torch's
-zip format does not notice a flipped byte in tensor data, the digest does.
-
-Resumed training writes the same bytes as training that never stopped: the numpy arrays of the
-RNG and environment state are saved with numpy's canonical dtype objects (:func:`canonical`),
-because pickle memoizes a dtype object shared by many arrays, and arrays that come back from a
-checkpoint (the replayed actions of an environment's current episode) would otherwise each
-carry their own.  A file that is not a checkpoint (``groups.json``, a feature file) and a
-checkpoint of an environment whose spaces changed since are one-line errors saying so.
+A checkpoint's ``algo`` field names its learner (absent: ``ppo``, the field predates SAC);
+:func:`load_checkpoint` rebuilds the config and the model through that learner
+(:func:`policygradex.rl.learners.learner_for`), so a new learner's checkpoints load without a
+change here.  ``build_model`` is PPO's (:func:`policygradex.rl.ppo.build_model`).
 """
 
 from __future__ import annotations
 
-import codecs
-import pickle
-import zipfile
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
-import numpy as np
 import torch
 
-from ..artifacts import content_digest, save_torch, versions
 from ..config import PPOConfig, SACConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
-from .networks import ActorCritic, build_actor_critic
+from .checkpoint_io import (EVALUATE_ADVICE, EXPECTED, FORMAT, canonical, list_checkpoints, load_model_state, read_checkpoint,
+                            save_checkpoint, spaces_of)
+from .learners import learner_for
+from .ppo import build_model
 
-FORMAT = "policygradex-checkpoint/1"
-
-
-def build_model(suite: TaskSuite, cfg: PPOConfig) -> ActorCritic:
-    in_dim = int(suite.observation_space.shape[0]) + suite.n
-    return build_actor_critic(in_dim, suite.action_space, cfg.net, suite.n)
-
-
-def canonical(obj: Any) -> Any:
-    """``obj`` (dicts, lists, tuples) with every numpy array copied onto numpy's canonical dtype
-    object: the same content then pickles to the same bytes wherever its arrays came from."""
-    if isinstance(obj, dict):
-        return {k: canonical(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(canonical(v) for v in obj)
-    if isinstance(obj, np.ndarray) and obj.dtype.kind in "biufc":
-        return obj.astype(np.dtype(obj.dtype.str))
-    return obj
+__all__ = ["LoadedCheckpoint", "load_checkpoint", "build_model", "FORMAT", "EXPECTED", "canonical", "list_checkpoints",
+           "load_model_state", "read_checkpoint", "save_checkpoint", "spaces_of"]
 
 
-def spaces_of(suite: TaskSuite) -> dict[str, str]:
-    return {"observation": str(suite.observation_space), "action": str(suite.action_space)}
+class LoadedCheckpoint(NamedTuple):
+    """What :func:`load_checkpoint` returns; unpacks as ``model, suite, config, raw``."""
+
+    model: torch.nn.Module           # in eval mode, on the CPU: ActorCritic (ppo), SACModel (sac), ...
+    suite: TaskSuite                 # rebuilt from the checkpoint (every task made now)
+    config: PPOConfig | SACConfig    # the learner's config (``Learner.config_type``)
+    raw: dict                        # the checkpoint's dict (global_step, returns, optimizer, ...)
 
 
-def save_checkpoint(path: str | Path, model: ActorCritic, optimizer: torch.optim.Optimizer | None, cfg: PPOConfig,
-                    suite: TaskSuite, global_step: int, update: int, returns: dict[str, float], rng: dict | None = None) -> None:
-    payload = {
-        "format": FORMAT,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "config": cfg.model_dump(mode="json"),
-        "suite": suite.to_dict(),
-        "spaces": spaces_of(suite),
-        "global_step": global_step,
-        "update": update,
-        "returns": returns,
-        "rng": canonical(rng or {}),
-        "versions": versions(),
-    }
-    payload["digest"] = content_digest(payload)
-    save_torch(path, payload)
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist")
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} is not a file")
-    try:
-        with path.open("rb") as f:
-            head = f.read(64)
-    except OSError as exc:
-        raise UserError(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from None
-    if not head.startswith(b"PK\x03\x04"):  # every checkpoint is a torch zip file
-        raise UserError(f"{path} is not a policygradex checkpoint ({_kind_of(head)}); {EXPECTED}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, TypeError,
-            AttributeError, ImportError, KeyError, IndexError, UnicodeDecodeError, MemoryError) as exc:
-        raise UserError(f"checkpoint {path} is truncated or corrupted ({type(exc).__name__}); delete it and rerun") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not a policygradex checkpoint (a torch file of other content: {_content_of(ckpt)}); "
-                        f"{EXPECTED}")
-    if "digest" in ckpt:  # checkpoints written before the digest existed are read as they are
-        body = {k: v for k, v in ckpt.items() if k != "digest"}
-        if content_digest(body) != ckpt["digest"]:
-            raise UserError(f"checkpoint {path} is corrupted (content checksum mismatch); delete it and rerun")
-    return ckpt
-
-
-EXPECTED = ("expected a checkpoint written by train or run: a step_*.pt file in a run's train/checkpoints/ "
-            "(or in train --out DIR's checkpoints/)")
-
-
-def _kind_of(head: bytes) -> str:
-    """What the first bytes of a file that is not a torch zip file look like, for messages."""
-    text = head.lstrip()
-    if not head:
-        return "an empty file"
-    if text[:1] in (b"{", b"["):
-        return "a JSON file, e.g. a run artifact such as groups.json"
-    if head.startswith(b"\x89PNG"):
-        return "a PNG image"
-    try:
-        if any(b < 9 or 13 < b < 32 for b in head):  # control characters: not text
-            raise UnicodeDecodeError("utf-8", head, 0, 1, "control character")
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
-    except UnicodeDecodeError:
-        return "a binary file that is not a torch zip file: another kind of file, or a checkpoint corrupted at its start"
-    return "a text file"
-
-
-def _content_of(obj: Any) -> str:
-    if isinstance(obj, dict):
-        keys = ", ".join(sorted(map(str, obj))[:5])
-        return f"a dict with keys {keys}{', ...' if len(obj) > 5 else ''}" if obj else "an empty dict"
-    return type(obj).__name__
-
-
-def load_checkpoint(path: str | Path) -> tuple[ActorCritic, TaskSuite, PPOConfig, dict]:
-    """(model in eval mode, suite, config, raw checkpoint dict); for a checkpoint of ``rl.sac``
-    (``ckpt["algo"] == "sac"``) the model is a ``SACModel`` and the config a ``SACConfig``.
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """(model in eval mode, suite, config, raw checkpoint dict), the model and config of the
+    learner named by the checkpoint's ``algo`` (absent: ``ppo``).
 
     The suite is rebuilt from the checkpoint (every task made now): an environment that cannot
     be made any more, or whose spaces no longer fit the saved weights, is a one-line error
-    naming the checkpoint (and the task and both spaces)."""
+    naming the checkpoint (and the task and both spaces); so is a learner that is not registered."""
     ckpt = read_checkpoint(path)
     try:
         suite = TaskSuite.from_dict(ckpt["suite"])
     except UserError as exc:  # a task that cannot be made (or checked) any more
         raise UserError(f"checkpoint {path}: {exc}") from None
     try:
-        if ckpt.get("algo") == "sac":  # an MT-SAC checkpoint (rl.sac): a SACModel and its SACConfig
-            from .sac import build_model as build_sac_model
-
-            cfg = SACConfig.model_validate(ckpt["config"])
-            model = build_sac_model(suite, cfg)
-        else:
-            cfg = PPOConfig.model_validate(ckpt["config"])
-            model = build_model(suite, cfg)
-    except UserError as exc:  # e.g. an action space the learner cannot act in any more
+        learner = learner_for(str(ckpt.get("algo") or "ppo"))
+        cfg = learner.config_type.model_validate(ckpt["config"])
+        model = learner.build_model(suite, cfg)
+    except UserError as exc:  # an unknown learner; an action space the learner cannot act in any more
         raise UserError(f"checkpoint {path}: {exc}") from None
-    load_model_state(model, ckpt, path, suite, advice=_EVALUATE_ADVICE)
+    load_model_state(model, ckpt, path, suite, advice=EVALUATE_ADVICE)
     model.eval()
-    return model, suite, cfg, ckpt
-
-
-_EVALUATE_ADVICE = "evaluate the checkpoint with the environment it was trained on, or train again"
-
-
-def load_model_state(model: torch.nn.Module, ckpt: dict, path: str | Path, suite: TaskSuite,
-                     advice: str = "choose another --out or delete it") -> None:
-    """``model.load_state_dict(ckpt["model"])``; weights that do not fit the model built for the
-    suite's current spaces (the environment changed since the checkpoint was written) are a
-    one-line :class:`UserError` naming the checkpoint, the task and both spaces, then ``advice``
-    (resumed training: the default)."""
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        if not _does_not_fit(exc):
-            raise
-        raise UserError(_spaces_changed(path, ckpt, suite, advice)) from None
-
-
-def _does_not_fit(exc: RuntimeError) -> bool:
-    return any(s in str(exc) for s in ("size mismatch", "Missing key", "Unexpected key"))
-
-
-def _spaces_changed(path: str | Path, ckpt: dict, suite: TaskSuite, advice: str) -> str:
-    """The one line for a checkpoint whose weights do not fit the spaces its tasks have now."""
-    now = spaces_of(suite)
-    task = suite.tasks[0]
-    who = f"task {task.name!r}" + (f" ({task.env_id})" if task.env_id != task.name else "")
-    saved = ckpt.get("spaces")
-    if saved is not None:
-        diff = [k for k in ("observation", "action") if saved.get(k) != now[k]] or ["observation", "action"]
-        then = " and ".join(f"{k} space {saved.get(k)}" for k in diff)
-        nows = " and ".join(f"{k} space {now[k]}" for k in diff)
-    else:  # a checkpoint from before the spaces were saved: the input width of the saved weights
-        w = next((v for k, v in ckpt["model"].items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2), None)
-        then = f"{int(w.shape[1]) - suite.n} observation values" if w is not None else "other spaces"
-        nows = f"observation space {now['observation']} and action space {now['action']}"
-    return f"checkpoint {path} was trained on {then}, but {who} now has {nows}; the environment changed since training: {advice}"
-
-
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    d = Path(directory)
-    return sorted(d.glob("step_*.pt")) if d.is_dir() else []
+    return LoadedCheckpoint(model, suite, cfg, ckpt)

@@ -18,6 +18,8 @@ checkpoint before it and rewrites the rest.
 
 from __future__ import annotations
 
+import copy
+import math
 import random
 import time
 from collections import deque
@@ -33,10 +35,12 @@ from ..artifacts import crash_point, write_json
 from ..config import PPOConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
-from .checkpoint import build_model, list_checkpoints, load_model_state, read_checkpoint, save_checkpoint
+from ..ui import console
+from .checkpoint_io import list_checkpoints, load_model_state, read_checkpoint, save_checkpoint
+from .collected import Collected
 from .device import resolve_device
 from .finite import Divergence, describe, first_nonfinite, max_abs, now, overflow_guard, reward_overflow
-from .networks import ActorCritic
+from .networks import ActorCritic, build_actor_critic
 from .rollout import MultiTaskEnv, Rollout, RolloutCollector
 
 
@@ -51,6 +55,12 @@ class TrainResult:
 
 # (model, per-sample losses [B], task id of each sample [B]) -> None; fills the parameters' .grad
 GradSurgery = Callable[[ActorCritic, torch.Tensor, torch.Tensor], None]
+
+
+def build_model(suite: TaskSuite, cfg: PPOConfig) -> ActorCritic:
+    """A fresh actor-critic for the suite: observation ++ the suite's task one-hot in, ``cfg.net``'s body."""
+    in_dim = int(suite.observation_space.shape[0]) + suite.n
+    return build_actor_critic(in_dim, suite.action_space, cfg.net, suite.n)
 
 
 def normalize_advantages(adv: torch.Tensor, task_of: torch.Tensor, n_tasks: int) -> torch.Tensor:
@@ -209,8 +219,6 @@ def finetune(model: ActorCritic, suite: TaskSuite, tasks: list[int], cfg: PPOCon
     learning rate is constant (``cfg.learning_rate``).  The actor's state after every
     iteration is kept, so callers can study the adaptation path.
     """
-    import copy
-
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = copy.deepcopy(model)
@@ -302,8 +310,6 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
             if "python" in resume:
                 random.setstate(resume["python"])
             if not env.restore(resume["env"]):
-                from ..ui import console
-
                 console.print("[yellow]warning:[/] the environments did not replay to their saved state (not deterministic "
                               "given seed and actions?); training resumes, but may differ from an uninterrupted run")
     collector = RolloutCollector(env, gen)
@@ -366,3 +372,174 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
     model = model.cpu().eval()  # callers (evaluation, the pipeline) work on the CPU
     return TrainResult(model, list_checkpoints(out_dir / "checkpoints"), history, global_step,
                        (global_step - steps0) / elapsed if elapsed > 0 else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# collection of theta*'s transitions with GAE advantages (the features stage)
+
+
+def collect(model: ActorCritic, suite: TaskSuite, cfg: PPOConfig, transitions_per_task: int, envs_per_task: int,
+            heldout_frac: float, seed: int, on_step=None) -> Collected:
+    """Roll out theta* (sampled actions) for ``transitions_per_task`` steps of every task over
+    ``envs_per_task`` copies, GAE with theta*'s own critic (``cfg.gamma``, ``cfg.gae_lambda``),
+    the last ``ceil(heldout_frac * envs_per_task)`` copies of each task held out; rows task-major
+    (``policygradex.estimate.collect`` describes the collection)."""
+    steps = math.ceil(transitions_per_task / envs_per_task)
+    env = MultiTaskEnv(suite, envs_per_task, seed)
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    ro = RolloutCollector(env, gen).collect(model, steps, on_step)
+    env.close()
+    adv, ret = ro.advantages(cfg.gamma, cfg.gae_lambda)
+    T, E = adv.shape
+    copy_ = torch.arange(E) % envs_per_task  # env e runs copy (e % envs_per_task) of task e // envs_per_task
+    n_held = max(1, math.ceil(heldout_frac * envs_per_task)) if heldout_frac > 0 else 0
+    held = (copy_ >= envs_per_task - n_held).unsqueeze(0).expand(T, E)
+    # rows ordered task-major so each task's rows are contiguous
+    order = torch.argsort(ro.task_ids, stable=True)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        t = t[:, order]
+        return t.transpose(0, 1).reshape(T * E, *t.shape[2:])
+
+    return Collected(flat(ro.x), flat(ro.actions), flat(adv), flat(ret), flat(ro.task_ids.unsqueeze(0).expand(T, E)),
+                     flat(held), ro.episode_returns)
+
+
+# ---------------------------------------------------------------------------------------------
+# one policy per group of tasks under the per-task budget rule (compare; policygradex.compare.train)
+
+
+@dataclass
+class GroupResult:
+    model: nn.Module
+    tasks: list[int]
+    env_steps: dict[int, int]        # task index -> environment steps consumed in training
+    iterations: int
+    wall_s: float
+    train_returns: dict[int, float | None]  # mean of the last 20 finished training episodes per task
+    checkpoint: Path | None = None           # SAC: the final checkpoint that its group training wrote
+
+
+def group_ppo(cfg: PPOConfig, group_size: int, n_tasks: int, rule: str = "same_count") -> PPOConfig:
+    """The PPO config of a policy for ``group_size`` of the ``n_tasks`` tasks.
+
+    ``same_count``: the minibatch size is scaled with the policy's batch so that every policy
+    makes (as nearly as integer sizes allow) the same number of minibatch steps per epoch as
+    the policy on all tasks with the preset's size; ``preset_size``: the preset unchanged.
+    """
+    if rule == "preset_size" or group_size == n_tasks:
+        return cfg
+    per_task = cfg.envs_per_task * cfg.num_steps
+    ref = max(1, (n_tasks * per_task) // cfg.minibatch_size)
+    return cfg.model_copy(update={"minibatch_size": max(1, math.ceil(group_size * per_task / ref))})
+
+
+def iterations_for(cfg: PPOConfig, steps_per_task: int) -> int:
+    """PPO iterations that give every task at least ``steps_per_task`` steps (at least one)."""
+    return max(1, math.ceil(steps_per_task / (cfg.envs_per_task * cfg.num_steps)))
+
+
+def train_group(suite: TaskSuite, tasks: list[int], cfg: PPOConfig, steps_per_task: int, seed: int,
+                init_state: dict | None = None, grad_surgery: GradSurgery | None = None,
+                on_step: Callable[[int], None] | None = None, context: str | None = None) -> GroupResult:
+    """Train one PPO policy on ``tasks`` (suite indices) for ``steps_per_task`` steps per task.
+
+    ``init_state``: a state dict to start from (warm start from theta*), else a fresh network
+    from ``cfg.net`` seeded by ``seed``.  ``grad_surgery``: see :func:`ppo_update`.
+    ``on_step(n)`` is called with the environment steps of each iteration.  A divergence is a
+    :class:`~policygradex.rl.finite.Divergence` naming the update and ``context`` (default: the
+    group's tasks and the seed; e.g. the method's name).
+    """
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(seed)
+    model = build_model(suite, cfg)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    gen = torch.Generator().manual_seed(seed)
+    env = MultiTaskEnv(suite, cfg.envs_per_task, seed, tasks)
+    collector = RolloutCollector(env, gen)
+    iters = iterations_for(cfg, steps_per_task)
+    steps = {int(t): 0 for t in tasks}
+    recent: dict[int, list[float]] = {int(t): [] for t in tasks}
+    what = context or f"the policy for {task_list(suite, tasks)} (seed {seed})"
+    try:
+        for it in range(iters):
+            lr = cfg.learning_rate * (1.0 - it / iters) if cfg.anneal_lr else cfg.learning_rate
+            ro, _ = ppo_iteration(model, optimizer, collector, cfg, suite.n, lr, gen, grad_surgery,
+                                  label=f"PPO update {it + 1}/{iters} of {what}", task_names=suite.names)
+            T = ro.rewards.shape[0]
+            ids, counts = np.unique(ro.task_ids.numpy(), return_counts=True)
+            for t, c in zip(ids, counts):
+                steps[int(t)] += int(T * c)
+            for t in tasks:
+                recent[int(t)] = (recent[int(t)] + list(ro.episode_returns[int(t)]))[-20:]
+            if on_step is not None:
+                on_step(int(T * ro.rewards.shape[1]))
+    finally:
+        env.close()
+    model.eval()
+    rets = {t: (float(np.mean(r)) if r else None) for t, r in recent.items()}
+    return GroupResult(model, [int(t) for t in tasks], steps, iters, time.perf_counter() - t0, rets)
+
+
+# ---------------------------------------------------------------------------------------------
+# the learner (policygradex.rl.learners)
+
+
+class PPOLearner:
+    """Multi-task PPO as a :class:`policygradex.rl.learners.Learner` (registered as ``"ppo"``)."""
+
+    name = "ppo"
+    config_type = PPOConfig
+    title = "PPO"
+
+    def check_suite(self, suite: TaskSuite) -> None:
+        """Nothing to check: PPO acts in every action space a suite may have (Discrete, 1-D Box)."""
+
+    def progress_total(self, cfg: PPOConfig, n_tasks: int) -> int:
+        return cfg.num_updates(n_tasks) * cfg.batch_size(n_tasks)
+
+    def train_key_parts(self, cfg: PPOConfig) -> tuple:
+        return (cfg,)
+
+    def train(self, suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
+              on_progress: Callable[[int, dict], None] | None = None) -> TrainResult:
+        return train(suite, cfg, out_dir, tensorboard, on_progress)
+
+    def build_model(self, suite: TaskSuite, cfg: PPOConfig) -> ActorCritic:
+        return build_model(suite, cfg)
+
+    def collect(self, model: ActorCritic, suite: TaskSuite, cfg: PPOConfig, transitions_per_task: int, envs_per_task: int,
+                heldout_frac: float, seed: int, on_step=None) -> Collected:
+        return collect(model, suite, cfg, transitions_per_task, envs_per_task, heldout_frac, seed, on_step)
+
+    def iterations(self, cfg: PPOConfig, steps_per_task: int) -> int:
+        return iterations_for(cfg, steps_per_task)
+
+    def steps_per_iteration(self, cfg: PPOConfig) -> int:
+        return cfg.envs_per_task * cfg.num_steps
+
+    def group_config(self, cfg: PPOConfig, group_size: int, n_tasks: int, steps_per_task: int, seed: int,
+                     rule: str = "same_count") -> PPOConfig:
+        return group_ppo(cfg, group_size, n_tasks, rule).model_copy(update={"seed": seed})
+
+    def group_batch_size(self, cfg: PPOConfig) -> int:
+        return cfg.minibatch_size
+
+    def train_group(self, suite: TaskSuite, tasks: list[int], cfg: PPOConfig, steps_per_task: int, seed: int, work_dir: Path,
+                    init_state: dict | None = None, grad_surgery: GradSurgery | None = None,
+                    on_step: Callable[[int], None] | None = None, context: str | None = None) -> GroupResult:
+        return train_group(suite, tasks, cfg, steps_per_task, seed, init_state=init_state, grad_surgery=grad_surgery,
+                           on_step=on_step, context=context)
+
+    def save_group_policy(self, path: Path, result: GroupResult, cfg: PPOConfig, suite: TaskSuite,
+                          returns: dict[str, float]) -> None:
+        total = sum(result.env_steps.values())
+        save_checkpoint(path, result.model, None, cfg.model_copy(update={"total_steps": total}), suite, total,
+                        result.iterations, returns)
+
+
+LEARNER = PPOLearner()

@@ -22,9 +22,11 @@ PPO for continuous-control suites (Meta-World).  docs/sac.md states it in METHOD
   construction) and the networks see the task's one-hot in their input.
 * **Checkpoints**: the PPO checkpoint format and place (``DIR/checkpoints/step_*.pt``, the same
   digest), with ``algo = "sac"`` so that ``rl.checkpoint.load_checkpoint`` rebuilds a
-  :class:`SACModel`; the pipeline's choice of theta* loads them unchanged.  The replay buffer is
-  not checkpointed: an interrupted SAC training restarts from the beginning (deterministically,
-  rewriting the same checkpoints).
+  :class:`SACModel` (through :class:`SACLearner`, the learner registered as ``"sac"`` in
+  :mod:`policygradex.rl.learners`; the networks are in :mod:`policygradex.rl.sac_model`); the
+  pipeline's choice of theta* loads them unchanged.  The replay buffer is not checkpointed: an
+  interrupted SAC training restarts from the beginning (deterministically, rewriting the same
+  checkpoints).
 * **Gradient features**: :func:`collect` rolls theta* out with sampled actions and computes
   ``A = Q(s, a) - alpha_i log pi(a|s) - V(s)`` with
   ``V(s) = E_{a'~pi}[min_k Q_k(s, a') - alpha_i log pi(a'|s)]`` (``advantage_samples`` samples):
@@ -48,174 +50,26 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 
-from ..artifacts import content_digest, crash_point, save_torch, versions, write_json
+from ..artifacts import content_digest, crash_point, save_torch, versions, write_bytes, write_json
 from ..config import SACConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
+from ..ui import console
+from .checkpoint_io import FORMAT, list_checkpoints, read_checkpoint, spaces_of
+from .collected import Collected
 from .device import resolve_device
+from .evaluate import step_flags
 from .finite import Divergence, describe, first_nonfinite, max_abs, now, overflow_guard, reward_overflow
-from .networks import body
-from .ppo import TrainResult, close_env_and_log, task_list
+from .ppo import GradSurgery, GroupResult, TrainResult, close_env_and_log, task_list
 from .rollout import MultiTaskEnv, policy_input
+from .sac_model import LOG_STD_MAX, LOG_STD_MIN, QNet, SACModel, SquashedGaussianActor, build_model, check_action_space
 
-LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
-_EDGE = 1e-6  # squashed actions are clamped to (-1 + EDGE, 1 - EDGE) before atanh
-_LOG2 = math.log(2.0)
-
-
-def _log1m_tanh2(u: torch.Tensor) -> torch.Tensor:
-    """log(1 - tanh(u)^2), stable for large |u|."""
-    return 2.0 * (_LOG2 - u - torch.nn.functional.softplus(-2.0 * u))
-
-
-def _softmod(net, n_tasks: int) -> dict | None:
-    if getattr(net, "arch", "mlp") != "softmod":
-        return None
-    return dict(n_tasks=n_tasks, modules=net.softmod_modules, layers=net.softmod_layers, width=net.softmod_width)
-
-
-def check_action_space(space: gym.Space, suite_name: str) -> None:
-    if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.isfinite(space.low).all()
-            and np.isfinite(space.high).all() and (space.high > space.low).all()):
-        raise UserError(f"--algo sac needs a bounded 1-D Box action space (continuous control); suite {suite_name!r} has "
-                        f"{space}: use --algo ppo")
-
-
-class SquashedGaussianActor(nn.Module):
-    """pi(a|x): a tanh-squashed Gaussian with state-dependent log std, rescaled to the action Box."""
-
-    kind = "squashed_gaussian"
-
-    def __init__(self, in_dim: int, action_space: gym.spaces.Box, hidden, activation: str, softmod: dict | None = None):
-        super().__init__()
-        self.act_dim = int(action_space.shape[0])
-        self.net = body(in_dim, hidden, 2 * self.act_dim, activation, 0.01, softmod)
-        low = torch.as_tensor(action_space.low, dtype=torch.float32)
-        high = torch.as_tensor(action_space.high, dtype=torch.float32)
-        self.register_buffer("action_scale", (high - low) / 2)
-        self.register_buffer("action_bias", (high + low) / 2)
-
-    def stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log std) of the Gaussian before the squashing."""
-        out = self.net(x)
-        mu, log_std = out[..., : self.act_dim], out[..., self.act_dim:]
-        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stats(x)[0]
-
-    def log_prob(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """log pi(a|x) of an action in the Box (tanh correction included); batched or one sample."""
-        mu, log_std = self.stats(x)
-        y = ((a - self.action_bias) / self.action_scale).clamp(-1 + _EDGE, 1 - _EDGE)
-        u = torch.atanh(y)
-        z = (u - mu) * torch.exp(-log_std)
-        gauss = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return gauss - (torch.log1p(-y.pow(2)) + torch.log(self.action_scale)).sum(-1)
-
-    def rsample(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterized (action, log pi(action|x)) for standard-normal ``noise``."""
-        mu, log_std = self.stats(x)
-        u = mu + log_std.exp() * noise
-        a = self.action_bias + self.action_scale * torch.tanh(u)
-        gauss = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return a, gauss - (_log1m_tanh2(u) + torch.log(self.action_scale)).sum(-1)
-
-    def mode(self, x: torch.Tensor) -> torch.Tensor:
-        """The deterministic action ``b + s tanh(mu)`` (evaluation)."""
-        return self.action_bias + self.action_scale * torch.tanh(self.stats(x)[0])
-
-    @torch.no_grad()
-    def sample_with_noise(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The sampled action for given standard-normal noise (common random numbers)."""
-        return self.rsample(x, noise.to(x.dtype))[0]
-
-    def distribution(self, x: torch.Tensor) -> torch.distributions.Distribution:
-        mu, log_std = self.stats(x)
-        base = torch.distributions.Independent(torch.distributions.Normal(mu, log_std.exp()), 1)
-        return torch.distributions.TransformedDistribution(base, [torch.distributions.TanhTransform(cache_size=1),
-                                                                  torch.distributions.AffineTransform(self.action_bias, self.action_scale)])
-
-
-class QNet(nn.Module):
-    """Q(x, a) on ``[s, a, one-hot]`` (the one-hot stays last, as a Soft Modularization body expects)."""
-
-    def __init__(self, in_dim: int, act_dim: int, n_tasks: int, hidden, activation: str, softmod: dict | None = None):
-        super().__init__()
-        self.n_tasks = n_tasks
-        self.net = body(in_dim + act_dim, hidden, 1, activation, 1.0, softmod)
-
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        n = self.n_tasks
-        return self.net(torch.cat([x[..., :-n], a, x[..., -n:]], dim=-1)).squeeze(-1)
-
-
-class SACModel(nn.Module):
-    """Actor, twin critics, their targets and one log-temperature per task."""
-
-    algo = "sac"
-
-    def __init__(self, in_dim: int, action_space: gym.spaces.Box, n_tasks: int, cfg: SACConfig):
-        super().__init__()
-        sm = _softmod(cfg.net, n_tasks)
-        act_dim = int(action_space.shape[0])
-        self.n_tasks = n_tasks
-        self.in_dim = in_dim
-        self.actor = SquashedGaussianActor(in_dim, action_space, cfg.net.hidden, cfg.net.activation, sm)
-        self.q1 = QNet(in_dim, act_dim, n_tasks, cfg.net.hidden, cfg.net.activation, sm)
-        self.q2 = QNet(in_dim, act_dim, n_tasks, cfg.net.hidden, cfg.net.activation, sm)
-        self.q1_target = copy.deepcopy(self.q1)
-        self.q2_target = copy.deepcopy(self.q2)
-        for p in (*self.q1_target.parameters(), *self.q2_target.parameters()):
-            p.requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.full((n_tasks,), math.log(cfg.init_alpha)))
-
-    @property
-    def kind(self) -> str:
-        return self.actor.kind
-
-    def q(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return torch.min(self.q1(x, a), self.q2(x, a))
-
-    def alpha(self, x: torch.Tensor) -> torch.Tensor:
-        """alpha of the task of every row of ``x`` (read from its one-hot)."""
-        return self.log_alpha.exp()[x[..., -self.n_tasks:].argmax(-1)]
-
-    @torch.no_grad()
-    def act(self, x: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None):
-        """(action, log pi(action|x)); sampled with CPU noise from ``generator``."""
-        if deterministic:
-            a = self.actor.mode(x)
-            return a, self.actor.log_prob(x, a)
-        noise = torch.randn((*x.shape[:-1], self.actor.act_dim), generator=generator).to(x.device)
-        return self.actor.rsample(x, noise)
-
-    @torch.no_grad()
-    def soft_value(self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """V(x) = E_{a'~pi}[min Q(x, a') - alpha log pi(a'|x)], averaged over ``samples`` draws."""
-        alpha = self.alpha(x)
-        total = torch.zeros(x.shape[:-1], device=x.device)
-        for _ in range(samples):
-            noise = torch.randn((*x.shape[:-1], self.actor.act_dim), generator=generator).to(x.device)
-            a, logp = self.actor.rsample(x, noise)
-            total += self.q(x, a) - alpha * logp
-        return total / samples
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"actor": list(self.actor.parameters()), "critic": [*self.q1.parameters(), *self.q2.parameters()],
-                "alpha": [self.log_alpha]}
-
-
-def build_model(suite: TaskSuite, cfg: SACConfig) -> SACModel:
-    check_action_space(suite.action_space, suite.name)
-    in_dim = int(suite.observation_space.shape[0]) + suite.n
-    return SACModel(in_dim, suite.action_space, suite.n, cfg)
-
+__all__ = ["LOG_STD_MIN", "LOG_STD_MAX", "SquashedGaussianActor", "QNet", "SACModel", "build_model", "check_action_space",
+           "PROFILES", "preset", "target_entropy", "ReplayBuffer", "sac_update", "make_optimizers", "save_checkpoint", "train",
+           "collect", "group_sac", "train_group_sac", "SACLearner", "LEARNER", "policy_input"]
 
 #: SAC budgets of the suites with profiles (``--profile quick|paper``: Meta-World, highway), per
 #: task; ``preset`` turns them into SACConfig fields for n tasks.  quick: a smoke run (four
@@ -363,8 +217,6 @@ def make_optimizers(model: SACModel, cfg: SACConfig) -> dict[str, torch.optim.Op
 
 def save_checkpoint(path: Path, model: SACModel, opts: dict, cfg: SACConfig, suite: TaskSuite, global_step: int, update: int,
                     returns: dict, success: dict | None) -> None:
-    from .checkpoint import FORMAT, spaces_of
-
     payload = {
         "format": FORMAT,
         "algo": "sac",
@@ -385,8 +237,6 @@ def save_checkpoint(path: Path, model: SACModel, opts: dict, cfg: SACConfig, sui
 
 
 def _check_out_dir(out_dir: Path, cfg: SACConfig, suite: TaskSuite) -> None:
-    from .checkpoint import list_checkpoints, read_checkpoint
-
     want_cfg, want_suite = cfg.model_dump(mode="json"), suite.to_dict()
     for path in list_checkpoints(out_dir / "checkpoints"):
         try:
@@ -415,10 +265,6 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
     ``tasks``: train on these suite indices only (a group policy; the one-hot width and the
     per-task temperatures stay the suite's, so the policy is evaluated with the suite's task ids);
     ``init_state``: a :class:`SACModel` state dict to start from (warm start from theta*)."""
-    from ..ui import console
-    from .checkpoint import list_checkpoints
-    from .evaluate import step_flags
-
     out_dir = Path(out_dir)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -542,14 +388,12 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
 
 
 def collect(model: SACModel, suite: TaskSuite, cfg: SACConfig, transitions_per_task: int, envs_per_task: int,
-            heldout_frac: float, seed: int, on_step=None):
+            heldout_frac: float, seed: int, on_step=None) -> Collected:
     """Roll out the SAC policy (sampled actions) and compute ``A = Q(s, a) - alpha log pi(a|s) - V(s)``
     per transition (``cfg.advantage = "soft"``; ``Q(s, a) - V(s)`` for ``"q_minus_v"``; ``V`` from
     ``cfg.advantage_samples`` actions of pi); same layout and held-out split as the
-    PPO collection (``estimate.collect.collect``).  ``returns`` holds ``Q(s, a)`` (the value
+    PPO collection (``rl.ppo.collect``).  ``returns`` holds ``Q(s, a)`` (the value
     target the advantage is measured against in the signal-health check)."""
-    from ..estimate.collect import Collected
-
     model = model.cpu().eval()
     steps = math.ceil(transitions_per_task / envs_per_task)
     env = MultiTaskEnv(suite, envs_per_task, seed)
@@ -592,3 +436,102 @@ def collect(model: SACModel, suite: TaskSuite, cfg: SACConfig, transitions_per_t
         return t.transpose(0, 1).reshape(T * E, *t.shape[2:])
 
     return Collected(flat(X), flat(Acts), flat(adv), flat(ret), flat(task_ids.unsqueeze(0).expand(T, E)), flat(held), finished)
+
+
+# ---------------------------------------------------------------------------------------------
+# one policy per group of tasks under the per-task budget rule (compare; policygradex.compare.train)
+
+
+def group_sac(cfg: SACConfig, group_size: int, n_tasks: int, steps_per_task: int, seed: int,
+              rule: str = "same_count") -> SACConfig:
+    """The SAC config of a policy for ``group_size`` of the ``n_tasks`` tasks: ``envs_per_task``
+    environments of each of its tasks for ``steps_per_task`` steps of every task (whole vector
+    steps); the random-action warm-up is ``learning_starts * s / n`` steps (the same per task as
+    the all-task policy) and, with ``same_count``, the batch is ``ceil(batch_size * s / n)`` rows
+    (the same rows per task and update as the all-task policy)."""
+    frac = group_size / n_tasks
+    total = math.ceil(steps_per_task / cfg.envs_per_task) * cfg.envs_per_task * group_size  # whole vector steps
+    update = {"total_steps": total, "checkpoint_every": total, "seed": seed,
+              "learning_starts": math.ceil(cfg.learning_starts * frac)}
+    if rule == "same_count":
+        update["batch_size"] = max(1, math.ceil(cfg.batch_size * frac))
+    return cfg.model_copy(update=update)
+
+
+def train_group_sac(suite: TaskSuite, tasks: list[int], cfg: SACConfig, work_dir: Path, init_state: dict | None = None,
+                    on_step: Callable[[int], None] | None = None) -> GroupResult:
+    """Train one multi-task SAC policy on ``tasks`` with ``cfg`` from :func:`group_sac`; the
+    run's checkpoints and ``train_history.json`` go to ``work_dir`` (``GroupResult.checkpoint`` is
+    the final one)."""
+    t0 = time.perf_counter()
+    res = train(suite, cfg, work_dir, on_update=(lambda k, _info: on_step(k)) if on_step is not None else None,
+                tasks=[int(t) for t in tasks], init_state=init_state)
+    per_task = res.global_step // len(tasks)
+    last = res.history[-1]["returns"] if res.history else {}
+    rets = {int(t): last.get(suite.names[int(t)]) for t in tasks}
+    return GroupResult(res.model, [int(t) for t in tasks], {int(t): per_task for t in tasks},
+                       math.ceil(cfg.total_steps / (len(tasks) * cfg.envs_per_task)), time.perf_counter() - t0, rets,
+                       res.checkpoints[-1] if res.checkpoints else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the learner (policygradex.rl.learners)
+
+
+class SACLearner:
+    """Multi-task SAC as a :class:`policygradex.rl.learners.Learner` (registered as ``"sac"``);
+    an iteration is one vector step (one step of every environment)."""
+
+    name = "sac"
+    config_type = SACConfig
+    title = "SAC"
+
+    def check_suite(self, suite: TaskSuite) -> None:
+        check_action_space(suite.action_space, suite.name)
+
+    def progress_total(self, cfg: SACConfig, n_tasks: int) -> int:
+        envs = n_tasks * cfg.envs_per_task
+        return max(1, math.ceil(cfg.total_steps / envs)) * envs
+
+    def train_key_parts(self, cfg: SACConfig) -> tuple:
+        return ("sac", cfg)
+
+    def train(self, suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
+              on_progress: Callable[[int, dict], None] | None = None) -> TrainResult:
+        return train(suite, cfg, out_dir, tensorboard, on_progress)
+
+    def build_model(self, suite: TaskSuite, cfg: SACConfig) -> SACModel:
+        return build_model(suite, cfg)
+
+    def collect(self, model: SACModel, suite: TaskSuite, cfg: SACConfig, transitions_per_task: int, envs_per_task: int,
+                heldout_frac: float, seed: int, on_step=None) -> Collected:
+        return collect(model, suite, cfg, transitions_per_task, envs_per_task, heldout_frac, seed, on_step)
+
+    def iterations(self, cfg: SACConfig, steps_per_task: int) -> int:
+        return max(1, math.ceil(steps_per_task / cfg.envs_per_task))
+
+    def steps_per_iteration(self, cfg: SACConfig) -> int:
+        return cfg.envs_per_task
+
+    def group_config(self, cfg: SACConfig, group_size: int, n_tasks: int, steps_per_task: int, seed: int,
+                     rule: str = "same_count") -> SACConfig:
+        return group_sac(cfg, group_size, n_tasks, steps_per_task, seed, rule)
+
+    def group_batch_size(self, cfg: SACConfig) -> int:
+        return cfg.batch_size
+
+    def train_group(self, suite: TaskSuite, tasks: list[int], cfg: SACConfig, steps_per_task: int, seed: int, work_dir: Path,
+                    init_state: dict | None = None, grad_surgery: GradSurgery | None = None,
+                    on_step: Callable[[int], None] | None = None, context: str | None = None) -> GroupResult:
+        """``cfg`` from :meth:`group_config` (it holds the budget and the seed); no gradient surgery."""
+        if grad_surgery is not None:
+            raise ValueError("SAC has no gradient surgery (PCGrad is a PPO update)")
+        return train_group_sac(suite, tasks, cfg, work_dir, init_state=init_state, on_step=on_step)
+
+    def save_group_policy(self, path: Path, result: GroupResult, cfg: SACConfig, suite: TaskSuite,
+                          returns: dict[str, float]) -> None:
+        """The group training's final checkpoint, as it is."""
+        write_bytes(path, result.checkpoint.read_bytes())
+
+
+LEARNER = SACLearner()
