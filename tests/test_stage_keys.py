@@ -172,3 +172,14 @@ def test_a_real_change_recomputes_its_stage_and_those_downstream_only(tmp_path):
         res = pipeline.run(suite, cfg, out)
         assert set(res.computed) == _downstream(stage), f"changing {section}.{field} recomputed {res.computed}"
     assert pipeline.run(suite, cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"threads": 2})}), out).computed == []
+
+
+def test_a_checkpoint_resumes_under_other_execution_options_only():
+    from policygradex.config import PPOConfig, SACConfig
+    from policygradex.rl.checkpoint_io import same_training
+
+    saved = PPOConfig(threads=1).model_dump(mode="json")
+    assert same_training(saved, PPOConfig(threads=4, device="cpu"))
+    assert not same_training(saved, PPOConfig(learning_rate=5e-4))
+    assert not same_training(saved, SACConfig())
+    assert not same_training({"no": "config"}, PPOConfig())

@@ -1,4 +1,4 @@
-"""GoalLine: a point on a line, pushed left or right, rewarded for staying near its goal.
+"""GoalLine: a point on a line, pushed left or right, paying its distance to the goal until it gets there.
 
 A small custom environment registered through gymnasium, as users register their own
 (``env_id = "goalline:GoalLine-v0"`` in a suite file: gymnasium imports this module, which
@@ -38,8 +38,10 @@ class GoalLine(gym.Env):
         self._v = float(np.clip((1.0 - self.friction) * self._v + self.push * (int(action) - 1), -1.0, 1.0))
         self._x = float(np.clip(self._x + self._v, -2.0, 2.0))
         self._t += 1
-        reward = 1.0 - min(1.0, abs(self._x - self.goal))  # 1 at the goal, 0 from a distance of 1 on
-        return self._obs(), reward, False, self._t >= self.max_steps, {}
+        dist = abs(self._x - self.goal)
+        arrived = dist < 0.1 and abs(self._v) < 0.1  # at the goal, slow enough to stay: the episode ends
+        reward = 1.0 if arrived else -dist  # a cost per step of being away, a bonus for arriving
+        return self._obs(), reward, arrived, self._t >= self.max_steps, {}
 
 
 gym.register("GoalLine-v0", entry_point=GoalLine)

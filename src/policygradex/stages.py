@@ -44,7 +44,7 @@ from .group.sdp import Grouping, group_tasks
 from .group.stability import bootstrap_stability
 from .rl.checkpoint import list_checkpoints, load_checkpoint
 from .rl.device import resolve_device
-from .rl.ppo import TrainResult, train
+from .rl.learners import TrainResult, learner_for
 from .stage import StageDef
 from .tasks import TaskSuite
 from .ui import console, progress_bar
@@ -58,27 +58,16 @@ __all__ = ["TRAIN", "COLLECT", "FEATURES", "SUBSETS", "SURROGATE", "EVALUATE", "
 
 def train_meta_policy(suite: TaskSuite, cfg: PPOConfig | SACConfig, out_dir: str | Path,
                       tensorboard: str | Path | None = None) -> TrainResult:
-    """Multi-task PPO on all tasks (multi-task SAC for a ``SACConfig``: rl.sac), with a progress
-    bar (steps/s, mean return, ETA)."""
-    if isinstance(cfg, SACConfig):
-        from .rl import sac
-
-        sac.check_action_space(suite.action_space, suite.name)
-        E = suite.n * cfg.envs_per_task
-        with progress_bar(max(1, math.ceil(cfg.total_steps / E)) * E, f"train {suite.name} (SAC)") as bar:
-            def on_step(steps: int, info: dict) -> None:
-                finite = [r for r in info["returns"].values() if r is not None]
-                bar.advance(steps, f"return mean {sum(finite) / len(finite):.1f} min {min(finite):.1f}" if finite else "")
-
-            return sac.train(suite, cfg, out_dir, tensorboard, on_step)
-    total = cfg.num_updates(suite.n) * cfg.batch_size(suite.n)
-    with progress_bar(total, f"train {suite.name}") as bar:
-        def on_update(steps: int, info: dict) -> None:
+    """The learner of ``cfg`` (:mod:`policygradex.rl.learners`) on all tasks, with a progress bar
+    (steps/s, mean return, ETA)."""
+    learner = learner_for(cfg)
+    learner.check_suite(suite)
+    with progress_bar(learner.progress_total(cfg, suite.n), f"train {suite.name} ({learner.title})") as bar:
+        def on_progress(steps: int, info: dict) -> None:
             finite = [r for r in info["returns"].values() if r is not None]
-            text = f"return mean {sum(finite) / len(finite):.1f} min {min(finite):.1f}" if finite else ""
-            bar.advance(steps, text)
+            bar.advance(steps, f"return mean {sum(finite) / len(finite):.1f} min {min(finite):.1f}" if finite else "")
 
-        return train(suite, cfg, out_dir, tensorboard, on_update)
+        return learner.train(suite, cfg, out_dir, tensorboard, on_progress)
 
 
 def _train(run_dir: Path, cfg: PPOConfig | SACConfig, suite: TaskSuite, tensorboard: str | Path | None = None) -> list[str]:

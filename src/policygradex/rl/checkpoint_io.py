@@ -73,6 +73,16 @@ def save_checkpoint(path: str | Path, model: ActorCritic, optimizer: torch.optim
     save_torch(path, payload)
 
 
+def same_training(saved_config: Any, cfg) -> bool:
+    """Whether a checkpoint's saved config trains as ``cfg`` does: equal in every field that enters
+    the train stage's key (``StageConfig.cache_key``), so that threads and device may differ
+    between the run that wrote it and the run that resumes from it."""
+    try:
+        return type(cfg).model_validate(saved_config).cache_key() == cfg.cache_key()
+    except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError: another config
+        return False
+
+
 def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():

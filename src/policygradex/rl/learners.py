@@ -50,8 +50,6 @@ class Learner(Protocol):
     def progress_total(self, cfg, n_tasks: int) -> int:
         """The environment steps that :meth:`train` reports in total through ``on_progress``."""
 
-    def train_key_parts(self, cfg) -> tuple:
-        """What the train stage's key hashes after the suite (PPO: ``(cfg,)``; SAC: ``("sac", cfg)``)."""
 
     def train(self, suite: TaskSuite, cfg, out_dir: str | Path, tensorboard: str | Path | None = None,
               on_progress: Callable[[int, dict], None] | None = None) -> TrainResult:

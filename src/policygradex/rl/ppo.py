@@ -36,7 +36,7 @@ from ..config import PPOConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
 from ..ui import console
-from .checkpoint_io import list_checkpoints, load_model_state, read_checkpoint, save_checkpoint
+from .checkpoint_io import list_checkpoints, load_model_state, read_checkpoint, same_training, save_checkpoint
 from .collected import Collected
 from .device import resolve_device
 from .finite import Divergence, describe, first_nonfinite, max_abs, now, overflow_guard, reward_overflow
@@ -263,7 +263,7 @@ def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> tuple[dict
     and the training history rebuilt from those checkpoints.  A truncated or corrupted checkpoint
     and every later one are recomputed (training is deterministic, so they come back the same)."""
     good, history = None, []
-    want_cfg, want_suite = cfg.model_dump(mode="json"), suite.to_dict()
+    want_suite = suite.to_dict()
     for path in list_checkpoints(out_dir / "checkpoints"):
         try:
             ckpt = read_checkpoint(path)
@@ -271,7 +271,7 @@ def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> tuple[dict
             break
         if not _finite_state(ckpt.get("model")):  # diverged weights (written before divergence was an error): redo
             break
-        if ckpt.get("config") != want_cfg or ckpt.get("suite") != want_suite:
+        if not same_training(ckpt.get("config"), cfg) or ckpt.get("suite") != want_suite:
             raise UserError(f"--out {out_dir} holds checkpoints of a different config or suite; choose another --out or delete it")
         good = ckpt
         history.append({"step": ckpt["global_step"], "update": ckpt["update"], "checkpoint": str(path.relative_to(out_dir)),
@@ -502,8 +502,6 @@ class PPOLearner:
     def progress_total(self, cfg: PPOConfig, n_tasks: int) -> int:
         return cfg.num_updates(n_tasks) * cfg.batch_size(n_tasks)
 
-    def train_key_parts(self, cfg: PPOConfig) -> tuple:
-        return (cfg,)
 
     def train(self, suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
               on_progress: Callable[[int, dict], None] | None = None) -> TrainResult:

@@ -58,7 +58,7 @@ from ..config import SACConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
 from ..ui import console
-from .checkpoint_io import FORMAT, list_checkpoints, read_checkpoint, spaces_of
+from .checkpoint_io import FORMAT, list_checkpoints, read_checkpoint, same_training, spaces_of
 from .collected import Collected
 from .device import resolve_device
 from .evaluate import step_flags
@@ -237,13 +237,13 @@ def save_checkpoint(path: Path, model: SACModel, opts: dict, cfg: SACConfig, sui
 
 
 def _check_out_dir(out_dir: Path, cfg: SACConfig, suite: TaskSuite) -> None:
-    want_cfg, want_suite = cfg.model_dump(mode="json"), suite.to_dict()
+    want_suite = suite.to_dict()
     for path in list_checkpoints(out_dir / "checkpoints"):
         try:
             ckpt = read_checkpoint(path)
         except UserError:
             continue  # rewritten below
-        if ckpt.get("algo") != "sac" or ckpt.get("config") != want_cfg or ckpt.get("suite") != want_suite:
+        if ckpt.get("algo") != "sac" or not same_training(ckpt.get("config"), cfg) or ckpt.get("suite") != want_suite:
             raise UserError(f"--out {out_dir} holds checkpoints of a different algorithm, config or suite; choose another --out "
                             "or delete it")
 
@@ -493,8 +493,6 @@ class SACLearner:
         envs = n_tasks * cfg.envs_per_task
         return max(1, math.ceil(cfg.total_steps / envs)) * envs
 
-    def train_key_parts(self, cfg: SACConfig) -> tuple:
-        return ("sac", cfg)
 
     def train(self, suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
               on_progress: Callable[[int, dict], None] | None = None) -> TrainResult:
