@@ -168,3 +168,24 @@ def test_compare_run_dir_that_is_a_file_names_run_dir(tmp_path):
     run_dir = write(tmp_path / "afile", "x")
     assert_refused(tmp_path / "o", "compare", "--suite", "cartpole", "--tasks", "3", "--steps", "64", "--run-dir", str(run_dir),
                    needles=[f"--run-dir {run_dir}", "not a directory"], absent=["--out"])
+
+
+# -- shared run options ----------------------------------------------------------------------------
+
+def test_run_validate_and_compare_take_the_same_run_options():
+    """Declared once (cli.RunOptions): every command that names a run accepts every one of them."""
+    import dataclasses
+
+    import typer.main
+
+    from policygradex import cli
+
+    shared = {f.name for f in dataclasses.fields(cli.RunOptions)}
+    for command in ("run", "validate", "compare"):
+        click_cmd = typer.main.get_command(cli.app).commands[command]
+        assert shared <= {p.name for p in click_cmd.params}, command
+
+
+def test_validate_of_a_sac_run_is_refused(tmp_path):
+    assert_refused(tmp_path / "o", "validate", "--suite", "cartpole", "--algo", "sac",
+                   needles=["--algo sac", "validate fine-tunes theta* with PPO"])

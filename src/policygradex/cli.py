@@ -6,9 +6,12 @@ Exit codes: 0 success, 2 a user error (one line on stderr naming the input), 1 a
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -57,14 +60,74 @@ AlgoOpt = Annotated[str, typer.Option("--algo", help="meta-trainer: ppo (multi-t
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="local: worker processes (default: one per replicate up to the machine's cores; with one replicate 1: in this process); ray without --ray-address: CPUs of the local Ray instance")]
 
 
-def _backend(name: str, workers: Optional[int], address: Optional[str], replicates: int = 1):
+@dataclass
+class RunOptions:
+    """The options that name a run, shared by `run`, `validate` and `compare` (validate and compare
+    must be able to name the same run that `run` makes): declared once in :data:`_RUN_OPTIONS`."""
+
+    tasks: Optional[int] = None
+    suite_seed: int = 0
+    profile: Optional[str] = None
+    steps: Optional[int] = None
+    config: Optional[Path] = None
+    algo: str = "ppo"
+    k: Optional[int] = None
+    penalty_scale: Optional[float] = None
+    d: Optional[int] = None
+    projector: Optional[str] = None
+    transitions: Optional[int] = None
+    subset_size: Optional[int] = None
+    coverage: Optional[int] = None
+    subsets: Optional[int] = None
+    target_delta: Optional[float] = None
+    evaluator: Optional[str] = None
+    checkpoint: Optional[int] = None
+    min_return: Optional[float] = None
+    null_permutations: Optional[int] = None
+    replicates: Optional[int] = None
+    replicate_over: Optional[str] = None
+    threads: Optional[int] = None
+    backend: str = "local"
+    ray_address: Optional[str] = None
+    workers: Optional[int] = None
+
+
+_RUN_OPTIONS = {"tasks": TasksOpt, "suite_seed": SuiteSeedOpt, "profile": ProfileOpt, "steps": StepsOpt, "config": ConfigOpt,
+                "algo": AlgoOpt, "k": KOpt, "penalty_scale": PenaltyScaleOpt, "d": DOpt, "projector": ProjectorOpt,
+                "transitions": TransitionsOpt, "subset_size": SubsetSizeOpt, "coverage": CoverageOpt, "subsets": SubsetsOpt,
+                "target_delta": TargetDeltaOpt, "evaluator": EvaluatorOpt, "checkpoint": CheckpointOpt, "min_return": MinReturnOpt,
+                "null_permutations": NullPermutationsOpt, "replicates": ReplicatesOpt, "replicate_over": ReplicateOverOpt,
+                "threads": ThreadsOpt, "backend": BackendOpt, "ray_address": RayAddressOpt, "workers": WorkersOpt}
+
+
+def with_run_options(command):
+    """Give a command the options of :class:`RunOptions`: its signature (what typer reads) gains one
+    parameter per option after its own, and it is called with them packed as ``opts``."""
+    sig = inspect.signature(command)
+    own = [p for name, p in sig.parameters.items() if name != "opts"]
+    defaults = RunOptions()
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, name), annotation=ann)
+              for name, ann in _RUN_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        opts = RunOptions(**{name: kwargs.pop(name) for name in _RUN_OPTIONS})
+        return command(opts=opts, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + shared)
+    wrapper.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "opts"}
+    return wrapper
+
+
+def _backend(opts: RunOptions, replicates: int = 1):
     """The execution backend of --backend/--workers/--ray-address (user mistakes are UserErrors).
     Without --workers, a local run of R replicates gets min(R, cores) worker processes."""
     from .backend import make_backend
 
-    if workers is None and name == "local" and replicates > 1:
+    workers = opts.workers
+    if workers is None and opts.backend == "local" and replicates > 1:
         workers = max(1, min(replicates, os.cpu_count() or 1))
-    return make_backend(name, workers=workers, address=address)
+    return make_backend(opts.backend, workers=workers, address=opts.ray_address)
 
 
 def _hidden(text: Optional[str]) -> Optional[tuple[int, ...]]:
@@ -203,45 +266,19 @@ def evaluate(
 
 
 @app.command()
+@with_run_options
 def run(
     suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
     out_dir: Path = typer.Option(Path("runs/default"), "--out", help="run directory (artifacts, report.md)"),
-    tasks: TasksOpt = None,
-    suite_seed: SuiteSeedOpt = 0,
-    profile: ProfileOpt = None,
-    steps: StepsOpt = None,
     seed: int = typer.Option(0, "--seed", help="seed of training, collection, projection, subsets and null test"),
-    config: ConfigOpt = None,
-    k: KOpt = None,
-    penalty_scale: PenaltyScaleOpt = None,
-    d: DOpt = None,
-    projector: ProjectorOpt = None,
-    transitions: TransitionsOpt = None,
-    subset_size: SubsetSizeOpt = None,
-    coverage: CoverageOpt = None,
-    subsets: SubsetsOpt = None,
-    target_delta: TargetDeltaOpt = None,
-    evaluator: EvaluatorOpt = None,
-    checkpoint: CheckpointOpt = None,
-    min_return: MinReturnOpt = None,
-    null_permutations: NullPermutationsOpt = None,
-    replicates: ReplicatesOpt = None,
-    replicate_over: ReplicateOverOpt = None,
-    threads: ThreadsOpt = None,
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="TensorBoard logs of meta-training"),
-    backend: BackendOpt = "local",
-    ray_address: RayAddressOpt = None,
-    workers: WorkersOpt = None,
-    algo: AlgoOpt = "ppo",
+    opts: RunOptions = None,
 ):
     """Train theta*, estimate task affinities with PolicyGradEx, and group the tasks."""
     from .tasks import load_suite
 
-    _check_algo(algo)
-    s = load_suite(suite, tasks, suite_seed, profile)
-    cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector,
-                      replicates=replicates, replicate_over=replicate_over, algo=algo)
+    s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile)
+    cfg = _run_config(s, seed, opts)
     from .pipeline import run as run_pipeline  # torch: imported once the options are known to be valid
 
     from .artifacts import interrupt_summary
@@ -249,7 +286,7 @@ def run(
 
     if tensorboard is not None:  # before --out is claimed: a bad --tensorboard leaves nothing behind
         check_dir_path(tensorboard, "--tensorboard")
-    be = _backend(backend, workers, ray_address, cfg.group.replicates)
+    be = _backend(opts, cfg.group.replicates)
     try:
         with interrupt_summary(out_dir):
             res = run_pipeline(s, cfg, out_dir, tensorboard, backend=be)
@@ -282,25 +319,25 @@ def run(
               f"outputs: {escape(str(out_dir))}/groups.json, affinity.csv, affinity.png, report.md", soft_wrap=True)
 
 
-def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                         target_delta, evaluator, checkpoint, min_return, null_permutations, projector=None, algo="ppo",
-                         replicates=None, replicate_over=None):
-    """The RunConfig of `run` and `validate` (validate must reuse exactly the run that `run` makes)."""
+def _run_config(s, seed: int, opts: RunOptions):
+    """The RunConfig of `run`, `validate` and `compare` (validate and compare must name exactly the run that `run` makes)."""
     from .config import RunConfig, parse
     from .runfile import read_section
 
-    ppo = _ppo_config(s, steps, seed, threads, None, None, None, None, config)
-    sac = _sac_config(s, steps, seed, threads, None, None, None, config) if algo == "sac" else None
+    _check_algo(opts.algo)
+    o, config = opts, opts.config
+    ppo = _ppo_config(s, o.steps, seed, o.threads, None, None, None, None, config)
+    sac = _sac_config(s, o.steps, seed, o.threads, None, None, None, config) if o.algo == "sac" else None
     # the suite's profile presets (highway, Meta-World), then the --config tables, then the flags
     est_table = read_section(config, "estimate") if config else {}
     est = {**s.run_preset.get("estimate", {}), **est_table}
     grp = {**s.run_preset.get("group", {}), **(read_section(config, "group") if config else {})}
-    est.update({k_: v for k_, v in dict(d=d, transitions_per_task=transitions, subset_size=subset_size, min_pair_coverage=coverage,
-                                        subsets=subsets, target_delta=target_delta, evaluator=evaluator, checkpoint=checkpoint,
-                                        min_return=min_return, projector=projector).items() if v is not None})
+    est.update({k_: v for k_, v in dict(d=o.d, transitions_per_task=o.transitions, subset_size=o.subset_size, min_pair_coverage=o.coverage,
+                                        subsets=o.subsets, target_delta=o.target_delta, evaluator=o.evaluator, checkpoint=o.checkpoint,
+                                        min_return=o.min_return, projector=o.projector).items() if v is not None})
     est.setdefault("seed", seed); est.setdefault("projector_seed", seed); est.setdefault("subset_seed", seed)
-    grp.update({k_: v for k_, v in dict(k=k, penalty_scale=penalty_scale, null_permutations=null_permutations, replicates=replicates,
-                                        replicate_over=replicate_over).items() if v is not None})
+    grp.update({k_: v for k_, v in dict(k=o.k, penalty_scale=o.penalty_scale, null_permutations=o.null_permutations,
+                                        replicates=o.replicates, replicate_over=o.replicate_over).items() if v is not None})
     grp.setdefault("null_seed", seed)
     flags = {"estimate.d": "--d", "estimate.transitions_per_task": "--transitions", "estimate.subset_size": "--subset-size",
              "estimate.min_pair_coverage": "--coverage", "estimate.subsets": "--subsets", "estimate.target_delta": "--target-delta",
@@ -317,7 +354,7 @@ def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transition
     if size is not None and size == s.n and s.n > 2:
         # every subset would be the whole suite: all f(S, i) are measured on the same S, and the
         # affinity (with j vs without j) has nothing to contrast
-        where = (f"--subset-size {size}" if subset_size is not None else
+        where = (f"--subset-size {size}" if o.subset_size is not None else
                  f"--config {config}: [estimate]: subset_size = {size}" if "subset_size" in est_table else f"subset_size {size}")
         raise UserError(f"{where} equals the number of tasks ({s.n}): every subset would be the whole suite and the "
                         f"affinities would carry no information; allowed: 2 to {s.n - 1}, or leave it out "
@@ -326,6 +363,7 @@ def _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transition
 
 
 @app.command()
+@with_run_options
 def validate(
     suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
     out_dir: Path = typer.Option(Path("runs/default"), "--out", help="run directory: the run is made (or reused) there, then validated"),
@@ -335,31 +373,8 @@ def validate(
     probes: Optional[int] = typer.Option(None, "--probes", help="Rademacher probes of the Hessian-trace estimate (default 32)"),
     hessian_subsets: Optional[int] = typer.Option(None, "--hessian-subsets", help="adapted theta_S at which the Hessian trace is estimated (default 3)"),
     random_draws: Optional[int] = typer.Option(None, "--random-draws", help="random groupings for the NMI floor (default 200)"),
-    tasks: TasksOpt = None,
-    suite_seed: SuiteSeedOpt = 0,
-    profile: ProfileOpt = None,
-    steps: StepsOpt = None,
     seed: int = typer.Option(0, "--seed", help="seed of the run, and of fine-tuning and evaluation"),
-    config: ConfigOpt = None,
-    k: KOpt = None,
-    penalty_scale: PenaltyScaleOpt = None,
-    d: DOpt = None,
-    projector: ProjectorOpt = None,
-    transitions: TransitionsOpt = None,
-    subset_size: SubsetSizeOpt = None,
-    coverage: CoverageOpt = None,
-    subsets: SubsetsOpt = None,
-    target_delta: TargetDeltaOpt = None,
-    evaluator: EvaluatorOpt = None,
-    checkpoint: CheckpointOpt = None,
-    min_return: MinReturnOpt = None,
-    null_permutations: NullPermutationsOpt = None,
-    replicates: ReplicatesOpt = None,
-    replicate_over: ReplicateOverOpt = None,
-    threads: ThreadsOpt = None,
-    backend: BackendOpt = "local",
-    ray_address: RayAddressOpt = None,
-    workers: WorkersOpt = None,
+    opts: RunOptions = None,
 ):
     """Check a run against real fine-tuning on the same subsets: first-order error, ground-truth NMI, speedup."""
     from .config import ValidateConfig, parse
@@ -367,22 +382,23 @@ def validate(
     from .tasks import load_suite
     from .validate import validate as run_validation
 
-    s = load_suite(suite, tasks, suite_seed, profile)
-    cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                               target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector,
-                      replicates=replicates, replicate_over=replicate_over)
+    s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile)
+    cfg = _run_config(s, seed, opts)
+    if cfg.algo != "ppo":  # the ground truth is PPO fine-tuning of theta*
+        raise UserError(f"--algo {cfg.algo}: validate fine-tunes theta* with PPO and supports PPO runs only; "
+                        "validate a PPO run, or compare SAC runs with `policygradex compare --algo sac`")
     vopts = dict(finetune_steps=finetune_steps, episodes=episodes, finetune_seeds=finetune_seeds, hessian_probes=probes,
                  hessian_subsets=hessian_subsets, random_draws=random_draws)
     vdata = dict(finetune_seed=seed, eval_seed=12345 + seed, hessian_seed=seed, random_seed=seed)
-    if config:
+    if opts.config:
         from .runfile import read_section
 
-        vdata.update(read_section(config, "validate"))  # checked there, with the file's other tables
+        vdata.update(read_section(opts.config, "validate"))  # checked there, with the file's other tables
     vdata.update({k_: v for k_, v in vopts.items() if v is not None})
     vflags = {"finetune_steps": "--finetune-steps", "episodes": "--episodes", "finetune_seeds": "--finetune-seeds",
               "hessian_probes": "--probes", "hessian_subsets": "--hessian-subsets", "random_draws": "--random-draws"}
     vcfg = parse(ValidateConfig, vdata, "options", vflags)
-    be = _backend(backend, workers, ray_address, cfg.group.replicates)
+    be = _backend(opts, cfg.group.replicates)
     from .artifacts import interrupt_summary
 
     try:
@@ -431,6 +447,7 @@ def validate(
 
 
 @app.command()
+@with_run_options
 def compare(
     suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
     out_dir: Path = typer.Option(Path("runs/compare"), "--out", help="output directory (comparison.json/.csv/.png, per-unit cache, the run in DIR/run)"),
@@ -447,43 +464,16 @@ def compare(
     probe_episodes: Optional[int] = typer.Option(None, "--probe-episodes", help="meta-* methods: probe episodes per group policy to pick a held-out task's group (default 3)"),
     inner_steps: Optional[int] = typer.Option(None, "--inner-steps", help="meta-* methods: FOMAML inner-loop steps (default 1)"),
     inner_lr: Optional[float] = typer.Option(None, "--inner-lr", help="meta-* methods: SGD step size of the inner loop and of adaptation (default 0.1)"),
-    tasks: TasksOpt = None,
-    suite_seed: SuiteSeedOpt = 0,
-    profile: ProfileOpt = None,
-    steps: StepsOpt = None,
     seed: int = typer.Option(0, "--seed", help="seed of the PolicyGradEx run (downstream training uses seeds 0..N-1)"),
-    config: ConfigOpt = None,
-    k: KOpt = None,
-    penalty_scale: PenaltyScaleOpt = None,
-    d: DOpt = None,
-    projector: ProjectorOpt = None,
-    transitions: TransitionsOpt = None,
-    subset_size: SubsetSizeOpt = None,
-    coverage: CoverageOpt = None,
-    subsets: SubsetsOpt = None,
-    target_delta: TargetDeltaOpt = None,
-    evaluator: EvaluatorOpt = None,
-    checkpoint: CheckpointOpt = None,
-    min_return: MinReturnOpt = None,
-    null_permutations: NullPermutationsOpt = None,
-    replicates: ReplicatesOpt = None,
-    replicate_over: ReplicateOverOpt = None,
-    threads: ThreadsOpt = None,
-    backend: BackendOpt = "local",
-    ray_address: RayAddressOpt = None,
-    workers: WorkersOpt = None,
-    algo: AlgoOpt = "ppo",
+    opts: RunOptions = None,
 ):
     """Train one policy per group for every method under the same per-task budget; compare per-task returns."""
     from .compare import compare as run_compare
     from .config import CompareConfig, parse
     from .tasks import load_suite
 
-    _check_algo(algo)
-    s = load_suite(suite, tasks, suite_seed, profile)
-    cfg = _run_config(s, steps, seed, threads, config, k, penalty_scale, d, transitions, subset_size, coverage, subsets,
-                      target_delta, evaluator, checkpoint, min_return, null_permutations, projector=projector,
-                      replicates=replicates, replicate_over=replicate_over, algo=algo)
+    s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile)
+    cfg = _run_config(s, seed, opts)
     cdata = dict(seeds=seeds, steps_per_task=steps_per_task, episodes=episodes, arch=arch, n_test=n_test, adapt_steps=adapt_steps,
                  probe_episodes=probe_episodes, inner_steps=inner_steps, inner_lr=inner_lr,
                  methods=None if methods is None else tuple(m.strip() for m in methods.split(",") if m.strip()))
@@ -493,7 +483,7 @@ def compare(
               "methods": "--methods", "n_test": "--n-test", "adapt_steps": "--adapt-steps", "probe_episodes": "--probe-episodes",
               "inner_steps": "--inner-steps", "inner_lr": "--inner-lr"}
     ccfg = parse(CompareConfig, cdata, "options", cflags)
-    be = _backend(backend, workers, ray_address, cfg.group.replicates)
+    be = _backend(opts, cfg.group.replicates)
     try:
         r = run_compare(s, cfg, ccfg, out_dir, run_dir, backend=be)
     finally:
