@@ -174,3 +174,34 @@ def test_module_sizes() -> None:
     assert not fixed, f"now at most {MAX_LINES} lines, remove from OVERSIZED: {fixed}"
     shrunk = {m: sizes[m] for m in OVERSIZED if sizes[m] < OVERSIZED[m]}  # the ratchet: a shrink is kept
     assert not shrunk, f"smaller than their OVERSIZED limit, lower the limit to: {shrunk}"
+
+
+#: Modules that may import package modules inside functions, and why; everywhere else such an
+#: import only hides a cycle or a slow import and belongs at module level.  Counts may only shrink.
+LOCAL_IMPORTS_ALLOWED: dict[str, tuple[int, str]] = {
+    "cli": (35, "start-up: --help and a bad option answer before torch and the pipeline are imported"),
+    "tasks.builtin": (3, "highway-env and metaworld are imported only for their suites"),
+    "tasks.loader": (1, "metaworld is imported only for metaworld: suites"),
+    "validate": (11, "being split into a package (issue #16); goes to 0"),
+}
+
+
+def _local_package_imports(path: Path) -> int:
+    count = 0
+    for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").split(".")[0] == PKG):
+                    count += 1
+                elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == PKG for a in node.names):
+                    count += 1
+    return count
+
+
+def test_package_modules_are_imported_at_module_level() -> None:
+    counts = {name.removeprefix(f"{PKG}."): _local_package_imports(path) for name, path in _modules().items()}
+    over = {m: n for m, n in counts.items() if n > LOCAL_IMPORTS_ALLOWED.get(m, (0, ""))[0]}
+    assert not over, (f"function-local imports of package modules: {over}; import them at module level (a cycle "
+                      "needs a shared module, not a local import)")
+    stale = {m: counts.get(m, 0) for m, (n, _) in LOCAL_IMPORTS_ALLOWED.items() if counts.get(m, 0) < n}
+    assert not stale, f"fewer local imports than allowed, lower LOCAL_IMPORTS_ALLOWED to: {stale}"

@@ -351,12 +351,12 @@ _WALL = ("wall_s", "train_wall_s", "grouping_s")
 
 
 def _compare_inputs(**overrides):
-    from policygradex.cli import _run_config
+    from policygradex.cli import RunOptions, _run_config
     from policygradex.config import CompareConfig
     from policygradex.tasks import load_suite
 
     suite = load_suite("cartpole", 3, seeded(0))
-    cfg = _run_config(suite, None, seeded(0), None, None, None, None, None, None, None, None, None, None, None, None, None, None)
+    cfg = _run_config(suite, seeded(0), RunOptions())
     opts = {**TINY_COMPARE, "methods": tuple(TINY_COMPARE["methods"].split(",")), **overrides}
     return suite, cfg, CompareConfig(**opts)
 

@@ -278,7 +278,7 @@ def test_compare_config_errors_name_the_option():
 
 @pytest.mark.trains
 def test_warm_start_from_theta_star(tiny, tmp_path):
-    from policygradex.cli import _run_config
+    from policygradex.cli import RunOptions, _run_config
     from policygradex.compare import compare
     from policygradex.config import CompareConfig
     from policygradex.tasks import load_suite
@@ -286,7 +286,7 @@ def test_warm_start_from_theta_star(tiny, tmp_path):
     run_out, _ = tiny
     suite = load_suite("cartpole", 4, seeded(0))
     # the same run as the CLI's RUN_ARGS, so the cached stages are reused
-    cfg = _run_config(suite, 2048, seeded(0), None, None, 2, None, None, 256, None, None, None, None, None, None, None, 10)
+    cfg = _run_config(suite, seeded(0), RunOptions(steps=2048, k=2, transitions=256, null_permutations=10))
     ccfg = CompareConfig(methods=("policygradex", "softmod"), seeds=1, steps_per_task=64, episodes=1, warm_start=True)
     r = compare(suite, cfg, ccfg, tmp_path / "warm", run_dir=run_out / "run")
     assert r["methods"]["policygradex"]["init"] == "theta*"

@@ -262,17 +262,14 @@ def test_success_counts_any_step_not_only_the_last():
 
 
 def test_profiles_and_run_presets(tmp_path):
-    from policygradex.cli import _run_config
+    from policygradex.cli import RunOptions, _run_config
 
     quick, paper = load_suite("highway", 3), load_suite("highway", 3, profile="paper")
     assert quick.ppo_preset["total_steps"] == 3 * highway_mod.PROFILES["quick"]["steps_per_task"]
     assert paper.ppo_preset["total_steps"] == 3 * highway_mod.PROFILES["paper"]["steps_per_task"]
-    flags = dict(steps=None, seed=0, threads=None, config=None, k=None, penalty_scale=None, d=None, transitions=None,
-                 subset_size=None, coverage=None, subsets=None, target_delta=None, evaluator=None, checkpoint=None,
-                 min_return=None, null_permutations=None)
-    cfg = _run_config(quick, **flags)
+    cfg = _run_config(quick, 0, RunOptions())
     assert cfg.estimate.transitions_per_task == 256 and cfg.group.null_permutations == 100
-    cfg = _run_config(quick, **{**flags, "steps": 96, "transitions": 128, "null_permutations": 7})
+    cfg = _run_config(quick, 0, RunOptions(steps=96, transitions=128, null_permutations=7))
     assert (cfg.ppo.total_steps, cfg.estimate.transitions_per_task, cfg.group.null_permutations) == (96, 128, 7)
     with pytest.raises(UserError, match="quick, paper"):
         load_suite("highway", 2, profile="huge")

@@ -23,6 +23,7 @@ from typing import Any
 
 from .artifacts import NOT_WRITABLE, _shown, is_project_temp, os_error_message, write_json
 from .errors import UserError
+from . import __version__
 
 # Every directory a command creates or claims for its outputs holds this marker file, and a
 # command writes only into a directory that is absent, empty, marked, or an output directory of
@@ -152,7 +153,6 @@ def mark_output_dir(directory: str | Path, flag: str = "--out") -> None:
     except OSError as exc:
         raise UserError(os_error_message(exc, directory, flag)) from exc
     if read_marker(directory) is None:
-        from . import __version__
 
         write_json(directory / MARKER, {"tool": "policygradex", "command": _command[0] if _command else "python",
                                         "version": __version__})

@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 
 from .errors import UserError
+from . import config
 
 TABLES = ("ppo", "estimate", "group", "validate", "sac")
 
@@ -97,7 +98,6 @@ def _read_config(path: str, stamp: tuple[int, int] | None) -> dict:
     unknown = set(data) - set(TABLES)
     if unknown:
         raise UserError(f"{what}: unknown table {sorted(unknown)[0]!r}; allowed: {', '.join(TABLES)}")
-    from . import config
 
     for section in TABLES:
         if section not in data:

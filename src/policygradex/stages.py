@@ -48,6 +48,9 @@ from .rl.learners import TrainResult, learner_for
 from .stage import StageDef
 from .tasks import TaskSuite
 from .ui import console, progress_bar
+from .backend import Resources, Unit
+from .estimate.rollout_eval import rollout_return
+from .report import affinity_heatmap, signal_summary
 
 __all__ = ["TRAIN", "COLLECT", "FEATURES", "SUBSETS", "SURROGATE", "EVALUATE", "GROUP", "ThetaStar", "Subsets", "SurrogateFit",
            "Groups", "Estimate", "group_with_null", "train_meta_policy", "verdict"]
@@ -174,7 +177,6 @@ def _features_unit(ctx: dict, payload: tuple) -> dict:
 
 def _features_by_task(actor, xs, as_, advs, helds, projector, chunk_size: int, threads: int, backend, names) -> list[dict]:
     """The features stage as one unit per task on ``backend`` (the projector travels as its spec)."""
-    from .backend import Resources, Unit
 
     units = [Unit(f"task-{i}", (xs[i], as_[i], advs[i], helds[i]), (names[i],), f"features of {names[i]}", float(len(xs[i])))
              for i in range(len(xs))]
@@ -293,7 +295,6 @@ def _evaluate(run_dir: Path, cfg: EvaluateConfig, theta: ThetaStar, suite: TaskS
     """``seed``: the collection's seed (keyed by the collect stage), for the rollout evaluator."""
     members = subsets.members
     if cfg.evaluator == "rollout_return":
-        from .estimate.rollout_eval import rollout_return
 
         f = rollout_return(theta.model, suite, store.projector, fit.u, members, cfg.rollout_episodes, seed)
     else:
@@ -365,7 +366,6 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
            min_healthy_frac: float, backend=None) -> list[str]:
     """``estimates``: stages 1-6 of every replicate (the first is the run's own).  ``target_delta``
     and ``min_healthy_frac`` are upstream options (keyed by their stages), recorded in groups.json."""
-    from .report import affinity_heatmap, signal_summary
 
     first, names = estimates[0], suite.names
     members = first.subsets.members

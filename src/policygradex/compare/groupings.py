@@ -49,6 +49,9 @@ from ..errors import UserError
 from ..group.sdp import group_tasks, groups_from_labels, random_grouping
 from ..rl.ppo import clipped_surrogate
 from ..tasks import TaskSuite
+from ..estimate.collect import collect, load_rollouts
+from ..estimate.features import FeatureStore
+from ..rl.checkpoint import list_checkpoints, load_checkpoint
 
 __all__ = ["random_groups", "gradient_similarity", "tag_affinity", "groups_from_affinity"]
 
@@ -91,8 +94,6 @@ def _cosine(G: torch.Tensor) -> np.ndarray:
 
 def gradient_similarity(run_dir: Path, n: int) -> dict:
     """Cosine similarity of per-task mean policy gradients at theta* (module docstring)."""
-    from ..estimate.collect import load_rollouts
-    from ..estimate.features import FeatureStore
 
     model = load_meta_policy(run_dir)
     c = load_rollouts(run_dir)
@@ -112,8 +113,6 @@ def _clipped_objective_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, adv:
 def tag_affinity(run_dir: Path, suite: TaskSuite, cfg: PPOConfig, checkpoints: int, transitions: int, delta: float,
                  seed: int = 0, envs_per_task: int = 8, on_step: Callable[[int], None] | None = None) -> dict:
     """TAG-style lookahead affinity averaged over the run's training checkpoints (module docstring)."""
-    from ..estimate.collect import collect
-    from ..rl.checkpoint import list_checkpoints, load_checkpoint
 
     ckpts = list_checkpoints(run_dir / "train" / "checkpoints")
     if not ckpts:

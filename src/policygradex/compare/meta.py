@@ -60,6 +60,7 @@ from ..rl.networks import ActorCritic
 from ..rl.ppo import ppo_update
 from ..rl.rollout import MultiTaskEnv, Rollout, RolloutCollector
 from ..tasks import Task, TaskSuite
+from ..tasks.builtin import heldout
 
 __all__ = ["heldout_suite", "blind_suite", "meta_iterations", "adapt_step", "adapt", "fomaml", "multitask_init",
            "select_group", "adapt_heldout", "run_meta_unit"]
@@ -72,7 +73,6 @@ def heldout_suite(suite: TaskSuite, n_test: int) -> TaskSuite:
     """The ``n_test`` held-out tasks of a built-in family suite.  The family and the suite seed
     are read from ``suite.source`` (set by ``load_suite``); a suite made without it counts as
     the family of its name with suite seed 0."""
-    from ..tasks.builtin import heldout
 
     src = getattr(suite, "source", None) or {}
     family = src.get("suite", suite.name)

@@ -43,6 +43,8 @@ from .. import artifacts as art
 from ..config import CompareConfig, RunConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
+from .groupings import gradient_similarity, groups_from_affinity, random_groups, tag_affinity
+from .meta import key_parts, run_meta_unit
 
 __all__ = ["CompareContext", "Method", "METHODS", "register", "method_names", "get_method"]
 
@@ -161,22 +163,16 @@ def _policygradex(ctx: CompareContext, seed: int) -> tuple[list[list[int]], dict
 
 
 def _random(ctx: CompareContext, seed: int) -> tuple[list[list[int]], dict]:
-    from .groupings import random_groups
-
     return random_groups(ctx.sizes, ctx.suite.n, seed=seed), {"draw_seed": seed, "sizes": ctx.sizes}
 
 
 def _gradsim(ctx: CompareContext, seed: int) -> tuple[list[list[int]], dict]:
-    from .groupings import gradient_similarity, groups_from_affinity
-
     aff = ctx.cached_affinity("gradsim", [ctx.run_digest("features"), ctx.run_digest("collect")],
                               lambda: gradient_similarity(ctx.run_dir, ctx.suite.n))
     return groups_from_affinity(aff["U"], ctx.k), {"k": ctx.k, "affinity_s": aff["seconds"], **aff["info"]}
 
 
 def _tag(ctx: CompareContext, seed: int) -> tuple[list[list[int]], dict]:
-    from .groupings import groups_from_affinity, tag_affinity
-
     c = ctx.cfg
     seed0 = ctx.run_cfg.estimate.seed
     aff = ctx.cached_affinity("tag", [ctx.run_digest("train"), c.tag_checkpoints, c.tag_transitions, c.tag_delta, seed0],
@@ -205,24 +201,12 @@ register(Method("policygradex", "one policy per group of the PolicyGradEx groupi
 # ----------------------------------------------------------------------------- meta-RL (compare/meta.py)
 
 
-def _meta_unit(*args, **kwargs):
-    from .meta import run_meta_unit
-
-    return run_meta_unit(*args, **kwargs)
-
-
-def _meta_key(ctx: CompareContext) -> list:
-    from .meta import key_parts
-
-    return key_parts(ctx)
-
-
 register(Method("meta-maml", "meta-RL: first-order MAML on all training tasks, adapted to held-out tasks", _all_tasks,
-                kind="meta_rl", run_unit=_meta_unit, key_parts=_meta_key,
+                kind="meta_rl", run_unit=run_meta_unit, key_parts=key_parts,
                 learners=PPO_ONLY))
 register(Method("meta-policygradex", "meta-RL: first-order MAML per PolicyGradEx group; a held-out task adapts the group "
-                "policy with the best probe return", _policygradex, needs_run=True, kind="meta_rl", run_unit=_meta_unit,
-                key_parts=_meta_key, learners=PPO_ONLY))
+                "policy with the best probe return", _policygradex, needs_run=True, kind="meta_rl", run_unit=run_meta_unit,
+                key_parts=key_parts, learners=PPO_ONLY))
 register(Method("meta-multitask", "meta-RL: task-blind multi-task PPO policy as the initialization, adapted to held-out tasks",
-                _all_tasks, kind="meta_rl", run_unit=_meta_unit, key_parts=_meta_key,
+                _all_tasks, kind="meta_rl", run_unit=run_meta_unit, key_parts=key_parts,
                 learners=PPO_ONLY))

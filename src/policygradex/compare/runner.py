@@ -39,8 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artifacts as art
-from .. import outdir
+from .. import artifacts as art, outdir
 from ..backend import LocalBackend, Resources, Unit
 from ..config import CompareConfig, PPOConfig, RunConfig, SACConfig
 from ..errors import UserError
@@ -49,6 +48,10 @@ from ..rl.learners import learner_for
 from ..tasks import TaskSuite
 from ..ui import console, progress_bar
 from .methods import METHODS, CompareContext, Method, get_method
+from ..estimate.collect import load_meta_policy
+from ..pipeline import run as run_pipeline
+from ..rl.evaluate import evaluate_policy
+from .pcgrad import PCGrad
 
 __all__ = ["compare", "ci95", "summarize", "UNIT_KEYS", "BASELINE"]
 
@@ -93,7 +96,6 @@ def _unit_arch(method: Method, cfg: CompareConfig) -> str:
 
 def _theta_star_state(ctx: CompareContext) -> dict:
     if "theta_star" not in ctx.cache:
-        from ..estimate.collect import load_meta_policy
 
         model = load_meta_policy(ctx.run_dir)
         ctx.cache["theta_star"] = {k: v.clone() for k, v in model.state_dict().items()}
@@ -117,9 +119,6 @@ def _unit_key(ctx: CompareContext, method: Method, seed: int, groups: list[list[
 
 def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[list[int]], info: dict, ppo: PPOConfig,
                 warm: bool, unit_dir: Path, bar) -> tuple[dict, list[Path]]:
-    from ..rl.evaluate import evaluate_policy
-    from .pcgrad import PCGrad
-
     suite, c = ctx.suite, ctx.cfg
     learner = learner_for(ppo)
     t0 = time.perf_counter()
@@ -283,7 +282,6 @@ def compare(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, out_dir: s
     outdir.lock_run_dir(out_dir)  # absent, empty or ours (marked); never a user's directory
     t_run = 0.0
     if any(m.needs_run for m in methods):
-        from ..pipeline import run as run_pipeline
 
         ctx.run_dir = Path(run_dir) if run_dir is not None else out_dir / "run"
         # claim it here, so that a bad directory is named by the option that gave it (the
