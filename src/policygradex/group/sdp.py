@@ -54,67 +54,34 @@ lam_one trace Y`` and ``X = J / n`` is optimal for the SDP, and (as every partit
 feasible) one group is optimal among all partitions.  Huge penalties (``1e300``) therefore never
 reach a solver, where they would overflow its arithmetic.
 
-Solvers
--------
-``solver="auto"`` uses Clarabel (interior point: an accurate, clean ``X``) for ``n <= 40`` and
-SCS (first-order splitting, far cheaper per iteration) above: a whole ``group_tasks`` call
-takes 1-3 s at n = 100 on two shared cores, where Clarabel's solve alone takes ~40 s.
-``"clarabel"`` and ``"scs"`` force one.  If the chosen solver fails, the other is tried; the
-one that produced ``X`` is recorded in :attr:`Grouping.solver`.  The solvers see ``U`` and
-``lam`` divided by ``max |U|`` (the problem is invariant to that scaling; it keeps the solvers'
-arithmetic in range whatever the scale of ``U``).  A failure is any exception of the solver,
-including the ``PanicException`` (a ``BaseException``) that Clarabel, written in Rust, raises
-when it panics; what a solver prints to stdout or stderr while it runs (a Rust panic's message
-and backtrace) is discarded.  When both fail, :class:`GroupingSolverError` (a user error) says
-which option to change.
-
-Rounding
---------
-The relaxed ``X`` is turned into a partition in which every task is assigned exactly once:
-
-1. Candidate numbers of groups: the given ``k`` in fixed-k mode; in auto-k mode every ``k``
-   from 1 to ``k_hat + 1``, ``k_hat = round(trace X)``.  A fractional ``X`` spreads mass over
-   extra directions, so its trace is an unreliable count (it tends to overestimate ``k``
-   under noise); the objective decides.
-2. Candidate partitions for each ``k``: hierarchical clustering (average, complete, single
-   and Ward linkage, cut after ``n - k`` merges, so exactly ``k`` clusters) of two task
-   embeddings: the rows of ``X`` and the rows of ``V_k Lambda_k^{1/2}`` (the top-``k``
-   eigenpairs of ``X``; for a partition matrix these rows are ``e_c / sqrt(|C_c|)``).  Each is
-   also refined by Lloyd (k-means) iterations started from it in the same embedding.
-3. The candidate with the largest objective ``<U, X_P> - lam * k`` (``lam = 0`` in fixed-k
-   mode) wins; candidates within ``1e-9`` (relative) are broken by the smallest Frobenius
-   distance ``||X - X_P||``.
-4. The winner is polished by best-improvement single-task moves on the same objective (in
-   auto-k mode a move may empty a group; in fixed-k mode ``k`` is kept).  This only ever
-   raises the objective, so ``rounded_objective`` is at least that of every candidate; on a
-   tight SDP (``X`` already a partition matrix) it changes nothing.
-
-Linkage, Lloyd iterations and the moves use only pairwise distances and objective values,
-none of which depends on task order, so permuting the tasks permutes the labels and leaves the
-partition unchanged.  The only exception is an exact tie (two different partitions with the
-same objective and the same distance to ``X``, e.g. a ``U`` with a symmetry), where no
-order-independent choice exists; the first candidate is returned.  Labels are canonical:
-groups are numbered in the order of their smallest task index.
+The relaxation is solved by :mod:`policygradex.group.solve` (Clarabel or SCS, one falling back
+to the other) and its solution turned into a partition by :mod:`policygradex.group.rounding`;
+the partition helpers and the random-grouping baseline are in
+:mod:`policygradex.group.partitions`.  Every public name of the three is importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import sys
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass
-from typing import Sequence
 
-import cvxpy as cp
 import numpy as np
-from scipy.cluster.hierarchy import linkage
-from scipy.spatial.distance import pdist
 
 from ..errors import UserError
+from .partitions import (
+    GroupingInputError,
+    canonical_labels,
+    groups_from_labels,
+    partition_matrix,
+    partition_objective,
+    random_grouping,
+)
+from .rounding import _local_search  # noqa: F401 - importable from here, as before the split
+from .rounding import round_partition
+from .solve import CLARABEL_MAX_N, SOLVERS, solve_sdp  # noqa: F401 - CLARABEL_MAX_N: importable from here
+
+#: The SDP solve under its name from before the split (tests call it directly).
+_solve_sdp = solve_sdp
 
 __all__ = [
     "DEFAULT_PENALTY_SCALE",
@@ -133,18 +100,6 @@ __all__ = [
 
 #: ``lam = DEFAULT_PENALTY_SCALE * mean |off-diagonal U|`` in auto-k mode (see module docstring).
 DEFAULT_PENALTY_SCALE = 4.0
-#: Largest ``n`` for which ``solver="auto"`` picks Clarabel; SCS above.
-CLARABEL_MAX_N = 40
-_SOLVERS = ("auto", "clarabel", "scs")
-_LINKAGES = ("average", "complete", "single", "ward")
-_ACCEPTED_STATUS = (cp.OPTIMAL, cp.OPTIMAL_INACCURATE)
-_SCS_OPTIONS = {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iters": 20_000}
-
-
-class GroupingInputError(UserError, ValueError):
-    """An argument of the grouping functions is invalid; the message names it."""
-
-    transient = False
 
 
 class GroupingSolverError(UserError, RuntimeError):
@@ -192,71 +147,6 @@ class Grouping:
     def gap(self) -> float:
         """SDP value minus rounded value: >= 0 up to solver tolerance; ~0 certifies optimality."""
         return float(self.objective - self.rounded_objective)
-
-
-# ----------------------------------------------------------------------------- partitions
-
-
-def canonical_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Relabel so that groups are numbered 0, 1, ... in the order of their smallest member."""
-    lab = np.asarray(labels)
-    if lab.ndim != 1:
-        raise GroupingInputError(f"labels must be a 1-D array; got shape {lab.shape}")
-    if lab.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    _, first, inverse = np.unique(lab, return_index=True, return_inverse=True)
-    rank = np.empty(first.size, dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[inverse.ravel()]
-
-
-def groups_from_labels(labels: Sequence[int] | np.ndarray) -> list[list[int]]:
-    """The groups of a labelling as sorted lists of task indices, in canonical order."""
-    lab = canonical_labels(labels)
-    k = int(lab.max()) + 1 if lab.size else 0
-    return [np.nonzero(lab == c)[0].tolist() for c in range(k)]
-
-
-def partition_matrix(labels: Sequence[int] | np.ndarray) -> np.ndarray:
-    """``X_P = sum_c 1_c 1_c^T / |C_c|`` for a labelling (any integer labels)."""
-    lab = canonical_labels(labels)
-    sizes = np.bincount(lab)
-    same = lab[:, None] == lab[None, :]
-    return np.where(same, 1.0 / sizes[lab][:, None], 0.0)
-
-
-def partition_objective(U: np.ndarray, labels: Sequence[int] | np.ndarray, penalty: float = 0.0) -> float:
-    """``<U, X_P> - penalty * k`` for the partition given by ``labels``."""
-    lab = canonical_labels(labels)
-    k = int(lab.max()) + 1
-    H = np.zeros((lab.size, k))
-    H[np.arange(lab.size), lab] = 1.0
-    sizes = H.sum(axis=0)
-    within = np.einsum("ic,ij,jc->c", H, np.asarray(U, dtype=np.float64), H)
-    return float(np.sum(within / sizes) - penalty * k)
-
-
-def random_grouping(sizes: Sequence[int], n: int, seed: int | None = 0) -> np.ndarray:
-    """A uniformly random partition of ``n`` tasks with the given group sizes (a baseline).
-
-    Args:
-        sizes: the group sizes, positive integers summing to ``n`` (e.g. those of a found
-            grouping: ``[len(g) for g in grouping.groups]``).
-        n: number of tasks.
-        seed: seed of the random permutation.
-
-    Returns:
-        ``[n]`` canonical labels.
-    """
-    sz = [int(s) for s in sizes]
-    if any(s < 1 for s in sz) or any(s != t for s, t in zip(sz, sizes)):
-        raise GroupingInputError(f"sizes must be positive integers; got {list(sizes)}")
-    if sum(sz) != n:
-        raise GroupingInputError(f"sizes must sum to n = {n}; they sum to {sum(sz)}")
-    perm = np.random.default_rng(seed).permutation(n)
-    labels = np.empty(n, dtype=np.int64)
-    labels[perm] = np.repeat(np.arange(len(sz)), sz)
-    return canonical_labels(labels)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -326,206 +216,57 @@ def one_group_penalty(U: np.ndarray) -> float:
     return max(0.0, float(np.linalg.eigvalsh(P @ U @ P)[-1]))
 
 
-def _solver_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is a solver's failure rather than Ctrl-C or an exit: any ``Exception``, or
-    the ``PanicException`` (a ``BaseException``) through which pyo3 reports a Rust panic."""
-    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+def _checked_arguments(U: np.ndarray, k: object, penalty: object, penalty_scale: object,
+                       solver: object) -> tuple[np.ndarray, int | None, float, str]:
+    """``group_tasks``'s arguments checked: ``(U symmetrized in float64, k, lam, solver)``,
+    ``lam`` the price per group (0 in fixed-k mode).  Raises :class:`GroupingInputError`."""
+    Us = _validate_U(U)
+    n = Us.shape[0]
+    if not isinstance(solver, str) or solver.lower() not in SOLVERS:
+        raise GroupingInputError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
+    if k is not None:
+        k = _validate_k(k, n)
+        if penalty is not None:
+            raise GroupingInputError(
+                "pass either k (fixed number of groups) or penalty (price per group), not both"
+            )
+        return Us, k, 0.0, solver.lower()
+    scale = _validate_nonneg("penalty_scale", penalty_scale)
+    lam = default_penalty(Us, scale) if penalty is None else _validate_nonneg("penalty", penalty)
+    if not np.isfinite(lam):
+        raise GroupingInputError(
+            f"penalty_scale {scale:g} x mean |off-diagonal U| overflows a float; any penalty_scale of "
+            f"{one_group_penalty(Us) / max(default_penalty(Us, 1.0), 1e-300):.3g} or more already puts every task in one group"
+        )
+    return Us, None, lam, solver.lower()
 
 
-def _flush_c_stdio() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
-    except Exception:  # noqa: BLE001 - no C library to flush (best effort)
-        pass
-
-
-@contextlib.contextmanager
-def _quiet_solver():
-    """Send file descriptors 1 and 2 to a temporary file, and ``sys.stdout``/``sys.stderr`` to a
-    buffer, while a solver runs (SCS prints errors to stdout; a Rust panic prints its message and
-    backtrace to stderr before Python sees the exception); restored afterwards, the text dropped."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed or replaced stream
-            pass
-    try:
-        tmp = tempfile.TemporaryFile()
-        saved = [os.dup(1), os.dup(2)]
-    except OSError:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-        return
-    try:
-        os.dup2(tmp.fileno(), 1)
-        os.dup2(tmp.fileno(), 2)
-        sink = io.StringIO()  # and Python-level writes (PySys_WriteStdout), wherever sys.stdout points
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield
-    finally:
-        _flush_c_stdio()  # what a C solver left in stdio's buffers belongs to the temporary file too
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        tmp.close()
+def _trivial_labels(Us: np.ndarray, k: int | None, penalty: float | None, lam: float) -> np.ndarray | None:
+    """The partition in closed form where no solver is needed, else None."""
+    n = Us.shape[0]
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+    if k is None and penalty is None and not np.any(_off_diagonal(Us)):
+        return np.zeros(n, dtype=np.int64)  # no pairwise evidence at all: one group
+    if k is not None and k in (1, n):
+        return np.zeros(n, dtype=np.int64) if k == 1 else np.arange(n, dtype=np.int64)
+    if k is None and lam >= one_group_penalty(Us):
+        return np.zeros(n, dtype=np.int64)  # a price per group this high makes one group optimal (module docstring)
+    return None
 
 
-def _solve_sdp(U: np.ndarray, k: int | None, penalty: float, solver: str) -> tuple[np.ndarray, str, str]:
-    """Solve the relaxation; return ``(X, solver_used, status)``.  Raises ``RuntimeError`` naming
-    both solvers' failures when neither produced ``X``."""
-    n = U.shape[0]
-    first = solver if solver != "auto" else ("clarabel" if n <= CLARABEL_MAX_N else "scs")
-    order = [first, "scs" if first == "clarabel" else "clarabel"]
-    scale = float(np.max(np.abs(U)))
-    if scale > 0:  # the same problem in units of max |U|: the solvers' arithmetic stays in range
-        U, penalty = U / scale, penalty / scale
-    X = cp.Variable((n, n), PSD=True)
-    constraints = [X >= 0, cp.sum(X, axis=1) == 1]
-    if k is None:
-        objective = cp.Maximize(cp.sum(cp.multiply(U, X)) - penalty * cp.trace(X))
+def _solver_error(Us: np.ndarray, k: int | None, penalty: float | None, penalty_scale: float, lam: float,
+                  exc: RuntimeError) -> GroupingSolverError:
+    """The user error for an SDP neither solver could solve, naming the option to change."""
+    if k is not None:
+        what, advice = f"k = {k}", "try another k (--k) or [group] solver"
     else:
-        objective = cp.Maximize(cp.sum(cp.multiply(U, X)))
-        constraints.append(cp.trace(X) == k)
-    problem = cp.Problem(objective, constraints)
-    failures: list[str] = []
-    for name in order:
-        try:
-            with warnings.catch_warnings(), _quiet_solver():
-                # An inaccurate solution is reported in Grouping.status; rounding copes with it.
-                warnings.simplefilter("ignore", UserWarning)
-                if name == "clarabel":
-                    problem.solve(solver=cp.CLARABEL)
-                else:
-                    problem.solve(solver=cp.SCS, **_SCS_OPTIONS)
-        except BaseException as exc:  # noqa: BLE001 - Clarabel's Rust panics are BaseExceptions
-            if not _solver_failure(exc):
-                raise
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            failures.append(f"{name}: {text[:200]}")
-            continue
-        if problem.status in _ACCEPTED_STATUS and X.value is not None and np.all(np.isfinite(X.value)):
-            Xv = np.asarray(X.value, dtype=np.float64)
-            return 0.5 * (Xv + Xv.T), name, str(problem.status)
-        failures.append(f"{name}: status {problem.status}")
-    raise RuntimeError("; ".join(failures))
-
-
-# ----------------------------------------------------------------------------- rounding
-
-
-def _lloyd(F: np.ndarray, labels: np.ndarray, k: int, max_iter: int = 100) -> np.ndarray:
-    """k-means (Lloyd) iterations in embedding ``F`` started from ``labels``; keeps k groups."""
-    lab = labels
-    for _ in range(max_iter):
-        centers = np.stack([F[lab == c].mean(axis=0) for c in range(k)])
-        d2 = ((F[:, None, :] - centers[None, :, :]) ** 2).sum(axis=-1)
-        new = np.argmin(d2, axis=1)
-        if np.unique(new).size < k or np.array_equal(new, lab):
-            break
-        lab = new
-    return lab
-
-
-def _cut(Z: np.ndarray, n: int, k: int) -> np.ndarray:
-    """Labels of the ``k`` clusters left after the first ``n - k`` merges of linkage ``Z``."""
-    clusters: dict[int, list[int]] = {i: [i] for i in range(n)}
-    for step in range(n - k):
-        a, b = int(Z[step, 0]), int(Z[step, 1])
-        clusters[n + step] = clusters.pop(a) + clusters.pop(b)
-    labels = np.empty(n, dtype=np.int64)
-    for c, members in enumerate(clusters.values()):
-        labels[members] = c
-    return labels
-
-
-def _candidate_partitions(X: np.ndarray, ks: Sequence[int]) -> list[np.ndarray]:
-    """Candidate labellings with exactly ``k`` groups for each ``k`` in ``ks`` (module docstring)."""
-    n = X.shape[0]
-    w, V = np.linalg.eigh(X)
-    row_trees = [linkage(pdist(X), method=m) for m in _LINKAGES] if n > 2 else []
-    out: list[np.ndarray] = []
-    for k in ks:
-        if k == 1:
-            out.append(np.zeros(n, dtype=np.int64))
-            continue
-        if k == n:
-            out.append(np.arange(n, dtype=np.int64))
-            continue
-        spectral = V[:, -k:] * np.sqrt(np.clip(w[-k:], 0.0, None))
-        spectral_trees = [linkage(pdist(spectral), method=m) for m in _LINKAGES]
-        for F, trees in ((X, row_trees), (spectral, spectral_trees)):
-            for Z in trees:
-                lab = _cut(Z, n, k)
-                out.append(lab)
-                out.append(_lloyd(F, lab, k))
-    return out
-
-
-def _local_search(
-    U: np.ndarray, labels: np.ndarray, penalty: float, allow_merge: bool, max_moves: int
-) -> np.ndarray:
-    """Best-improvement single-task moves on ``<U, X_P> - penalty * k``.
-
-    With ``S_c = sum_{i, j in C_c} U_ij`` the objective is ``sum_c S_c / |C_c| - penalty * k``;
-    moving task ``i`` from group ``a`` to ``b`` changes ``S_a`` by ``-2 r_ia + U_ii`` and ``S_b``
-    by ``+2 r_ib + U_ii`` (``r_ic = sum_{j in C_c} U_ij``), so every move is scored at once from
-    ``R = U H``.  A move that empties a group (``k`` drops by one, the penalty is refunded) is
-    allowed only when ``allow_merge`` (auto-k mode).  Ties between moves are broken by index,
-    which matters only for exactly equal gains.
-    """
-    lab = canonical_labels(labels)
-    n = lab.size
-    diag = np.diag(U)
-    for _ in range(max_moves):
-        k = int(lab.max()) + 1
-        H = np.zeros((n, k))
-        H[np.arange(n), lab] = 1.0
-        R = U @ H  # r_ic
-        sizes = H.sum(axis=0)
-        S = np.einsum("ic,ic->c", H, R)
-        base = S / sizes
-        a = lab
-        size_a = sizes[a]
-        # Source group after removing i (0 if it empties; then the penalty is refunded).
-        S_a_new = S[a] - 2.0 * R[np.arange(n), a] + diag
-        src_new = np.where(size_a > 1, S_a_new / np.maximum(size_a - 1, 1), 0.0)
-        src_gain = src_new - base[a] + np.where(size_a > 1, 0.0, penalty)
-        dst_gain = (S[None, :] + 2.0 * R + diag[:, None]) / (sizes[None, :] + 1) - base[None, :]
-        gain = src_gain[:, None] + dst_gain
-        gain[np.arange(n), a] = -np.inf  # not a move
-        if not allow_merge:
-            gain[size_a <= 1, :] = -np.inf
-        i, c = np.unravel_index(int(np.argmax(gain)), gain.shape)
-        if gain[i, c] <= 1e-10 * max(1.0, float(np.abs(base).sum())):
-            break
-        lab = lab.copy()
-        lab[i] = c
-        lab = canonical_labels(lab)
-    return lab
-
-
-def _round(
-    U: np.ndarray, X: np.ndarray, ks: Sequence[int], penalty: float, allow_merge: bool
-) -> np.ndarray:
-    """Best candidate partition (largest objective, then closest to ``X``), then polished."""
-    seen: dict[tuple[int, ...], tuple[float, float]] = {}
-    for lab in _candidate_partitions(X, ks):
-        canon = canonical_labels(lab)
-        key = tuple(canon.tolist())
-        if key in seen:
-            continue
-        obj = partition_objective(U, canon, penalty)
-        dist = float(np.linalg.norm(X - partition_matrix(canon)))
-        seen[key] = (obj, dist)
-    best_obj = max(v[0] for v in seen.values())
-    tol = 1e-9 * max(1.0, abs(best_obj), float(np.abs(U).sum()))
-    finalists = [(v[1], key) for key, v in seen.items() if v[0] >= best_obj - tol]
-    best_dist = min(d for d, _ in finalists)
-    chosen = next(key for d, key in finalists if d <= best_dist + 1e-12)
-    return _local_search(U, np.asarray(chosen, dtype=np.int64), penalty, allow_merge, 10 * len(chosen))
+        src = f"[group] penalty {lam:.3g}" if penalty is not None else \
+            f"penalty_scale (--penalty-scale) {penalty_scale:g} x mean |U| = {lam:.3g}"
+        what = f"price per group {src}"
+        advice = (f"change the price per group: 0 lets the affinity alone decide, {one_group_penalty(Us):.3g} or "
+                  "more puts every task in one group; or set [group] solver")
+    return GroupingSolverError(f"the grouping SDP (n = {Us.shape[0]}, {what}) could not be solved ({exc}); {advice}")
 
 
 # ----------------------------------------------------------------------------- public API
@@ -558,36 +299,9 @@ def group_tasks(
         whose penalty overflows), an unknown ``solver``, or both ``k`` and ``penalty`` given.
         GroupingSolverError (a ``RuntimeError``; a user error): neither solver could solve the SDP.
     """
-    Us = _validate_U(U)
+    Us, k, lam, solver = _checked_arguments(U, k, penalty, penalty_scale, solver)
     n = Us.shape[0]
-    if not isinstance(solver, str) or solver.lower() not in _SOLVERS:
-        raise GroupingInputError(f"solver must be one of {', '.join(_SOLVERS)}; got {solver!r}")
-    solver = solver.lower()
-    if k is not None:
-        k = _validate_k(k, n)
-        if penalty is not None:
-            raise GroupingInputError(
-                "pass either k (fixed number of groups) or penalty (price per group), not both"
-            )
-        lam = 0.0
-    else:
-        scale = _validate_nonneg("penalty_scale", penalty_scale)
-        lam = default_penalty(Us, scale) if penalty is None else _validate_nonneg("penalty", penalty)
-        if not np.isfinite(lam):
-            raise GroupingInputError(
-                f"penalty_scale {scale:g} x mean |off-diagonal U| overflows a float; any penalty_scale of "
-                f"{one_group_penalty(Us) / max(default_penalty(Us, 1.0), 1e-300):.3g} or more already puts every task in one group"
-            )
-
-    trivial: np.ndarray | None = None
-    if n == 1:
-        trivial = np.zeros(1, dtype=np.int64)
-    elif k is None and penalty is None and not np.any(_off_diagonal(Us)):
-        trivial = np.zeros(n, dtype=np.int64)  # no pairwise evidence at all: one group
-    elif k is not None and k in (1, n):
-        trivial = np.zeros(n, dtype=np.int64) if k == 1 else np.arange(n, dtype=np.int64)
-    elif k is None and lam >= one_group_penalty(Us):
-        trivial = np.zeros(n, dtype=np.int64)  # a price per group this high makes one group optimal (module docstring)
+    trivial = _trivial_labels(Us, k, penalty, lam)
 
     t0 = time.perf_counter()
     if trivial is not None:
@@ -598,23 +312,15 @@ def group_tasks(
         used, status = "none", "trivial"
     else:
         try:
-            X, used, status = _solve_sdp(Us, k, lam, solver)
+            X, used, status = solve_sdp(Us, k, lam, solver)
         except RuntimeError as exc:
-            if k is not None:
-                what, advice = f"k = {k}", "try another k (--k) or [group] solver"
-            else:
-                src = f"[group] penalty {lam:.3g}" if penalty is not None else \
-                    f"penalty_scale (--penalty-scale) {penalty_scale:g} x mean |U| = {lam:.3g}"
-                what = f"price per group {src}"
-                advice = (f"change the price per group: 0 lets the affinity alone decide, {one_group_penalty(Us):.3g} or "
-                          "more puts every task in one group; or set [group] solver")
-            raise GroupingSolverError(f"the grouping SDP (n = {n}, {what}) could not be solved ({exc}); {advice}") from None
+            raise _solver_error(Us, k, penalty, penalty_scale, lam, exc) from None
         if k is None:
             k_hat = int(np.clip(np.rint(np.trace(X)), 1, n))
             ks = list(range(1, min(n, k_hat + 1) + 1))
         else:
             ks = [k]
-        labels = _round(Us, X, ks, lam, allow_merge=k is None)
+        labels = round_partition(Us, X, ks, lam, allow_merge=k is None)
     seconds = time.perf_counter() - t0
 
     k_out = int(labels.max()) + 1
