@@ -398,9 +398,9 @@ def _accuracy_all(run_dirs: list[str], rows: int, seeds: int) -> list[dict[str, 
         meta = json.loads((rd / "collect" / "meta_policy.json").read_text())
         model, suite, _, _ = load_checkpoint(rd / "train" / "checkpoints" / meta["checkpoint"])
         c = load_rollouts(rd)
-        sample = torch.linspace(0, c["x"].shape[0] - 1, rows).round().long()
-        out.append(_accuracy_case(f"{suite.name} theta* ({meta['checkpoint']}), collected data", model.actor, c["x"], c["actions"],
-                                  sample, seeds, task=c["task"], adv=c["adv"]))
+        sample = torch.linspace(0, c.x.shape[0] - 1, rows).round().long()
+        out.append(_accuracy_case(f"{suite.name} theta* ({meta['checkpoint']}), collected data", model.actor, c.x, c.actions,
+                                  sample, seeds, task=c.task, adv=c.adv))
     return out
 
 

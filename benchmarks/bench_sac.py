@@ -126,8 +126,8 @@ def part_approx(updates: int) -> dict:
             sac.sac_update(m, opts, sub.sample(cfg.batch_size, urng, n, torch.device("cpu")), cfg, h, ugen)
             if k & (k - 1) == 0 or k == updates:
                 path.append((k, flat_params(m.actor).double()))
-        rows = c["heldout"] & torch.isin(c["task"], torch.as_tensor(tasks))
-        x, acts = c["x"][rows], c["actions"][rows]
+        rows = c.heldout & torch.isin(c.task, torch.as_tensor(tasks))
+        x, acts = c.x[rows], c.actions[rows]
         deltas = [float((p - theta).norm()) / norm for _, p in path]
         cands = [("real", k, p) for k, p in path]
         for target in TARGETS:

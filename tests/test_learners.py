@@ -243,3 +243,22 @@ def test_no_algorithm_switch_outside_rl():
             found[str(rel)] = lines
     assert not found, (f"algorithm switches outside rl/ (lines): {found}; call the learner instead "
                        "(policygradex.rl.learners.learner_for)")
+
+
+def test_a_rollout_record_is_checked_when_loaded():
+    import torch
+
+    from policygradex.errors import UserError
+    from policygradex.rl.collected import Collected
+
+    n = 6
+    good = Collected(torch.zeros(n, 3), torch.zeros(n, dtype=torch.long), torch.zeros(n), torch.zeros(n),
+                     torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool), [[1.0]]).to_dict()
+    back = Collected.from_dict(good, "r.pt")
+    assert torch.equal(back.x, good["x"]) and back.episode_returns == [[1.0]]
+    with pytest.raises(UserError, match="r.pt is not a rollout record .no tensor 'adv'"):
+        Collected.from_dict({k: v for k, v in good.items() if k != "adv"}, "r.pt")
+    with pytest.raises(UserError, match="task has 5 rows, x has 6"):
+        Collected.from_dict({**good, "task": good["task"][:5]}, "r.pt")
+    with pytest.raises(UserError, match="wrong shape or type"):
+        Collected.from_dict({**good, "heldout": good["heldout"].long()}, "r.pt")

@@ -227,14 +227,15 @@ def test_surrogate_truth_is_the_real_ratio_improvement():
     """surrogate_truth by hand on a tiny actor: mean_t A_t (pi_S / pi* - 1) over held-out rows."""
     from policygradex.estimate.features import flat_params
     from policygradex.rl.networks import ActorCritic
+    from policygradex.rl.collected import Collected
     from policygradex.validate import surrogate_truth
 
     torch.manual_seed(0)
     model = ActorCritic(3, gym.spaces.Discrete(2), hidden=(4,), activation="tanh")
     theta_star = flat_params(model.actor).double()
     N = 12
-    ro = {"x": torch.randn(N, 3), "actions": torch.randint(0, 2, (N,)), "adv": torch.randn(N),
-          "task": torch.tensor([0, 1, 2] * 4), "heldout": torch.tensor([True, True, True, False] * 3)}
+    ro = Collected(x=torch.randn(N, 3), actions=torch.randint(0, 2, (N,)), adv=torch.randn(N), returns=torch.randn(N),
+                   task=torch.tensor([0, 1, 2] * 4), heldout=torch.tensor([True, True, True, False] * 3))
     members = np.array([[True, False, True], [True, True, False]])
     finals = [[theta_star.float() + 0.05 * torch.randn(theta_star.shape) for _ in range(2)]]
     got = surrogate_truth(model, theta_star, ro, members, finals)
@@ -244,8 +245,8 @@ def test_surrogate_truth_is_the_real_ratio_improvement():
     probe = copy.deepcopy(model.actor).double()
     for s in range(2):
         for i in np.flatnonzero(members[s]):
-            rows = (ro["task"] == i) & ro["heldout"]
-            x, a, adv = ro["x"][rows].double(), ro["actions"][rows], ro["adv"][rows].double()
+            rows = (ro.task == i) & ro.heldout
+            x, a, adv = ro.x[rows].double(), ro.actions[rows], ro.adv[rows].double()
             lp = []
             for vec in (theta_star, finals[0][s].double()):
                 torch.nn.utils.vector_to_parameters(vec, probe.parameters())

@@ -44,6 +44,7 @@ from .group.sdp import Grouping, group_tasks
 from .group.stability import bootstrap_stability
 from .rl.checkpoint import list_checkpoints, load_checkpoint
 from .rl.device import resolve_device
+from .rl.collected import Collected
 from .rl.learners import TrainResult, learner_for
 from .stage import StageDef
 from .tasks import TaskSuite
@@ -93,7 +94,7 @@ class ThetaStar:
     meta: dict
     model: torch.nn.Module
 
-    def rollouts(self) -> dict:
+    def rollouts(self) -> Collected:
         return load_rollouts(self.run_dir)
 
 
@@ -195,11 +196,11 @@ def _features(run_dir: Path, cfg: FeaturesConfig, theta: ThetaStar, suite: TaskS
     model, c = theta.model, theta.rollouts()
     xs, as_, advs, helds = [], [], [], []
     for i in range(suite.n):
-        m = c["task"] == i
-        adv = c["adv"][m]
+        m = c.task == i
+        adv = c.adv[m]
         if cfg.adv_scaling == "task":
             adv = adv / adv.abs().mean().clamp_min(1e-12)
-        xs.append(c["x"][m]); as_.append(c["actions"][m]); advs.append(adv); helds.append(c["heldout"][m])
+        xs.append(c.x[m]); as_.append(c.actions[m]); advs.append(adv); helds.append(c.heldout[m])
     with warnings.catch_warnings(record=True):  # a dense fallback is printed below and recorded in the manifest
         warnings.simplefilter("always")
         projector = build_projector(cfg.projector, model.actor, torch.cat(xs), torch.cat(as_), cfg.d, cfg.projector_seed)
@@ -353,9 +354,9 @@ def _approx_error_at_surrogate(theta: ThetaStar, store: FeatureStore, members: n
     theta_vec = flat_params(model.actor).double()
     errors, deltas = [], []
     for s in range(min(max_subsets, members.shape[0])):
-        rows = c["heldout"] & torch.as_tensor(members[s])[c["task"]]
+        rows = c.heldout & torch.as_tensor(members[s])[c.task]
         step = store.projector.map_back(U[s].to(store.projector.dtype)).double()
-        d_true, d_lin = logprob_change(model.actor, theta_vec, theta_vec + step, c["x"][rows], c["actions"][rows])
+        d_true, d_lin = logprob_change(model.actor, theta_vec, theta_vec + step, c.x[rows], c.actions[rows])
         errors.append(relative_error(d_true, d_lin))
         deltas.append(float(step.norm() / theta_vec.norm()))
     return {"median": float(np.median(errors)), "max": float(np.max(errors)), "subsets": len(errors),

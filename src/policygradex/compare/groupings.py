@@ -97,7 +97,7 @@ def gradient_similarity(run_dir: Path, n: int) -> dict:
 
     model = load_meta_policy(run_dir)
     c = load_rollouts(run_dir)
-    G = per_task_mean_gradients(model.actor, c["x"], c["actions"], c["adv"], c["task"], n)
+    G = per_task_mean_gradients(model.actor, c.x, c.actions, c.adv, c.task, n)
     U = _cosine(G)
     info = {"gradient_norms": G.norm(dim=1).tolist()}
     store = FeatureStore.load(run_dir / "features")

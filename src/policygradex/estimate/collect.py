@@ -52,9 +52,10 @@ __all__ = ["SignalHealth", "signal_health", "Collected", "load_rollouts", "load_
            "select_checkpoint"]
 
 
-def load_rollouts(run_dir: str | Path) -> dict:
-    """The collect stage's rollouts of theta* (``Collected.to_dict()``) from a run directory."""
-    return torch.load(Path(run_dir) / "collect" / "rollouts.pt", weights_only=False)
+def load_rollouts(run_dir: str | Path) -> Collected:
+    """The collect stage's rollouts of theta* from a run directory, their schema checked."""
+    path = Path(run_dir) / "collect" / "rollouts.pt"
+    return Collected.from_dict(torch.load(path, weights_only=False), str(path))
 
 
 def load_meta_policy(run_dir: str | Path):

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UserError
+
 __all__ = ["SignalHealth", "signal_health", "Collected"]
 
 
@@ -57,3 +59,19 @@ class Collected:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("x", "actions", "adv", "returns", "task", "heldout", "episode_returns")}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "rollouts") -> Collected:
+        """The record of :meth:`to_dict`, its schema checked: every field present, one row per
+        transition in each tensor, integer task ids, a boolean held-out mask.  A mismatch is a
+        :class:`UserError` naming ``source`` (an artifact from another version, or a damaged one)."""
+        fields = ("x", "actions", "adv", "returns", "task", "heldout")
+        if not isinstance(d, dict) or any(k not in d or not isinstance(d[k], torch.Tensor) for k in fields):
+            missing = [k for k in fields if not isinstance(d, dict) or not isinstance(d.get(k), torch.Tensor)]
+            raise UserError(f"{source} is not a rollout record (no tensor {missing[0]!r}); delete it and rerun")
+        n = d["x"].shape[0]
+        bad = [k for k in fields if d[k].shape[0] != n]
+        if bad or d["x"].ndim != 2 or d["task"].dtype.is_floating_point or d["heldout"].dtype != torch.bool:
+            what = f"{bad[0]} has {d[bad[0]].shape[0]} rows, x has {n}" if bad else "x, task or heldout has the wrong shape or type"
+            raise UserError(f"{source} is not a consistent rollout record ({what}); delete it and rerun")
+        return cls(*(d[k] for k in fields), episode_returns=list(d.get("episode_returns", [])))

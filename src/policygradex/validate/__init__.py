@@ -60,6 +60,7 @@ from ..report import add_validation, approx_error_plot, estimated_vs_true_plot
 from ..stages import group_with_null
 from ..tasks import TaskSuite
 from ..ui import console
+from ..rl.collected import Collected
 # BUCKET_FACTOR, _thin, _finetune_setup, _finetune_unit and finetune_units: importable from here (tests, benchmarks)
 from .approx import BUCKET_FACTOR, _thin, approx_error, bucket_label  # noqa: F401
 from .finetune import _finetune_setup, _finetune_unit, finetune_units  # noqa: F401
@@ -118,7 +119,7 @@ def _analysis_key(run_dir: Path, cfg: RunConfig, vcfg: ValidateConfig, ft_digest
                             an_fields])
 
 
-def _ground_truths(vdir: Path, model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, ft: dict, f_true: np.ndarray,
+def _ground_truths(vdir: Path, model, theta_star: torch.Tensor, ro: Collected, members: np.ndarray, ft: dict, f_true: np.ndarray,
                    suite: TaskSuite, cfg: RunConfig, backend) -> tuple[Truth, Truth, np.ndarray]:
     """``(truth, surrogate, surrogate repeats)``: the return ground truth ``f_true`` and the
     surrogate one ``f_sur`` (the real improvement of the surrogate objective, no rollout noise),

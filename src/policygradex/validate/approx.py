@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..estimate.first_order import float64_copy, functional_logprob, functional_logprob_change, relative_error
+from ..rl.collected import Collected
 
 __all__ = ["BUCKET_FACTOR", "bucket_label", "approx_error"]
 
@@ -84,7 +85,7 @@ def _bucket_stats(points: list[dict], targets: Sequence[float]) -> dict[str, dic
     return out
 
 
-def approx_error(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, paths: list[torch.Tensor],
+def approx_error(model, theta_star: torch.Tensor, ro: Collected, members: np.ndarray, paths: list[torch.Tensor],
                  steps: list[list[int]], targets: Sequence[float], seed: int = 0,
                  max_real: int = 8) -> tuple[dict, list[dict]]:
     """``(buckets, points)``: the error at every point of every subset's path (real snapshots,
@@ -98,8 +99,8 @@ def approx_error(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray,
     for s, path in enumerate(paths):
         random_dir = torch.randn(theta_star.shape, generator=gen, dtype=torch.float64)
         tasks = torch.as_tensor(np.flatnonzero(members[s]))
-        rows = torch.isin(ro["task"], tasks) & ro["heldout"]
-        f = functional_logprob(act64, ro["x"][rows], ro["actions"][rows])
+        rows = torch.isin(ro.task, tasks) & ro.heldout
+        f = functional_logprob(act64, ro.x[rows], ro.actions[rows])
         for p in _path_points(theta_star, path.to(theta_star.dtype), targets, random_dir, max_real):
             d_true, d_lin, logp = functional_logprob_change(f, theta_star, p["theta"])
             delta = float((p["theta"].double() - theta_star.double()).norm()) / norm

@@ -28,6 +28,7 @@ from ..rl.evaluate import evaluate_policy
 from ..rl.ppo import finetune
 from ..tasks import TaskSuite
 from ..ui import progress_bar
+from ..rl.collected import Collected
 
 __all__ = ["finetune_units", "finetune_subsets", "finetune_stage", "surrogate_truth", "run_digest"]
 
@@ -230,7 +231,7 @@ def finetune_stage(run_dir: Path, vdir: Path, model, suite: TaskSuite, members: 
     return torch.load(vdir / "finetune.pt", weights_only=False), st.digest
 
 
-def surrogate_truth(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, finals: list[list[torch.Tensor]]) -> np.ndarray:
+def surrogate_truth(model, theta_star: torch.Tensor, ro: Collected, members: np.ndarray, finals: list[list[torch.Tensor]]) -> np.ndarray:
     """``f_sur[j, S, i] = mean_t A_t (pi_theta_S(a_t|s_t) / pi_theta*(a_t|s_t) - 1)`` over task
     ``i``'s held-out rows, ``theta_S`` the actor really fine-tuned on ``S`` with repeat ``j``:
     the real improvement of the PPO surrogate objective whose first-order estimate is the run's
@@ -240,11 +241,11 @@ def surrogate_truth(model, theta_star: torch.Tensor, ro: dict, members: np.ndarr
     act64 = float64_copy(model.actor)
     reps, (m, n) = len(finals), members.shape
     out = np.full((reps, m, n), np.nan)
-    held = ro["heldout"]
+    held = ro.heldout
     fns = {}
     for i in range(n):
-        rows = (ro["task"] == i) & held
-        fns[i] = (functional_logprob(act64, ro["x"][rows], ro["actions"][rows]), ro["adv"][rows].double())
+        rows = (ro.task == i) & held
+        fns[i] = (functional_logprob(act64, ro.x[rows], ro.actions[rows]), ro.adv[rows].double())
     ts = theta_star.detach().double()
     with torch.no_grad():
         base = {i: f(ts) for i, (f, _) in fns.items()}

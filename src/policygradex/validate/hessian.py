@@ -18,6 +18,7 @@ from torch.func import grad, jvp, vmap
 
 from ..config import ValidateConfig
 from ..estimate.first_order import float64_copy, functional_logprob
+from ..rl.collected import Collected
 
 __all__ = ["policy_loss_fn", "hvp_fn", "hutchinson_trace", "exact_hessian_trace", "hessian_traces"]
 
@@ -75,7 +76,7 @@ def exact_hessian_trace(loss: Callable[[torch.Tensor], torch.Tensor], theta: tor
     return float(torch.diagonal(H).sum()), H
 
 
-def hessian_traces(model, theta_star: torch.Tensor, ro: dict, members: np.ndarray, paths: list[torch.Tensor],
+def hessian_traces(model, theta_star: torch.Tensor, ro: Collected, members: np.ndarray, paths: list[torch.Tensor],
                    vcfg: ValidateConfig, names: list[str]) -> list[dict]:
     """Hutchinson trace of the Hessian of the training-rows policy loss, and the loss gap.
 
@@ -93,17 +94,17 @@ def hessian_traces(model, theta_star: torch.Tensor, ro: dict, members: np.ndarra
         points.append((f"subset {s}", paths[s][-1].to(theta_star.dtype), members[s]))
     for label, theta, tasks_mask in points:
         tasks = torch.as_tensor(np.flatnonzero(tasks_mask))
-        in_tasks = torch.isin(ro["task"], tasks)
-        tr_idx = torch.nonzero(in_tasks & ~ro["heldout"]).flatten()
-        ho_idx = torch.nonzero(in_tasks & ro["heldout"]).flatten()
+        in_tasks = torch.isin(ro.task, tasks)
+        tr_idx = torch.nonzero(in_tasks & ~ro.heldout).flatten()
+        ho_idx = torch.nonzero(in_tasks & ro.heldout).flatten()
         sample = tr_idx if tr_idx.numel() <= vcfg.hessian_rows else tr_idx[torch.randperm(tr_idx.numel(), generator=gen)[:vcfg.hessian_rows]]
         t0 = time.perf_counter()
-        loss_h = policy_loss_fn(act32, ro["x"][sample], ro["actions"][sample], ro["adv"][sample])
+        loss_h = policy_loss_fn(act32, ro.x[sample], ro.actions[sample], ro.adv[sample])
         est = hutchinson_trace(loss_h, theta.detach().to(torch.float32), vcfg.hessian_probes, seed=vcfg.hessian_seed)
         th = theta.detach().to(torch.float64)
         with torch.no_grad():
-            l_tr = float(policy_loss_fn(act64, ro["x"][tr_idx], ro["actions"][tr_idx], ro["adv"][tr_idx])(th))
-            l_ho = float(policy_loss_fn(act64, ro["x"][ho_idx], ro["actions"][ho_idx], ro["adv"][ho_idx])(th))
+            l_tr = float(policy_loss_fn(act64, ro.x[tr_idx], ro.actions[tr_idx], ro.adv[tr_idx])(th))
+            l_ho = float(policy_loss_fn(act64, ro.x[ho_idx], ro.actions[ho_idx], ro.adv[ho_idx])(th))
         out.append({"theta": label, "tasks": [names[i] for i in tasks.tolist()],
                     "delta": float((th - theta_star.double()).norm() / theta_star.double().norm()),
                     "trace": est["trace"], "stderr": est["stderr"], "probes": est["probes"], "rows": int(sample.numel()),
