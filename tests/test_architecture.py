@@ -27,7 +27,6 @@ MAX_LINES = 600
 #: Lower a limit when a module shrinks; remove the entry once it is at or under MAX_LINES.
 OVERSIZED: dict[str, int] = {
     "estimate.structured": 879,
-    "estimate.surrogate": 1336,
     "group.sdp": 635,
     "validate": 733,
 }
