@@ -26,7 +26,6 @@ MAX_LINES = 600
 #: ... except these, today's oversized modules, each held at its current size until it is split.
 #: Lower a limit when a module shrinks; remove the entry once it is at or under MAX_LINES.
 OVERSIZED: dict[str, int] = {
-    "estimate.structured": 879,
     "group.sdp": 635,
     "validate": 733,
 }
