@@ -61,8 +61,8 @@ class SurrogateFit:
     lam : float
         The L2 strength the fit used.
     iterations : Tensor, int64, shape (m,)
-        Iterations (majorization or Newton steps, see the module docstring) taken by each
-        subset.
+        Iterations (majorization or Newton steps, see the docstring of :mod:`.surrogate`)
+        taken by each subset.
     cg_iterations : int
         Batched conjugate-gradient iterations in all (one product with ``H0`` from the Gram
         matrices, or one Hessian-vector product over the data, each).
@@ -76,7 +76,7 @@ class SurrogateFit:
         ``|D_S|``: the number of training rows of each subset.
     preconditioner : str
         ``"cholesky"`` when the Cholesky factors of ``H0`` were used (Newton steps on an
-        ill-conditioned problem), else ``"jacobi"`` (see the module docstring);
+        ill-conditioned problem), else ``"jacobi"`` (see the docstring of :mod:`.surrogate`);
         ``"cholesky+jacobi"`` when chunks of subsets used different ones.
     """
 
