@@ -9,8 +9,16 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from policygradex.estimate import lam_search, surrogate_blocks, surrogate_chunk
 from policygradex.estimate.subsets import sample_subsets
-from policygradex.estimate.surrogate import SurrogateFit, choose_lambda, fit_subsets, relative_distance
+from policygradex.estimate.surrogate import (
+    LambdaSearch,
+    SurrogateFit,
+    TargetDeltaUnreachable,
+    choose_lambda,
+    fit_subsets,
+    relative_distance,
+)
 
 
 def _data(N: int = 2000, d: int = 30, n: int = 6, seed: int = 0):
@@ -177,15 +185,13 @@ def test_near_quadratic_regime_takes_few_majorization_steps():
 
 
 def test_row_order_gram_precision_and_empty_tasks_do_not_change_the_solution(monkeypatch):
-    from policygradex.estimate import surrogate
-
     G, y, w, task = _data(N=1500, d=20, seed=23)
     task = np.where(task == 5, 4, task)  # task 5 has no rows; subsets with it still have others
     members = torch.tensor(sample_subsets(6, 3, 2, seed=23))
     ref = fit_subsets(*_tensors(G, y, w, task), members, 0.3, tol=1e-9)
     order = np.argsort(task, kind="stable")  # rows grouped by task: views instead of copies
     grouped = fit_subsets(*_tensors(G[order], y[order], w[order], task[order]), members, 0.3, tol=1e-9)
-    monkeypatch.setattr(surrogate, "_fast_bf16", lambda device: False)  # float32 Gram matrices only
+    monkeypatch.setattr(surrogate_blocks, "_fast_bf16", lambda device: False)  # float32 Gram matrices only
     f32_gram = fit_subsets(*_tensors(G, y, w, task), members, 0.3, tol=1e-9)
     for other in (grouped, f32_gram):
         assert bool(other.converged.all())
@@ -193,12 +199,10 @@ def test_row_order_gram_precision_and_empty_tasks_do_not_change_the_solution(mon
 
 
 def test_float32_rounding_floor_falls_back_to_float64(monkeypatch):
-    from policygradex.estimate import surrogate
-
     G, y, w, task = _data(N=1500, d=20, seed=24)
     members = torch.tensor(sample_subsets(6, 3, 2, seed=24))
     ref = fit_subsets(*_tensors(G, y, w, task), members, 0.05, tol=1e-9)
-    exact_gradient = surrogate._Chunk.gradient
+    exact_gradient = surrogate_chunk.Chunk.gradient
 
     def noisy(self, A, U, sel):  # a float32 gradient far worse than the real one
         grad = exact_gradient(self, A, U, sel)
@@ -206,7 +210,7 @@ def test_float32_rounding_floor_falls_back_to_float64(monkeypatch):
             grad = grad + 1e-5 * self.grad0.norm(dim=1, keepdim=True) * torch.randn_like(grad) / grad.shape[1] ** 0.5
         return grad
 
-    monkeypatch.setattr(surrogate._Chunk, "gradient", noisy)
+    monkeypatch.setattr(surrogate_chunk.Chunk, "gradient", noisy)
     fit = fit_subsets(*_tensors(G, y, w, task), members, 0.05, tol=1e-6)
     assert bool(fit.converged.all())
     assert ((fit.u - ref.u).norm(dim=1) / ref.u.norm(dim=1)).max() < 1e-5
@@ -286,16 +290,62 @@ def test_choose_lambda_hits_the_target_median_delta(target):
 
 def test_choose_lambda_starts_from_the_quadratic_model(monkeypatch):
     # near-quadratic regime: the model's lam is within rtol, so a single real fit is needed
-    from policygradex.estimate import surrogate
-
     G, y, w, task = _data(N=3000, d=30, n=6, seed=25)
     members = torch.tensor(sample_subsets(6, 3, 2, seed=25))
     fits = []
-    real_fit = surrogate._fit_prepared
-    monkeypatch.setattr(surrogate, "_fit_prepared", lambda *a: fits.append(a[2]) or real_fit(*a))
+    real_fit = lam_search.fit_prepared
+    monkeypatch.setattr(lam_search, "fit_prepared", lambda *a: fits.append(a[2]) or real_fit(*a))
     lam, fit, deltas = choose_lambda(*_tensors(G, y, w, task), members, None, _projection_gram(30), 40.0, 0.003)
     assert abs(float(np.median(deltas.numpy())) / 0.003 - 1) <= 0.05
     assert len(fits) == 1 and fits[0] == lam
+
+
+def test_lambda_search_estimator_matches_choose_lambda():
+    G, y, w, task = _data(N=1500, d=20, seed=10)
+    members = torch.tensor(sample_subsets(6, 3, 2, seed=10))
+    gram = _projection_gram(20, seed=1)
+    train = torch.tensor(np.random.default_rng(1).random(len(y)) < 0.8)
+    lam, fit, deltas = choose_lambda(*_tensors(G, y, w, task), members, train, gram, 40.0, 0.01, rtol=0.05)
+    search = LambdaSearch(0.01, rtol=0.05)
+    assert not hasattr(search, "lam_")
+    assert search.fit(*_tensors(G, y, w, task), members, train, gram, 40.0) is search
+    assert search.lam_ == lam and search.fit_.lam == lam
+    assert torch.equal(search.fit_.u, fit.u) and torch.equal(search.deltas_, deltas)
+    assert search.median_delta_ == float(np.median(deltas.numpy()))
+    assert search.lam_start_ > 0 and search.n_fits_ >= 1
+    params = search.get_params()
+    assert params["target_delta"] == 0.01 and params["rtol"] == 0.05 and params["lam_init"] is None
+    again = LambdaSearch(**params).fit(*_tensors(G, y, w, task), members, train, gram, 40.0)
+    assert again.lam_ == lam
+    assert search.set_params(rtol=0.1) is search and search.rtol == 0.1
+    with pytest.raises(ValueError, match="'rtoll'"):
+        search.set_params(rtoll=0.1)
+    with pytest.raises(ValueError, match="'rtol'"):  # parameters are checked by fit
+        LambdaSearch(rtol=2.0).fit(*_tensors(G, y, w, task), members, train, gram, 40.0)
+
+
+@pytest.mark.parametrize("lam_init", [1e-6, 1e5])
+def test_lambda_search_brackets_from_either_side(lam_init):
+    # far below the answer the median delta is too large (lam goes up), far above too small
+    # (lam goes down); both searches end at the target
+    G, y, w, task = _data(N=1500, d=20, seed=15)
+    members = torch.tensor(sample_subsets(6, 3, 2, seed=15))
+    gram = _projection_gram(20, seed=2)
+    search = LambdaSearch(0.01, lam_init=lam_init).fit(*_tensors(G, y, w, task), members, None, gram, 40.0)
+    assert search.lam_start_ == lam_init and search.n_fits_ >= 3
+    assert abs(search.median_delta_ / 0.01 - 1) <= 0.05
+    assert (search.lam_ > lam_init) == (lam_init < 1.0)
+
+
+@pytest.mark.parametrize(("lam_init", "target", "message"), [(1e-10, 0.01, "is still"), (1e3, 100.0, "is only")])
+def test_lambda_search_gives_up_after_max_decades_in_either_direction(lam_init, target, message):
+    G, y, w, task = _data(N=800, d=10, n=4, seed=16)
+    members = torch.tensor(sample_subsets(4, 2, 1, seed=16))
+    search = LambdaSearch(target, lam_init=lam_init, max_decades=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(TargetDeltaUnreachable, match=message):
+            search.fit(*_tensors(G, y, w, task), members, None, torch.eye(10), 1.0)
 
 
 def test_choose_lambda_one_class_subsets_reach_any_target():

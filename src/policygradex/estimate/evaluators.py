@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .surrogate import _as_tensor, _validate_data
+from .surrogate_checks import as_tensor, validate_data
 
 __all__ = ["DEFAULT_EVALUATOR", "EVALUATORS", "Evaluator", "first_order_ppo", "get_evaluator", "surrogate_loss"]
 
@@ -65,10 +65,10 @@ def _per_task(
     score: Callable[[Tensor, Tensor, Tensor], Tensor],
 ) -> np.ndarray:
     """Apply ``score(z [m_i, h_i], y_i [h_i], w_i [h_i]) -> [m_i]`` task by task."""
-    G, y, w, task, members, heldout = _validate_data(G, y, w, task, members, heldout, mask_name="heldout")
+    G, y, w, task, members, heldout = validate_data(G, y, w, task, members, heldout, mask_name="heldout")
     m, n = members.shape
     d = G.shape[1]
-    U = _as_tensor("U", U)
+    U = as_tensor("U", U)
     if U.shape != (m, d) or not U.is_floating_point() or not torch.isfinite(U).all():
         raise ValueError(
             f"The 'U' parameter must be a finite float tensor of shape (m, d) = ({m}, {d}). Got shape {tuple(U.shape)}."

@@ -41,7 +41,7 @@ from torch.func import functional_call, grad, vmap
 from ..artifacts import save_torch, sha256_file, verify_file, versions, write_json
 from ..errors import UserError
 # actor_params, flat_params, unflatten and build_projector are re-exported (their homes: .persample, .projectors)
-from .persample import LogProbModule, actor_params, eval_mode, flat_params, prepare_inputs, unflatten
+from .persample import LogProbModule, actor_params, eval_mode, flat_params, functional_params, prepare_inputs, unflatten
 from .projection import Projector
 from .projectors import build_projector, projector_from_spec
 from .structured import StructuredProjector, structured_projected_grads
@@ -91,8 +91,7 @@ def _for_each_chunk(
     x, a = prepare_inputs(actor, x, a)
     wrapper = LogProbModule(actor)
     names = [name for name, _ in actor.named_parameters()]
-    params = {f"actor.{name}": t for name, t in actor_params(actor).items()}
-    buffers = {f"actor.{name}": b.detach() for name, b in actor.named_buffers()}
+    params, buffers = functional_params(actor)
     sizes = [t.numel() for t in params.values()]
 
     def log_prob(prm: dict[str, torch.Tensor], xs: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:

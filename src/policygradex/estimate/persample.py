@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["actor_params", "flat_params", "unflatten", "LogProbModule", "eval_mode", "prepare_inputs"]
+__all__ = ["actor_params", "flat_params", "unflatten", "LogProbModule", "functional_params", "eval_mode", "prepare_inputs"]
 
 
 def actor_params(actor: nn.Module) -> dict[str, torch.Tensor]:
@@ -51,6 +51,15 @@ class LogProbModule(nn.Module):
 
     def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return self.actor.log_prob(x, a)
+
+
+def functional_params(actor: nn.Module, requires_grad: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(parameters, buffers)`` of ``actor`` for ``functional_call`` on a :class:`LogProbModule`
+    (names prefixed ``actor.``), detached; the parameters require grad when ``requires_grad``
+    (an autograd pass to the layers' outputs) and not otherwise (``torch.func.grad``)."""
+    params = {f"actor.{n}": p.detach().requires_grad_(requires_grad) for n, p in actor.named_parameters()}
+    buffers = {f"actor.{n}": b.detach() for n, b in actor.named_buffers()}
+    return params, buffers
 
 
 @contextlib.contextmanager

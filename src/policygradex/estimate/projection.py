@@ -33,6 +33,9 @@ __all__ = [
     "Projector",
     "GaussianProjector",
     "block_seed",
+    "check_int",
+    "dtype_from_name",
+    "dtype_name",
     "DEFAULT_BLOCK_ROWS",
     "DEFAULT_CACHE_BYTES",
 ]
@@ -55,14 +58,16 @@ _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.fl
 _MASK64 = (1 << 64) - 1
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """The spec name of a projector dtype (ValueError for another dtype)."""
     for name, dt in _DTYPES.items():
         if dt == dtype:
             return name
     raise ValueError(f"projector dtype must be one of {sorted(_DTYPES)}, got {dtype}")
 
 
-def _dtype_from_name(name: Any) -> torch.dtype:
+def dtype_from_name(name: Any) -> torch.dtype:
+    """The dtype named in a projector spec (UserError for another name)."""
     if name not in _DTYPES:
         raise UserError(f"projector spec: dtype must be one of {sorted(_DTYPES)}, got {name!r}")
     return _DTYPES[name]
@@ -81,7 +86,8 @@ def block_seed(seed: int, block: int) -> int:
     return _splitmix64(_splitmix64(seed & _MASK64) ^ block)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """An integer ``>= minimum`` (not a bool) for projector settings (ValueError naming ``name``)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -111,10 +117,10 @@ class Projector(abc.ABC):
             Projector._registry[cls.kind] = cls
 
     def __init__(self, p: int, d: int, seed: int, dtype: torch.dtype) -> None:
-        self.p = _check_int("p", p, 1)
-        self.d = _check_int("d", d, 1)
-        self.seed = _check_int("seed", seed, 0)
-        _dtype_name(dtype)
+        self.p = check_int("p", p, 1)
+        self.d = check_int("d", d, 1)
+        self.seed = check_int("seed", seed, 0)
+        dtype_name(dtype)
         self.dtype = dtype
         self._gram: torch.Tensor | None = None
 
@@ -132,7 +138,7 @@ class Projector(abc.ABC):
 
     def _spec_head(self) -> dict[str, Any]:
         """The fields every projector's spec starts with (kind, sizes, seed, dtype)."""
-        return {"kind": self.kind, "p": self.p, "d": self.d, "seed": self.seed, "dtype": _dtype_name(self.dtype)}
+        return {"kind": self.kind, "p": self.p, "d": self.d, "seed": self.seed, "dtype": dtype_name(self.dtype)}
 
     @classmethod
     @abc.abstractmethod
@@ -164,7 +170,7 @@ class Projector(abc.ABC):
         return x
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(p={self.p}, d={self.d}, seed={self.seed}, dtype={_dtype_name(self.dtype)})"
+        return f"{type(self).__name__}(p={self.p}, d={self.d}, seed={self.seed}, dtype={dtype_name(self.dtype)})"
 
 
 class GaussianProjector(Projector):
@@ -195,11 +201,11 @@ class GaussianProjector(Projector):
         cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         super().__init__(p, d, seed, dtype)
-        self.block_rows = _check_int("block_rows", block_rows, 1)
+        self.block_rows = check_int("block_rows", block_rows, 1)
         self.n_blocks = math.ceil(self.p / self.block_rows)
         nbytes = self.p * self.d * torch.empty((), dtype=dtype).element_size()
         self._cache: list[torch.Tensor | None] | None = (
-            [None] * self.n_blocks if nbytes <= _check_int("cache_bytes", cache_bytes, 0) else None
+            [None] * self.n_blocks if nbytes <= check_int("cache_bytes", cache_bytes, 0) else None
         )
         self._fingerprint: list[float] | None = None
 
@@ -275,7 +281,7 @@ class GaussianProjector(Projector):
             raise UserError(f"projector spec: missing {', '.join(missing)}")
         try:
             proj = cls(
-                p=spec["p"], d=spec["d"], seed=spec["seed"], dtype=_dtype_from_name(spec["dtype"]), block_rows=spec["block_rows"]
+                p=spec["p"], d=spec["d"], seed=spec["seed"], dtype=dtype_from_name(spec["dtype"]), block_rows=spec["block_rows"]
             )
         except ValueError as exc:
             raise UserError(f"projector spec: {exc}") from exc

@@ -51,32 +51,41 @@ The features themselves (:func:`structured_projected_grads`) come from one batch
 ``sum_t log pi(a_t | x_t)`` with forward hooks that keep every linear layer's input ``a`` and
 output ``z``, and one ``torch.autograd.grad`` to all the ``z`` at once; no weight gradient is
 ever formed except the last layer's (``B x out x in``, small).
+
+Modules: this one holds the projector (:class:`StructuredProjector`: factors, products, spec);
+:mod:`.structured_parts` the spec's records and the split of ``d`` (:func:`allocate`),
+:mod:`.structured_fit` the analysis behind :meth:`StructuredProjector.fit`,
+:mod:`.structured_hooks` the batched pass with hooks and the ``vmap(grad)`` references, and
+:mod:`.structured_grads` the features (:func:`structured_projected_grads`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from dataclasses import asdict
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
-from torch.nn.utils import parametrize
 
 from ..errors import UserError
-from .persample import LogProbModule, eval_mode, prepare_inputs
 from .projection import (
     DEFAULT_BLOCK_ROWS,
     DEFAULT_CACHE_BYTES,
     GaussianProjector,
     Projector,
-    _check_int,
-    _dtype_from_name,
-    _dtype_name,
     block_seed,
+    check_int,
+    dtype_from_name,
+    dtype_name,
 )
+# re-exported: the parts and the fit's constants (.structured_parts, .structured_fit), the features
+# (.structured_grads)
+from .structured_fit import CHECK_RTOL, DEFAULT_ENERGY_ROWS, DEFAULT_PROBE_ROWS, plan_structured
+from .structured_grads import structured_projected_grads
+from .structured_hooks import inputs_sq
+from .structured_parts import DEFAULT_MIN_FRAC, DenseParam, LayerSpec, allocate, param_layout
 
 __all__ = [
     "StructuredProjector",
@@ -85,17 +94,13 @@ __all__ = [
     "DenseParam",
     "structured_projected_grads",
     "allocate",
+    "CHECK_RTOL",
+    "DEFAULT_ENERGY_ROWS",
+    "DEFAULT_MIN_FRAC",
+    "DEFAULT_PROBE_ROWS",
+    "inputs_sq",
 ]
 
-#: Each part keeps at least this fraction of ``d`` (8 of 400), so that no layer is left out of
-#: the step ``Delta = P u`` entirely.
-DEFAULT_MIN_FRAC = 0.02
-#: Rows (evenly spaced over the data) on which the per-part gradient energy is measured.
-DEFAULT_ENERGY_ROWS = 4096
-#: Rows on which the shortcut is checked against ``vmap(grad)``.
-DEFAULT_PROBE_ROWS = 8
-#: Relative tolerance of that check (float32 round-off is ~1e-6).
-CHECK_RTOL = 1e-3
 #: The orthogonal dense part is materialised (QR) up to this many entries (128 MB in float32).
 ORTHO_MAX_ENTRIES = 2**25
 #: Stream ids of the factor generators: Khatri-Rao layer ``j`` uses ``block_seed(seed, j)``,
@@ -105,102 +110,6 @@ _DENSE_STREAM = 1 << 40
 
 class StructuredFallbackWarning(UserWarning):
     """Part of the network falls back to the dense projection (the shortcut is not exact there)."""
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """A linear layer whose per-sample gradient is ``delta a^T`` (checked by ``fit``).
-
-    ``role`` is ``"khatri_rao"`` (its weight gets ``d`` Khatri-Rao coordinates, its bias goes
-    to the dense part) or ``"dense"`` (weight and bias in the dense part, ``d = 0``).
-    """
-
-    module: str
-    weight: str
-    bias: str | None
-    out: int
-    inp: int
-    weight_offset: int
-    bias_offset: int | None
-    role: str
-    d: int
-
-
-@dataclass(frozen=True)
-class DenseParam:
-    """A parameter in the dense part; ``source`` says where its per-sample gradient comes from:
-    ``"weight"`` / ``"bias"`` of the layer ``layer`` (``delta a^T`` / ``delta``) or ``"vmap"``."""
-
-    name: str
-    offset: int
-    numel: int
-    source: str
-    layer: int | None
-
-
-def _param_layout(actor: nn.Module) -> list[tuple[str, int, tuple[int, ...]]]:
-    """``(name, offset, shape)`` of every parameter, in ``named_parameters`` (= ``flat_params``) order."""
-    out, offset = [], 0
-    for name, prm in actor.named_parameters():
-        out.append((name, offset, tuple(prm.shape)))
-        offset += prm.numel()
-    return out
-
-
-def allocate(energy: Sequence[float], caps: Sequence[int], d: int, min_frac: float = DEFAULT_MIN_FRAC) -> list[int]:
-    """Split ``d`` coordinates among parts in proportion to ``energy``.
-
-    Part ``k`` gets ``clip(c * energy_k, lo_k, caps_k)`` with ``lo_k = min(caps_k, max(1,
-    round(min_frac * d)))`` (lowered to ``d // parts`` when ``d`` is too small for it) and ``c``
-    such that the total is ``d``, then rounded to integers by largest remainders (ties to the
-    earlier part).  All-zero energy splits by ``caps``.  Deterministic.
-    """
-    n = len(energy)
-    if n == 0 or len(caps) != n:
-        raise ValueError("energy and caps must be non-empty and of the same length")
-    caps = [int(c) for c in caps]
-    if d > sum(caps):
-        raise ValueError(f"d = {d} exceeds the number of parameters ({sum(caps)})")
-    if d < n:
-        raise ValueError(f"d = {d} is smaller than the number of parts ({n})")
-    e = [max(float(x), 0.0) for x in energy]
-    if not all(math.isfinite(x) for x in e):
-        raise ValueError(f"gradient energies must be finite, got {list(energy)}")
-    if sum(e) <= 0:
-        e = [float(c) for c in caps]
-    floor = max(1, int(round(min_frac * d)))
-    if floor * n > d:
-        floor = max(1, d // n)
-    lo = [min(c, floor) for c in caps]
-    hi = caps
-
-    def total(c: float) -> float:
-        return sum(min(h, max(l_, c * x)) for x, l_, h in zip(e, lo, hi))
-
-    if total(0.0) >= d:
-        target = [float(l_) for l_ in lo]
-    else:
-        a, b = 0.0, 1.0
-        while total(b) < d:
-            b *= 2.0
-            if b > 1e300:
-                break
-        for _ in range(200):
-            mid = 0.5 * (a + b)
-            if total(mid) < d:
-                a = mid
-            else:
-                b = mid
-        target = [min(h, max(l_, b * x)) for x, l_, h in zip(e, lo, hi)]
-    alloc = [min(hi[k], max(lo[k], int(math.floor(target[k])))) for k in range(n)]
-    # fix the total by largest remainders (ties to the earlier part)
-    while sum(alloc) > d:
-        k = max((k for k in range(n) if alloc[k] > lo[k]), key=lambda k: (alloc[k] - target[k], -k))
-        alloc[k] -= 1
-    while sum(alloc) < d:
-        k = max((k for k in range(n) if alloc[k] < hi[k]), key=lambda k: (target[k] - alloc[k], -k))
-        alloc[k] += 1
-    return alloc
 
 
 class StructuredProjector(Projector):
@@ -249,11 +158,11 @@ class StructuredProjector(Projector):
         self.orthogonal = bool(orthogonal)
         self.layers = [LayerSpec(**layer) if isinstance(layer, dict) else layer for layer in layers]
         self.dense = [DenseParam(**prm) if isinstance(prm, dict) else prm for prm in dense]
-        self.d_dense = _check_int("d_dense", d_dense, 0)
+        self.d_dense = check_int("d_dense", d_dense, 0)
         self.params = [(str(n), int(k)) for n, k in params]
         self.fallback = dict(fallback or {})
         self.energy = dict(energy or {})
-        self.block_rows = _check_int("block_rows", block_rows, 1)
+        self.block_rows = check_int("block_rows", block_rows, 1)
         if sum(k for _, k in self.params) != self.p:
             raise ValueError(f"the parameter layout holds {sum(k for _, k in self.params)} entries, not p = {self.p}")
         self.kr = [layer for layer in self.layers if layer.role == "khatri_rao"]
@@ -352,10 +261,10 @@ class StructuredProjector(Projector):
             W = g2[:, layer.weight_offset : layer.weight_offset + layer.out * layer.inp].reshape(-1, layer.out, layer.inp)
             out[:, sl] = ((W @ V.to(g.device)) * U.to(g.device)).sum(1)
         if self.d_dense:
-            out[:, self.dense_slice] = self._dense_project(g2[:, self.dense_index.to(g.device)])
+            out[:, self.dense_slice] = self.dense_project(g2[:, self.dense_index.to(g.device)])
         return out.reshape(*lead, self.d)
 
-    def _dense_project(self, gd: torch.Tensor, M: torch.Tensor | None = None) -> torch.Tensor:
+    def dense_project(self, gd: torch.Tensor, M: torch.Tensor | None = None) -> torch.Tensor:
         """The dense part's block: ``gd [B, p_dense]`` -> ``[B, d_dense]`` (``M``: the orthogonal
         matrix already on ``gd``'s device, to avoid a copy per call)."""
         if self.dense_identity:
@@ -445,7 +354,7 @@ class StructuredProjector(Projector):
             raise UserError(f"projector spec: missing {', '.join(missing)}")
         try:
             proj = cls(
-                p=spec["p"], d=spec["d"], seed=spec["seed"], dtype=_dtype_from_name(spec["dtype"]),
+                p=spec["p"], d=spec["d"], seed=spec["seed"], dtype=dtype_from_name(spec["dtype"]),
                 layers=[LayerSpec(**layer) for layer in spec["layers"]], dense=[DenseParam(**prm) for prm in spec["dense"]],
                 d_dense=spec["d_dense"], params=[tuple(x) for x in spec["params"]], fallback=spec.get("fallback"),
                 energy=spec.get("energy"), orthogonal=spec.get("orthogonal", True), block_rows=spec["block_rows"],
@@ -467,13 +376,13 @@ class StructuredProjector(Projector):
 
     def __repr__(self) -> str:
         split = "+".join(str(layer.d) for layer in self.kr) + f"+dense {self.d_dense}"
-        return f"StructuredProjector(p={self.p}, d={self.d} ({split}), seed={self.seed}, dtype={_dtype_name(self.dtype)})"
+        return f"StructuredProjector(p={self.p}, d={self.d} ({split}), seed={self.seed}, dtype={dtype_name(self.dtype)})"
 
     # -- construction from the actor and data -----------------------------------------------
 
     def check_actor(self, actor: nn.Module) -> None:
         """Raise ValueError unless ``actor`` has the parameter layout this projector was fitted to."""
-        layout = [(name, math.prod(shape)) for name, _, shape in _param_layout(actor)]
+        layout = [(name, math.prod(shape)) for name, _, shape in param_layout(actor)]
         if layout != self.params:
             raise ValueError(
                 "the actor's parameters differ from those the structured projector was fitted to "
@@ -510,185 +419,19 @@ class StructuredProjector(Projector):
 
         Warns ``StructuredFallbackWarning`` naming every linear layer that falls back to dense.
         Raises UserError when ``d`` cannot be split (fewer coordinates than parts, or more
-        than parameters).
+        than parameters).  The analysis, step by step, is :func:`.structured_fit.plan_structured`.
         """
-        d = _check_int("d", d, 1)
-        x, a = prepare_inputs(actor, x, a)
-        n = x.shape[0]
-        if n == 0:
-            raise ValueError("fit needs at least one transition")
-        layout = _param_layout(actor)
-        p = sum(math.prod(shape) for _, _, shape in layout)
-        offsets = {name: off for name, off, _ in layout}
-        by_id = {id(prm): name for name, prm in actor.named_parameters()}
-        fallback: dict[str, str] = {}
-        candidates: list[tuple[str, nn.Linear]] = []
-        owners: dict[int, int] = {}
-        for _, module in actor.named_modules():
-            for prm in module.parameters(recurse=False):
-                owners[id(prm)] = owners.get(id(prm), 0) + 1
-        for mname, module in actor.named_modules():
-            if not isinstance(module, nn.Linear):
-                continue
-            names = [by_id[id(prm)] for prm in module.parameters() if id(prm) in by_id]
-            if parametrize.is_parametrized(module):
-                for name in names:
-                    fallback[name] = f"{mname}: parametrized weight (a non-linear parameterization)"
-                continue
-            w = module._parameters.get("weight")
-            if w is None or id(w) not in by_id:
-                continue
-            if owners.get(id(w), 0) > 1 or (module.bias is not None and owners.get(id(module.bias), 0) > 1):
-                for name in names:
-                    fallback[name] = f"{mname}: weight or bias shared with another module"
-                continue
-            candidates.append((mname, module))
-
-        idx_probe = _spread(n, min(probe_rows, n))
-        with eval_mode(actor):
-            cap = _Capture(actor, [m for _, m in candidates])
-            try:
-                with torch.enable_grad():
-                    logp_batch, deltas, inputs = cap.run(x[idx_probe], a[idx_probe])
-            finally:
-                cap.remove()
-            calls, dims = cap.calls, cap.input_dims
-            exact: list[int] = []
-            for i, (mname, module) in enumerate(candidates):
-                names = [by_id[id(prm)] for prm in module.parameters()]
-                if calls[i] != 1:
-                    why = "never called by log_prob" if calls[i] == 0 else f"called {calls[i]} times per forward pass"
-                    for name in names:
-                        fallback[name] = f"{mname}: {why}"
-                elif dims[i] != 2:
-                    for name in names:
-                        fallback[name] = f"{mname}: its input has dimensions besides the batch (a sum of outer products)"
-                else:
-                    exact.append(i)
-            # exactness against vmap(grad) on the probe rows
-            ref_logp, ref_grads = _vmap_logp_and_grads(actor, x[idx_probe], a[idx_probe])
-            coupled = not torch.allclose(logp_batch.detach(), ref_logp, rtol=1e-4, atol=1e-5)
-            if coupled:
-                reason = "log_prob of a sample depends on the other samples of the batch (e.g. normalization across the batch)"
-                for name, _, _ in layout:
-                    fallback[name] = reason
-                exact = []
-            keep = []
-            for i in exact:
-                mname, module = candidates[i]
-                wname = by_id[id(module.weight)]
-                got_w = deltas[i].unsqueeze(2) * inputs[i].unsqueeze(1)
-                ok = _close(got_w, ref_grads[wname])
-                if module.bias is not None:
-                    ok = ok and _close(deltas[i], ref_grads[by_id[id(module.bias)]])
-                if ok:
-                    keep.append(i)
-                else:
-                    for prm in module.parameters():
-                        fallback[by_id[id(prm)]] = f"{mname}: its per-sample gradient is not delta a^T (weight used outside the layer?)"
-            exact = keep
-            order = sorted(exact, key=lambda i: cap.first_call[i])
-            head = order[-1] if order else None
-
-            layers_pre: list[tuple[str, nn.Linear, str]] = []
-            for i in sorted(exact, key=lambda i: offsets[by_id[id(candidates[i][1].weight)]]):
-                mname, module = candidates[i]
-                layers_pre.append((mname, module, "dense" if i == head else "khatri_rao"))
-            # the dense part
-            dense_pre: list[tuple[str, str, int | None]] = []  # (param name, source, layer index)
-            in_layers: dict[str, tuple[str, int]] = {}
-            for li, (mname, module, role) in enumerate(layers_pre):
-                if role == "dense":
-                    in_layers[by_id[id(module.weight)]] = ("weight", li)
-                if module.bias is not None:
-                    in_layers[by_id[id(module.bias)]] = ("bias", li)
-            kr_weights = {by_id[id(m.weight)] for _, m, role in layers_pre if role == "khatri_rao"}
-            for name, _, _ in layout:
-                if name in kr_weights:
-                    continue
-                src, li = in_layers.get(name, ("vmap", None))
-                dense_pre.append((name, src, li))
-
-            # energies on evenly spaced rows
-            idx_energy = _spread(n, min(energy_rows, n))
-            vmap_names = [name for name, src, _ in dense_pre if src == "vmap"]
-            p_vmap = sum(math.prod(shape) for name, _, shape in layout if name in set(vmap_names))
-            vmap_rows = max(1, min(chunk_size, 2**26 // max(1, p_vmap)))
-            e_layer = torch.zeros(len(layers_pre), dtype=torch.float64)  # weight energy per layer
-            e_bias = torch.zeros(len(layers_pre), dtype=torch.float64)
-            e_vmap = 0.0
-            mods = [m for _, m, _ in layers_pre]
-            for s in range(0, len(idx_energy), chunk_size):
-                rows = idx_energy[s : s + chunk_size]
-                cap = _Capture(actor, mods)
-                try:
-                    with torch.enable_grad():
-                        _, dl, al = cap.run(x[rows], a[rows])
-                finally:
-                    cap.remove()
-                for li in range(len(mods)):
-                    dd = dl[li].double().pow(2).sum(1)
-                    e_layer[li] += (dd * inputs_sq(al[li])).sum()
-                    e_bias[li] += dd.sum()
-                # per-sample gradients of the vmap parameters, in sub-chunks of at most ~64M entries
-                for v0 in range(0, len(rows) if vmap_names else 0, vmap_rows):
-                    g = _vmap_grads(actor, x[rows[v0 : v0 + vmap_rows]], a[rows[v0 : v0 + vmap_rows]], vmap_names)
-                    e_vmap += float(sum(t.double().pow(2).sum() for t in g.values()))
-        m = float(len(idx_energy))
-        energy_kr = [float(e_layer[li] / m) for li, (_, _, role) in enumerate(layers_pre) if role == "khatri_rao"]
-        energy_dense = float(e_vmap / m)
-        for li, (_, module, role) in enumerate(layers_pre):
-            if role == "dense":
-                energy_dense += float(e_layer[li] / m)
-            if module.bias is not None:
-                energy_dense += float(e_bias[li] / m)
-
-        kr_pre = [(mname, module) for mname, module, role in layers_pre if role == "khatri_rao"]
-        caps = [module.out_features * module.in_features for _, module in kr_pre]
-        numel = {name: math.prod(shape) for name, _, shape in layout}
-        p_dense = sum(numel[name] for name, _, _ in dense_pre)
-        parts_energy = energy_kr + ([energy_dense] if p_dense else [])
-        parts_caps = caps + ([p_dense] if p_dense else [])
-        try:
-            split = allocate(parts_energy, parts_caps, d, min_frac)
-        except ValueError as exc:
-            raise UserError(f"--projector structured: cannot split d = {d} over {len(parts_caps)} parts "
-                            f"({parts_caps} parameters): {exc}; choose another --d or --projector dense") from None
-        d_kr = split[: len(kr_pre)]
-        d_dense = split[-1] if p_dense else 0
-
-        layers: list[LayerSpec] = []
-        kr_i = 0
-        for mname, module, role in layers_pre:
-            wname = by_id[id(module.weight)]
-            bname = by_id[id(module.bias)] if module.bias is not None else None
-            dl_ = 0
-            if role == "khatri_rao":
-                dl_ = d_kr[kr_i]
-                kr_i += 1
-            layers.append(LayerSpec(module=mname, weight=wname, bias=bname, out=module.out_features, inp=module.in_features,
-                                    weight_offset=offsets[wname], bias_offset=offsets[bname] if bname else None, role=role, d=dl_))
-        dense = [DenseParam(name=name, offset=offsets[name], numel=numel[name], source=src, layer=li) for name, src, li in dense_pre]
-        total_e = sum(parts_energy)
-        names_parts = [mname for mname, _ in kr_pre] + (["dense"] if p_dense else [])
-        energy = {
-            "rows": len(idx_energy),
-            "per_part": dict(zip(names_parts, parts_energy)),
-            "fraction": {k: (v / total_e if total_e > 0 else None) for k, v in zip(names_parts, parts_energy)},
-        }
-        proj = cls(p, d, seed, dtype, layers, dense, d_dense, [(name, numel[name]) for name, _, _ in layout],
-                   fallback=fallback, energy=energy, orthogonal=orthogonal, block_rows=block_rows, cache_bytes=cache_bytes)
-        if fallback:
+        d = check_int("d", d, 1)
+        plan = plan_structured(actor, x, a, d, min_frac, energy_rows, probe_rows, chunk_size)
+        proj = cls(plan.p, d, seed, dtype, plan.layers, plan.dense, plan.d_dense, plan.params, fallback=plan.fallback,
+                   energy=plan.energy, orthogonal=orthogonal, block_rows=block_rows, cache_bytes=cache_bytes)
+        if plan.fallback:
             by_reason: dict[str, list[str]] = {}
-            for name, why in fallback.items():
+            for name, why in plan.fallback.items():
                 by_reason.setdefault(why, []).append(name)
             text = "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items())
             warnings.warn(f"structured projector: dense fallback for {text}", StructuredFallbackWarning, stacklevel=2)
         return proj
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers: the batched pass with hooks, vmap references
 
 
 def _haar(G: torch.Tensor) -> torch.Tensor:
@@ -697,183 +440,3 @@ def _haar(G: torch.Tensor) -> torch.Tensor:
     sign = torch.sign(torch.diagonal(R))
     sign[sign == 0] = 1.0
     return Q * sign
-
-
-def inputs_sq(a: torch.Tensor) -> torch.Tensor:
-    """``||a_t||^2`` per row, in float64."""
-    return a.double().pow(2).sum(1)
-
-
-def _spread(n: int, k: int) -> torch.Tensor:
-    """``k`` evenly spaced row indices of ``range(n)`` (deterministic)."""
-    if k >= n:
-        return torch.arange(n)
-    return torch.linspace(0, n - 1, k, dtype=torch.float64).round().long()
-
-
-def _close(got: torch.Tensor, ref: torch.Tensor) -> bool:
-    ref = ref.reshape(got.shape).to(got.dtype)
-    scale = max(float(ref.abs().max()), float(got.abs().max()), 1e-30)
-    return float((got - ref).abs().max()) <= CHECK_RTOL * scale
-
-
-def _functional_params(actor: nn.Module, requires_grad: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    params = {f"actor.{n}": p.detach().requires_grad_(requires_grad) for n, p in actor.named_parameters()}
-    buffers = {f"actor.{n}": b.detach() for n, b in actor.named_buffers()}
-    return params, buffers
-
-
-class _Capture:
-    """Forward hooks on the given linear modules: input ``a`` and output ``z`` of each call.
-
-    ``run(x, a)`` does one batched forward of ``log_prob`` (through ``functional_call`` with
-    detached parameters that require grad, so the outputs are on the graph but the actor's own
-    ``.grad`` is never touched) and one ``autograd.grad`` of ``sum_t log pi_t`` to every ``z``
-    at once, returning ``(logp [B], deltas, inputs)``; ``calls``, ``input_dims`` and
-    ``first_call`` record how each module was used (the last call is kept).
-    """
-
-    def __init__(self, actor: nn.Module, modules: Sequence[nn.Module]) -> None:
-        self.actor = actor
-        self.modules = list(modules)
-        self.calls = [0] * len(self.modules)
-        self.input_dims = [0] * len(self.modules)
-        self.first_call = [math.inf] * len(self.modules)
-        self._clock = 0
-        self._io: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.modules)
-        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
-        self._wrapper = LogProbModule(actor)
-
-    def _hook(self, i: int) -> Callable:
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            self.calls[i] += 1
-            self.input_dims[i] = inputs[0].dim()
-            if self.first_call[i] == math.inf:
-                self.first_call[i] = self._clock
-            self._clock += 1
-            self._io[i] = (inputs[0], output)
-
-        return hook
-
-    def run(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None], list[torch.Tensor | None]]:
-        """``(logp, deltas, inputs)``; a module that was not called gets ``None`` in both lists."""
-        self._io = [None] * len(self.modules)
-        params, buffers = _functional_params(self.actor, True)
-        logp = functional_call(self._wrapper, (params, buffers), (x, a))
-        called = [i for i, io in enumerate(self._io) if io is not None and io[1].requires_grad]
-        outs = [self._io[i][1] for i in called]  # type: ignore[index]
-        grads = torch.autograd.grad(logp.sum(), outs, allow_unused=True) if outs else ()
-        deltas: list[torch.Tensor | None] = [None] * len(self.modules)
-        inputs: list[torch.Tensor | None] = [None] * len(self.modules)
-        for i, g in zip(called, grads):
-            z = self._io[i][1]  # type: ignore[index]
-            deltas[i] = torch.zeros_like(z).detach() if g is None else g.detach()
-            inputs[i] = self._io[i][0].detach()  # type: ignore[index]
-        self._io = [None] * len(self.modules)
-        return logp.detach(), deltas, inputs
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-def _vmap_logp_and_grads(actor: nn.Module, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-sample ``log pi`` and gradients over every parameter, one unbatched sample at a time under vmap."""
-    wrapper = LogProbModule(actor)
-    params, buffers = _functional_params(actor, False)
-
-    def f(prm: dict[str, torch.Tensor], xs: torch.Tensor, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = functional_call(wrapper, (prm, buffers), (xs, acts))
-        return out, out
-
-    with torch.no_grad():
-        grads, logp = vmap(grad(f, has_aux=True), in_dims=(None, 0, 0))(params, x, a)
-    return logp, {k[len("actor."):]: v for k, v in grads.items()}
-
-
-def _vmap_grads(actor: nn.Module, x: torch.Tensor, a: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Per-sample gradients over the parameters ``names`` only (the others held fixed)."""
-    wrapper = LogProbModule(actor)
-    params, buffers = _functional_params(actor, False)
-    keys = [f"actor.{n}" for n in names]
-    var = {k: params[k] for k in keys}
-    fixed = {k: v for k, v in params.items() if k not in var}
-
-    def f(v: dict[str, torch.Tensor], xs: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-        return functional_call(wrapper, ({**fixed, **v}, buffers), (xs, acts))
-
-    with torch.no_grad():
-        grads = vmap(grad(f), in_dims=(None, 0, 0))(var, x, a)
-    return {k[len("actor."):]: v for k, v in grads.items()}
-
-
-def structured_projected_grads(
-    actor: nn.Module,
-    x: torch.Tensor,
-    a: torch.Tensor,
-    projector: StructuredProjector,
-    chunk_size: int,
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """``P^T grad log pi(a_t | x_t)`` per row for a :class:`StructuredProjector`, ``[N, d]``.
-
-    One batched forward + ``autograd.grad`` per chunk gives every linear layer's ``delta`` and
-    ``a``; Khatri-Rao blocks are ``(delta U) * (a V)``; the dense part's per-sample gradients
-    (last layer ``delta a^T``, biases ``delta``, fallback parameters from ``vmap(grad)``) are
-    assembled into one ``[B, p_dense]`` buffer and multiplied by its random matrix (or, for an
-    identity dense part, assembled directly in the output).
-    """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    projector.check_actor(actor)
-    x, a = prepare_inputs(actor, x, a)
-    modules = dict(actor.named_modules())
-    missing = [layer.module for layer in projector.layers if not isinstance(modules.get(layer.module), nn.Linear)]
-    if missing:
-        raise ValueError(f"the actor has no linear module {missing[0]!r} (the structured projector was fitted to another network)")
-    mods = [modules[layer.module] for layer in projector.layers]
-    kr_pos = [i for i, layer in enumerate(projector.layers) if layer.role == "khatri_rao"]
-    vmap_names = [prm.name for prm in projector.dense if prm.source == "vmap"]
-    dtype = projector.dtype
-    factors = [(U.to(x.device), V.to(x.device)) for U, V in projector.factors()]
-    M = projector.dense_matrix()
-    M = M.to(x.device) if M is not None else None
-    n = x.shape[0]
-    out = torch.empty(n, projector.d, dtype=dtype, device=x.device)
-    gd = (torch.empty(min(chunk_size, n), projector.p_dense, dtype=dtype, device=x.device)
-          if projector.p_dense and not projector.dense_identity else None)
-    with eval_mode(actor):
-        cap = _Capture(actor, mods)
-        try:
-            for start in range(0, n, chunk_size):
-                stop = min(start + chunk_size, n)
-                b = stop - start
-                if mods:
-                    with torch.enable_grad():
-                        _, deltas, inputs = cap.run(x[start:stop], a[start:stop])
-                with torch.no_grad():
-                    for li, (U, V), sl in zip(kr_pos, factors, projector.slices):
-                        out[start:stop, sl] = (deltas[li].to(dtype) @ U) * (inputs[li].to(dtype) @ V)
-                    if projector.p_dense:
-                        # an identity dense block is assembled in place in the output
-                        buf = out[start:stop, projector.dense_slice] if projector.dense_identity else gd[:b]
-                        vg = _vmap_grads(actor, x[start:stop], a[start:stop], vmap_names) if vmap_names else {}
-                        col = 0
-                        for prm in projector.dense:
-                            seg = buf[:, col : col + prm.numel]
-                            if prm.source == "weight":
-                                layer = projector.layers[prm.layer]
-                                seg.view(b, layer.out, layer.inp).copy_(deltas[prm.layer].unsqueeze(2) * inputs[prm.layer].unsqueeze(1))
-                            elif prm.source == "bias":
-                                seg.copy_(deltas[prm.layer])
-                            else:
-                                seg.copy_(vg[prm.name].reshape(b, prm.numel))
-                            col += prm.numel
-                        if not projector.dense_identity:
-                            out[start:stop, projector.dense_slice] = projector._dense_project(buf, M)
-                if progress is not None:
-                    progress(b)
-        finally:
-            cap.remove()
-    return out
