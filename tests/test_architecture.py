@@ -199,3 +199,54 @@ def test_package_modules_are_imported_at_module_level() -> None:
                       "needs a shared module, not a local import)")
     stale = {m: counts.get(m, 0) for m, (n, _) in LOCAL_IMPORTS_ALLOWED.items() if counts.get(m, 0) < n}
     assert not stale, f"fewer local imports than allowed, lower LOCAL_IMPORTS_ALLOWED to: {stale}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Copied blocks.  A block of six or more identical code lines in two places of the package is
+# one change that has to be made twice; shared code lives in one function.  Lines are compared
+# stripped, without blank lines, comments or docstring-only lines; windows of little text
+# (closing brackets, `return x`) are not counted.
+
+WINDOW = 6
+MIN_WINDOW_CHARS = 120
+
+
+def _code_lines(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        s = line.strip()
+        if s and not s.startswith("#"):
+            out.append((no, s))
+    return out
+
+
+def repeated_blocks(root: Path) -> list[tuple[str, str]]:
+    """Pairs of places ("file:line") where the same WINDOW code lines appear."""
+    seen: dict[tuple[str, ...], str] = {}
+    pairs = []
+    for path in sorted(root.rglob("*.py")):
+        lines = _code_lines(path)
+        last_reported = -WINDOW
+        for i in range(len(lines) - WINDOW + 1):
+            window = tuple(s for _, s in lines[i:i + WINDOW])
+            if sum(map(len, window)) < MIN_WINDOW_CHARS or any(s.startswith(('"""', "'''")) for s in window):
+                continue
+            here = f"{path.relative_to(root)}:{lines[i][0]}"
+            if window in seen and i - last_reported >= WINDOW:
+                pairs.append((seen[window], here))
+                last_reported = i
+            seen.setdefault(window, here)
+    return pairs
+
+
+def test_the_block_scanner_finds_a_copy(tmp_path: Path) -> None:
+    block = "".join(f"value_{i} = compute_something_long(argument_{i}, other_{i})\n" for i in range(7))
+    (tmp_path / "a.py").write_text("import x\n" + block)
+    (tmp_path / "b.py").write_text("def f():\n    pass\n" + block)
+    (tmp_path / "c.py").write_text(block.replace("value_3", "other_name"))
+    found = repeated_blocks(tmp_path)
+    assert [(a.split(":")[0], b.split(":")[0]) for a, b in found] == [("a.py", "b.py")]
+
+
+def test_no_copied_blocks_in_the_package() -> None:
+    assert repeated_blocks(SRC / PKG) == []

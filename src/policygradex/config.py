@@ -100,7 +100,20 @@ class NetConfig(Strict):
         return data
 
 
-class PPOConfig(StageConfig):
+class LearnerConfig(StageConfig):
+    """The config of a meta-trainer (the train stage): PPO's or SAC's."""
+
+    @model_serializer(mode="wrap")
+    def _omit_auto_device(self, handler):
+        # the default device dumps as before the field existed: the configs in existing
+        # checkpoints still match, and a run moved between a CPU and a GPU machine resumes
+        data = handler(self)
+        if getattr(self, "device", None) == "auto" and isinstance(data, dict):
+            data.pop("device", None)
+        return data
+
+
+class PPOConfig(LearnerConfig):
     """Multi-task PPO hyperparameters (CleanRL names)."""
 
     total_steps: int = Field(200_000, ge=1, description="total environment steps over all tasks")
@@ -124,15 +137,6 @@ class PPOConfig(StageConfig):
     device: Literal["auto", "cpu", "cuda"] = not_keyed("execution", "auto", description="device of the PPO updates and per-sample gradients: auto (cuda when available), cpu or cuda; rollouts always run on the CPU")
     net: NetConfig = Field(default_factory=NetConfig)
 
-    @model_serializer(mode="wrap")
-    def _omit_auto_device(self, handler):
-        # the default device dumps as before the field existed: stage hashes and the configs in
-        # existing checkpoints still match, and a run moved between a CPU and a GPU machine resumes
-        data = handler(self)
-        if self.device == "auto" and isinstance(data, dict):
-            data.pop("device", None)
-        return data
-
     def batch_size(self, n_tasks: int) -> int:
         return n_tasks * self.envs_per_task * self.num_steps
 
@@ -140,7 +144,7 @@ class PPOConfig(StageConfig):
         return max(1, self.total_steps // self.batch_size(n_tasks))
 
 
-class SACConfig(StageConfig):
+class SACConfig(LearnerConfig):
     """Multi-task SAC hyperparameters (``--algo sac``, ``[sac]`` table; rl/sac.py, docs/sac.md)."""
 
     total_steps: int = Field(200_000, ge=1, description="total environment steps over all tasks")
@@ -163,13 +167,6 @@ class SACConfig(StageConfig):
     threads: int = not_keyed("execution", 1, ge=1, le=MAX_THREADS, description="torch threads (1 is fastest for small networks)")
     device: Literal["auto", "cpu", "cuda"] = not_keyed("execution", "auto", description="device of the SAC updates and per-sample gradients; rollouts run on the CPU")
     net: NetConfig = Field(default_factory=lambda: NetConfig(hidden=(256, 256), activation="relu"))
-
-    @model_serializer(mode="wrap")
-    def _omit_auto_device(self, handler):
-        data = handler(self)
-        if self.device == "auto" and isinstance(data, dict):
-            data.pop("device", None)
-        return data
 
     @model_validator(mode="after")
     def _batch_fits_the_buffer(self):

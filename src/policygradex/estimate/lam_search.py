@@ -461,18 +461,11 @@ def choose_lambda(
     gram: Tensor,
     theta_norm: float,
     target_delta: float = 0.01,
-    *,
-    rtol: float = 0.05,
-    lam_init: float | None = None,
-    max_steps: int = 60,
-    max_decades: float = 16.0,
-    tol: float = 1e-6,
-    max_iter: int = 50,
-    max_cg: int = 100,
-    batch_size: int | None = None,
+    **search_options,
 ) -> tuple[float, SurrogateFit, Tensor]:
-    """:class:`LambdaSearch` as a function: the search's parameters and :meth:`LambdaSearch.fit`'s
-    data in one call (same checks, errors and warning).
+    """:class:`LambdaSearch` as a function: :meth:`LambdaSearch.fit`'s data, ``target_delta`` and
+    the search's other keyword parameters (``search_options``: ``rtol``, ``lam_init``, ...) in one
+    call (same checks, errors and warning).
 
     Returns
     -------
@@ -483,7 +476,6 @@ def choose_lambda(
     deltas : Tensor, float64, shape (m,)
         The relative distance of every subset's solution (``deltas_``).
     """
-    search = LambdaSearch(target_delta, rtol=rtol, lam_init=lam_init, max_steps=max_steps, max_decades=max_decades,
-                          tol=tol, max_iter=max_iter, max_cg=max_cg, batch_size=batch_size)
+    search = LambdaSearch(target_delta, **search_options)
     search._fit(G, y, w, task, members, train_mask, gram, theta_norm)
     return search.lam_, search.fit_, search.deltas_

@@ -56,19 +56,19 @@ def spaces_of(suite: TaskSuite) -> dict[str, str]:
 
 def save_checkpoint(path: str | Path, model: ActorCritic, optimizer: torch.optim.Optimizer | None, cfg: PPOConfig,
                     suite: TaskSuite, global_step: int, update: int, returns: dict[str, float], rng: dict | None = None) -> None:
-    payload = {
-        "format": FORMAT,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "config": cfg.model_dump(mode="json"),
-        "suite": suite.to_dict(),
-        "spaces": spaces_of(suite),
-        "global_step": global_step,
-        "update": update,
-        "returns": returns,
-        "rng": canonical(rng or {}),
-        "versions": versions(),
-    }
+    write_checkpoint(path, model.state_dict(), optimizer.state_dict() if optimizer is not None else None, cfg, suite,
+                     global_step, update, returns, canonical(rng or {}))
+
+
+def write_checkpoint(path: str | Path, model_state: dict, optimizer_state: Any, cfg, suite: TaskSuite, global_step: int,
+                     update: int, returns: dict, rng: dict, algo: str | None = None, after_returns: dict | None = None) -> None:
+    """A checkpoint file of any learner: ``algo`` names a learner other than PPO (absent: PPO),
+    ``after_returns`` holds a learner's own entries (SAC: ``success_rate``).  The payload's digest
+    (its content's sha256) goes in with it."""
+    payload = {"format": FORMAT, **({"algo": algo} if algo is not None else {}), "model": model_state,
+               "optimizer": optimizer_state, "config": cfg.model_dump(mode="json"), "suite": suite.to_dict(),
+               "spaces": spaces_of(suite), "global_step": global_step, "update": update, "returns": returns,
+               **(after_returns or {}), "rng": rng, "versions": versions()}
     payload["digest"] = content_digest(payload)
     save_torch(path, payload)
 

@@ -53,12 +53,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..artifacts import content_digest, crash_point, save_torch, versions, write_bytes, write_json
+from ..artifacts import crash_point, write_bytes, write_json
 from ..config import SACConfig
 from ..errors import UserError
 from ..tasks import TaskSuite
 from ..ui import console
-from .checkpoint_io import FORMAT, list_checkpoints, read_checkpoint, same_training, spaces_of
+from .checkpoint_io import list_checkpoints, read_checkpoint, same_training, write_checkpoint
 from .collected import Collected
 from .device import resolve_device
 from .evaluate import step_flags
@@ -217,23 +217,8 @@ def make_optimizers(model: SACModel, cfg: SACConfig) -> dict[str, torch.optim.Op
 
 def save_checkpoint(path: Path, model: SACModel, opts: dict, cfg: SACConfig, suite: TaskSuite, global_step: int, update: int,
                     returns: dict, success: dict | None) -> None:
-    payload = {
-        "format": FORMAT,
-        "algo": "sac",
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": {k: o.state_dict() for k, o in opts.items()},
-        "config": cfg.model_dump(mode="json"),
-        "suite": suite.to_dict(),
-        "spaces": spaces_of(suite),
-        "global_step": global_step,
-        "update": update,
-        "returns": returns,
-        "success_rate": success,
-        "rng": {},
-        "versions": versions(),
-    }
-    payload["digest"] = content_digest(payload)
-    save_torch(path, payload)
+    write_checkpoint(path, {k: v.detach().cpu() for k, v in model.state_dict().items()}, {k: o.state_dict() for k, o in opts.items()},
+                     cfg, suite, global_step, update, returns, {}, algo="sac", after_returns={"success_rate": success})
 
 
 def _check_out_dir(out_dir: Path, cfg: SACConfig, suite: TaskSuite) -> None:
