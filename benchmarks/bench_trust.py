@@ -26,11 +26,14 @@ that produced it (incremental, with ``--workers``).
 
 ``--quick`` screens variants at R = 1 (``--replicates 1``); ``--variant NAME --extra "ARGS"`` runs
 every answer with extra CLI options (e.g. ``--extra "--transitions 16384"``), in its own
-directories and result file.
+directories and result file.  ``--base default`` starts each of the variant's run directories as
+a copy (hard links) of that variant's: the stage cache then recomputes only the stages whose
+options the variant changes (a variant of the collect stage costs its collect, features,
+surrogate and group stages, not the training), and the cost column still counts every stage.
 
 Usage:
   python benchmarks/bench_trust.py [--families planted,identical] [--replicates 1,3,5] [--workers 2]
-      [--quick] [--variant NAME --extra "ARGS"] [--max-minutes 120]
+      [--quick] [--variant NAME --extra "ARGS" [--base default]] [--max-minutes 120]
 
 Result: benchmarks/results/trust.json (``trust_<variant>.json`` for a variant) with the command,
 nproc, CPU model, versions, load average and date; a markdown table on stdout.
@@ -43,6 +46,7 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -91,12 +95,28 @@ def _stage_seconds(run_dir: Path, replicates: int) -> float:
     return total + float(json.loads(g.read_text()).get("extra", {}).get("seconds", 0.0))
 
 
-def answer(work: Path, name: str, fam: Family, seed: int, R: int, mode: str, workers: int, extra: list[str]) -> dict:
+def _seed_from(src: Path, dst: Path) -> None:
+    """A copy of another variant's run directory: the checkpoints hard-linked (they are only
+    read), every other file copied (a hard link would share the lock file and any file written in
+    place with the other variant), the lock left out."""
+    def copy(s: str, d: str) -> None:
+        (os.link if "checkpoints" in Path(s).parts else shutil.copy2)(s, d)
+
+    tmp = dst.with_name(dst.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=copy, ignore=shutil.ignore_patterns(".lock"))
+    os.replace(tmp, dst)
+
+
+def answer(work: Path, name: str, fam: Family, seed: int, R: int, mode: str, workers: int, extra: list[str],
+           base: Path | None = None) -> dict:
     """One cached answer: run (or reuse) the pipeline and summarize groups.json."""
     cache = work / "answers" / f"{name}-seed{seed}-R{R}-{mode}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     run_dir = work / name / f"seed{seed}"
+    if base is not None and not run_dir.exists() and (base / name / f"seed{seed}").is_dir():
+        _seed_from(base / name / f"seed{seed}", run_dir)
     args = [a.replace("{seed}", str(seed)) for a in fam.args] + ["--replicates", str(R), "--workers", str(workers)]
     args += ["--k", "2"] if mode == "k2" else []
     wall, _ = policygradex("run", *args, *extra, "--out", str(run_dir), env=dict(fam.env), cwd=ROOT)
@@ -168,6 +188,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="screening: R = 1 only")
     ap.add_argument("--variant", default=None, help="name of a variant (own directories and result file)")
     ap.add_argument("--extra", default="", help="extra CLI options of every run of the variant")
+    ap.add_argument("--base", default=None, help="start the run directories from this variant's (a name under --work, or a path)")
     ap.add_argument("--seeds", type=int, default=None, help="at most this many seeds per family")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (cleanly, between answers) after this long")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_trust")
@@ -178,6 +199,9 @@ def main() -> int:
         ap.error(f"unknown families {unknown}; allowed: {', '.join(FAMILIES)}")
     if args.extra and not args.variant:
         ap.error("--extra needs --variant NAME")
+    base = (Path(args.base) if "/" in args.base else args.work / args.base) if args.base else None
+    if base is not None and not base.is_dir():
+        ap.error(f"--base {args.base}: no such variant directory {base}")
     Rs = [1] if args.quick else [int(r) for r in args.replicates.split(",")]
     work = args.work / (args.variant or "default")
     extra = shlex.split(args.extra)
@@ -191,7 +215,7 @@ def main() -> int:
                         stopped = True
                         break
                     try:
-                        a = answer(work, name, fam, seed, R, mode, args.workers, extra)
+                        a = answer(work, name, fam, seed, R, mode, args.workers, extra, base)
                     except subprocess.CalledProcessError as exc:
                         print(f"{name} seed {seed} R {R} {mode}: failed ({exc.returncode}); skipped", flush=True)
                         continue

@@ -5,6 +5,7 @@ calibrated verdict on identical tasks (not significant in more than one of two s
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -79,19 +80,26 @@ def test_one_replicate_is_the_single_theta_star_test_labelled_uncalibrated(tmp_p
     assert "not calibrated" in report and "f permuted among each task's subsets" in report
 
 
-@pytest.mark.parametrize("over", ["projection", "checkpoints"])
-def test_replicates_that_share_one_training_are_not_calibrated(tmp_path, over):
+def test_replicates_that_share_one_training_are_not_calibrated(tmp_path):
+    """--replicate-over projection, then checkpoints on a copy of that run: one training serves both."""
     conf = tmp_path / "conf.toml"
     conf.write_text("[ppo]\ncheckpoint_every = 1\n")
-    g, proc = _run(tmp_path / over, "--suite", "cartpole-planted", "--tasks", "6", "--replicates", "2", "--replicate-over", over,
-                   "--config", str(conf))
-    r1 = tmp_path / over / "replicates" / "r1"
-    assert not (r1 / "train").exists()  # the training is replicate 0's
-    assert (r1 / "collect").exists() == (over == "checkpoints")  # projection shares theta* and its rollouts too
-    v = g["verdict"]
-    assert not v["calibrated"] and over in v["not_calibrated_because"]
-    reps = json.loads((tmp_path / over / "replicates.json").read_text())["replicates"]
-    assert (reps[0]["step"] != reps[1]["step"]) == (over == "checkpoints")
+    for over in ("projection", "checkpoints"):
+        out = tmp_path / over
+        if over == "checkpoints":
+            shutil.copytree(tmp_path / "projection", out, ignore=shutil.ignore_patterns(".lock", "replicates"))
+            trained = (out / "train.manifest.json").stat().st_mtime_ns
+        g, proc = _run(out, "--suite", "cartpole-planted", "--tasks", "6", "--replicates", "2", "--replicate-over", over,
+                       "--config", str(conf))
+        if over == "checkpoints":  # the copied training was reused, not redone
+            assert (out / "train.manifest.json").stat().st_mtime_ns == trained
+        r1 = out / "replicates" / "r1"
+        assert not (r1 / "train").exists()  # the training is replicate 0's
+        assert (r1 / "collect").exists() == (over == "checkpoints")  # projection shares theta* and its rollouts too
+        v = g["verdict"]
+        assert not v["calibrated"] and over in v["not_calibrated_because"]
+        reps = json.loads((out / "replicates.json").read_text())["replicates"]
+        assert (reps[0]["step"] != reps[1]["step"]) == (over == "checkpoints")
 
 
 def test_replicate_options_are_checked(tmp_path):
