@@ -11,9 +11,11 @@ from ``benchmarks/results/``:
   quickstart-notes  what the run and its report.md say               pipeline_quickstart.json
   makerun           the `make run` paragraph: output, k, p, verdict  pipeline_makerun.json
   row `make run`    the benchmark table's `make run` row             pipeline_makerun.json
+  trust             the trust scoreboard's table                      trust.json
 
 Regenerate those files with ``python benchmarks/bench_pipeline.py quickstart`` and
-``python benchmarks/bench_pipeline.py makerun``, then run this script.  tests/test_readme.py
+``python benchmarks/bench_pipeline.py makerun`` (and ``trust.json`` with
+``python benchmarks/bench_trust.py``), then run this script.  tests/test_readme.py
 fails when README.md and the rendering differ.
 """
 
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 
-BLOCKS = ("quickstart", "quickstart-notes", "makerun")
+BLOCKS = ("quickstart", "quickstart-notes", "makerun", "trust")
 MAKERUN_ROW = "| `make run` (pipeline on `cartpole`, after install) |"
 
 
@@ -84,13 +86,14 @@ def render_quickstart(res: dict) -> str:
 
 def _stability(res: dict, min_stability: float) -> str:
     stab = res["stability"]
+    what = "agreement of the replicates" if res.get("replicates", 1) > 1 else "bootstrap stability"
     low = {t: v for t, v in stab.items() if v < min_stability}
     rest = [v for t, v in stab.items() if t not in low]
     rng = "" if not rest else (f"{min(rest):.2f}" if min(rest) == max(rest) else f"{min(rest):.2f}–{max(rest):.2f}")
     if not low:
-        return f"bootstrap stability {rng} for every task"
+        return f"{what} {rng} for every task"
     flagged = "; ".join(f"{t} {v:.2f}" for t, v in low.items())
-    return f"bootstrap stability {flagged}" + (f"; every other task {rng}" if rest else "")
+    return f"{what} {flagged}" + (f"; every other task {rng}" if rest else "")
 
 
 def render_quickstart_notes(res: dict) -> str:
@@ -145,10 +148,38 @@ def render_makerun_row(res: dict) -> str:
             "`python benchmarks/bench_pipeline.py makerun` |")
 
 
+FAMILY_TITLES = {"planted": "`cartpole-planted`, 8 tasks in 2 planted clusters", "goalline": "GoalLine (own env module), 3 planted clusters",
+                 "identical": "8 identical CartPole tasks", "cartpole": "`cartpole` (n = 10)", "lunarlander": "`lunarlander` (n = 10)"}
+
+
+def render_trust(res: dict) -> str:
+    """The scoreboard: per family, R and mode, how often the answer was right (and the wrong ones called significant)."""
+    lines = ["| family | replicates | right | wrong but called significant | called significant | cost per answer |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        fam = FAMILY_TITLES.get(r["family"], r["family"]) + (", `--k 2`" if r["mode"] == "k2" else "")
+        n = r["seeds_done"]
+        right = f"{r['right']}/{n}" if r.get("right") is not None else "–"
+        if r.get("mean_pairwise_nmi") is not None:
+            right = f"cross-seed NMI {r['mean_pairwise_nmi']:.2f}"
+        wrong = str(r["wrong_but_significant"]) if r.get("wrong_but_significant") is not None else "–"
+        cal = "" if r.get("calibrated") else " (not calibrated)"
+        lines.append(f"| {fam} | {r['replicates']} | {right} | {wrong} | {r['significant']}/{n}{cal} | {r['mean_cost_seconds']:.0f} s |")
+    prov = res.get("provenance", {})
+    command = re.sub(r" --work \S*/runs/bench_trust\b", "", prov.get("command", "python benchmarks/bench_trust.py"))  # the default
+    partial = "" if res.get("complete", True) else " Partial: not every planned answer is in yet."
+    lines += ["", prose(f"Right: the planted partition exactly (NMI 1) for the planted families; \"not distinguishable from "
+                        f"noise\" for identical tasks. Cost: the stage seconds an answer rests on (serial). "
+                        f"`{command}` at commit {prov.get('git_commit', '?')} "
+                        f"on {machine(res)} (`benchmarks/results/trust.json`).{partial}")]
+    return "\n".join(lines)
+
+
 def render(results: Path = RESULTS) -> tuple[dict[str, str], dict[str, str]]:
     """(blocks by name, table rows by key) rendered from the result files."""
     qs, mk = load("pipeline_quickstart", results), load("pipeline_makerun", results)
-    blocks = {"quickstart": render_quickstart(qs), "quickstart-notes": render_quickstart_notes(qs), "makerun": render_makerun(mk)}
+    blocks = {"quickstart": render_quickstart(qs), "quickstart-notes": render_quickstart_notes(qs), "makerun": render_makerun(mk),
+              "trust": render_trust(load("trust", results))}
     rows = {MAKERUN_ROW: render_makerun_row(mk)}
     return blocks, rows
 

@@ -16,7 +16,7 @@ from conftest import assert_user_error, run_cli, seeded
 
 SEEDS = ["--seed", str(seeded(0)), "--suite-seed", str(seeded(0))]
 # --null-permutations stays last: a test changes its value
-SMALL = ["--suite", "cartpole-planted", *SEEDS, "--steps", "20000", "--transitions", "4096", "--null-permutations", "50"]
+SMALL = ["--replicates", "1", "--suite", "cartpole-planted", *SEEDS, "--steps", "20000", "--transitions", "4096", "--null-permutations", "50"]
 
 
 @pytest.fixture(scope="module")

@@ -225,7 +225,7 @@ def test_run_algo_sac_on_metaworld_writes_groups(cli, tmp_path):
                    "[estimate]\nprobe_transitions = 32\ncollect_envs_per_task = 2\n")
     out = tmp_path / "run"
     seed = ["--seed", str(seeded(0))]
-    proc = cli("run", "--suite", "metaworld:reach-v3,push-v3", "--algo", "sac", *seed, "--steps", "800", "--transitions", "64",
+    proc = cli("run", "--suite", "metaworld:reach-v3,push-v3", "--algo", "sac", *seed, "--replicates", "1", "--steps", "800", "--transitions", "64",
                "--d", "16", "--null-permutations", "10", "--config", str(cfg), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     groups = json.loads((out / "groups.json").read_text())
@@ -239,7 +239,7 @@ def test_run_algo_sac_on_metaworld_writes_groups(cli, tmp_path):
     assert ckpt["algo"] == "sac" and isinstance(model, sac.SACModel)
 
     # compare --algo sac on that run: SAC per-group policies, equal steps per task, success rates
-    common = ["--suite", "metaworld:reach-v3,push-v3", "--algo", "sac", *seed, "--steps", "800", "--transitions", "64",
+    common = ["--suite", "metaworld:reach-v3,push-v3", "--algo", "sac", *seed, "--replicates", "1", "--steps", "800", "--transitions", "64",
               "--d", "16", "--null-permutations", "10", "--config", str(cfg), "--run-dir", str(out), "--seeds", "1",
               "--steps-per-task", "150", "--episodes", "1"]
     assert_user_error(cli("compare", *common, "--methods", "multitask,gradsim", "--out", str(tmp_path / "bad")),

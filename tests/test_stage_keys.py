@@ -158,7 +158,7 @@ def test_a_real_change_recomputes_its_stage_and_those_downstream_only(tmp_path):
         "ppo": {"total_steps": 3072, "envs_per_task": 2, "num_steps": 128, "update_epochs": 2, "checkpoint_every": 2,
                 "seed": seeded(0), "net": {"hidden": [16]}},
         "estimate": {"probe_transitions": 64, "transitions_per_task": 256, "collect_envs_per_task": 4, "d": 16, "seed": seeded(0)},
-        "group": {"null_permutations": 5, "bootstrap": 3}})
+        "group": {"null_permutations": 5, "bootstrap": 3, "replicates": 1}})
     out = tmp_path / "run"
     first = pipeline.run(suite, cfg, out)
     assert first.computed == list(STAGES)

@@ -269,7 +269,7 @@ def test_profiles_and_run_presets(tmp_path):
     assert paper.ppo_preset["total_steps"] == 3 * highway_mod.PROFILES["paper"]["steps_per_task"]
     cfg = _run_config(quick, 0, RunOptions())
     assert cfg.estimate.transitions_per_task == 256 and cfg.group.null_permutations == 100
-    cfg = _run_config(quick, 0, RunOptions(steps=96, transitions=128, null_permutations=7))
+    cfg = _run_config(quick, 0, RunOptions(steps=96, replicates=1, transitions=128, null_permutations=7))
     assert (cfg.ppo.total_steps, cfg.estimate.transitions_per_task, cfg.group.null_permutations) == (96, 128, 7)
     with pytest.raises(UserError, match="quick, paper"):
         load_suite("highway", 2, profile="huge")
@@ -326,7 +326,7 @@ def cli_main(capsys, *args: str) -> tuple[int, str, str]:
 def test_cli_run_writes_groups_json(tmp_path, capsys, suite):
     out = tmp_path / "run"
     seeds = ["--seed", str(seeded(0)), "--suite-seed", str(seeded(0))]
-    code, _, err = cli_main(capsys, "run", "--suite", suite, "--tasks", "3", *seeds, "--steps", "96", "--transitions", "64",
+    code, _, err = cli_main(capsys, "run", "--suite", suite, "--tasks", "3", *seeds, "--replicates", "1", "--steps", "96", "--transitions", "64",
                             "--null-permutations", "10", "--out", str(out))
     assert code == 0, err
     g = json.loads((out / "groups.json").read_text())
@@ -343,7 +343,7 @@ def test_cli_run_writes_groups_json(tmp_path, capsys, suite):
         assert set(json.loads(stdout)["reach-v3"]) == {"mean", "std", "success_rate"}
 
     # validate and compare work on the suite, on the same run (its options repeated)
-    same = ["--suite", suite, "--tasks", "3", *seeds, "--steps", "96", "--transitions", "64", "--null-permutations", "10"]
+    same = ["--suite", suite, "--tasks", "3", *seeds, "--replicates", "1", "--steps", "96", "--transitions", "64", "--null-permutations", "10"]
     code, _, err = cli_main(capsys, "validate", *same, "--finetune-steps", "32", "--finetune-seeds", "1", "--episodes", "1",
                             "--probes", "2", "--hessian-subsets", "0", "--random-draws", "5", "--out", str(out))
     assert code == 0, err

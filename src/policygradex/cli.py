@@ -49,7 +49,7 @@ TargetDeltaOpt = Annotated[Optional[float], typer.Option("--target-delta", help=
 EvaluatorOpt = Annotated[Optional[str], typer.Option("--evaluator", help="first_order_ppo, surrogate_loss or rollout_return")]
 CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="pin theta* to the checkpoint of this step")]
 MinReturnOpt = Annotated[Optional[float], typer.Option("--min-return", help="refuse a meta-policy whose mean return is below this")]
-ReplicatesOpt = Annotated[Optional[int], typer.Option("--replicates", help="independent estimates of the affinity; their consensus gives the groups and, with 2 or more, a calibrated verdict (default 1)")]
+ReplicatesOpt = Annotated[Optional[int], typer.Option("--replicates", help="independent estimates of the affinity; their consensus gives the groups and, with 2 or more, a calibrated verdict (default 3; 1 is today's single-theta* test, not calibrated)")]
 ReplicateOverOpt = Annotated[Optional[str], typer.Option("--replicate-over", help="what differs between replicates: seeds (independent trainings: calibrated), checkpoints or projection (cheaper, one training: not calibrated)")]
 NullPermutationsOpt = Annotated[Optional[int], typer.Option("--null-permutations", help="permutations of the null test (default 200)")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default 1)")]

@@ -275,8 +275,9 @@ class GroupConfig(StageConfig):
     null_seed: int = Field(0, description="seed of the null test")
     alpha: float = Field(0.05, gt=0, lt=1, description="groups are reported as distinguishable from noise when null p < alpha")
     bootstrap: int = Field(50, ge=1, le=100_000, description="bootstrap resamples of the subsets for each task's group stability (one replicate)")
-    replicates: int = Field(1, ge=1, le=1000, description="independent estimates of the affinity whose consensus gives the groups; with 2 or more "
-                            "independent training seeds the verdict is calibrated (docs/reliability.md)")
+    replicates: int = Field(3, ge=1, le=1000, description="independent estimates of the affinity whose consensus gives the groups; with 2 or more "
+                            "independent training seeds the verdict is calibrated (3: the trust scoreboard, docs/decisions.md; "
+                            "docs/reliability.md)")
     replicate_over: Literal["seeds", "checkpoints", "projection"] = Field("seeds", description="what differs between replicates: seeds (independent "
                             "meta-training, rollouts, projection and subsets: a calibrated verdict), checkpoints (other checkpoints of one "
                             "training) or projection (other projections and subsets of one theta*); the last two share one training, so "
