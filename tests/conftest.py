@@ -97,9 +97,13 @@ def main_in_process(*argv: str, stop_at_training: bool = False) -> subprocess.Co
     from policygradex import cli as entry
 
     out, err = io.StringIO(), io.StringIO()
-    stop = mock.patch("policygradex.stages.train_meta_policy", side_effect=ReachedTraining) if stop_at_training \
-        else contextlib.nullcontext()
-    with stop, contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+    stop, serial = contextlib.nullcontext(), contextlib.nullcontext()
+    if stop_at_training:
+        stop = mock.patch("policygradex.stages.train_meta_policy", side_effect=ReachedTraining)
+        # replicates in this process, so that the first training is the patched one (not a worker's)
+        real_backend = entry._backend
+        serial = mock.patch("policygradex.cli._backend", side_effect=lambda opts, replicates=1: real_backend(opts, 1))
+    with stop, serial, contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             entry.main(list(argv))
         except SystemExit as exc:

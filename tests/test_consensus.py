@@ -86,3 +86,47 @@ def test_bad_inputs_are_named():
         consensus([np.zeros((8, 8)), np.zeros((7, 7))])
     with pytest.raises(GroupingInputError, match="n_perm"):
         consensus([np.zeros((3, 3))] * 2, n_perm=0)
+
+
+# ---------------------------------------------------------------- one training's window of checkpoints
+
+def _f_table(rng, m=24, n=8, size=4, labels=PLANTED, signal=1.0):
+    """A performance table on random subsets: tasks do better beside their own cluster."""
+    members = np.zeros((m, n), dtype=bool)
+    for s in range(m):
+        members[s, rng.choice(n, size, replace=False)] = True
+    f = np.full((m, n), np.nan)
+    for s in range(m):
+        for i in np.flatnonzero(members[s]):
+            same = (labels[members[s]] == labels[i]).sum() - 1
+            f[s, i] = signal * same + rng.normal()
+    return f, members
+
+
+def test_a_window_of_one_table_is_the_plain_test():
+    from policygradex.estimate.affinity import build_affinity, table_affinity
+    from policygradex.group.null import null_test
+    from policygradex.group.stability import bootstrap_stability
+
+    f, members = _f_table(np.random.default_rng(1))
+    np.testing.assert_array_equal(table_affinity([f], members), build_affinity(f, members).U)
+    a, b = null_test(f, members, n_perm=15, seed=3), null_test([f], members, n_perm=15, seed=3)
+    assert a.p_value == b.p_value and np.array_equal(a.null_stats, b.null_stats)
+    labels = a.grouping.labels
+    assert bootstrap_stability(f, members, labels, n_boot=5) == bootstrap_stability([f], members, labels, n_boot=5)
+
+
+def test_a_window_averages_standardized_affinities_and_is_permuted_table_by_table():
+    from policygradex.estimate.affinity import build_affinity, table_affinity
+    from policygradex.group.null import null_test
+
+    rng = np.random.default_rng(2)
+    f1, members = _f_table(rng)
+    f2 = np.where(members, 100.0 * f1 + 7.0, np.nan)  # another checkpoint: the same ranking on another scale
+    U = table_affinity([f1, f2], members)
+    np.testing.assert_allclose(U, standardize_offdiagonal(build_affinity(f1, members).U), atol=1e-12)  # scale-free
+    np.testing.assert_allclose(U, consensus_affinity([build_affinity(f, members).U for f in (f1, f2)]))
+    nt = null_test([f1, f2], members, n_perm=39, seed=0)
+    assert nt.p_value <= 0.05 and list(nt.grouping.labels) in ([0] * 4 + [1] * 4, [1] * 4 + [0] * 4)
+    with pytest.raises(ValueError, match="f must be finite exactly where members is True"):  # the same subsets
+        table_affinity([f1, f1[:, ::-1]], members)

@@ -108,3 +108,41 @@ def test_replicate_options_are_checked(tmp_path):
     proc = run_cli("run", *TINY, "--suite", "cartpole-planted", "--tasks", "6", "--replicates", "5",
                    "--replicate-over", "checkpoints", "--out", str(tmp_path / "c"))
     assert_user_error(proc, "--replicate-over checkpoints", "needs 5 checkpoints")
+
+
+def _f(path):
+    import numpy as np
+
+    rows = path.read_text().splitlines()
+    return np.array([[float(x) if x else np.nan for x in r.split(",")] for r in rows[1:]])
+
+
+def test_theta_window_averages_each_training_s_checkpoints(tmp_path):
+    """--theta-window 2: each training's estimate at theta* and at its next checkpoint (or the one
+    before when theta* is the newest), in <replicate>/window/c1; the consensus averages each
+    training's two standardized affinities first.  Recomputed here from the f tables."""
+    import numpy as np
+
+    from policygradex import artifacts as art
+    from policygradex.estimate.affinity import consensus_affinity, table_affinity
+
+    conf = tmp_path / "conf.toml"
+    conf.write_text("[ppo]\ncheckpoint_every = 2\n")
+    out = tmp_path / "w"
+    args = ["--suite", "cartpole-planted", "--tasks", "6", "--theta-window", "2", "--config", str(conf)]
+    g1, _ = _run(out, *args, "--replicates", "1")
+    assert g1["verdict"]["test"] == "single_theta_star_permutation" and len(g1["meta_policy"]["window_steps"]) == 1
+    g, _ = _run(out, *args, "--replicates", "2", "--workers", "1")
+    reps = json.loads((out / "replicates.json").read_text())["replicates"]
+    tables = []
+    for r in reps:
+        d = out / r["dir"]
+        steps = sorted(int(p.stem.split("_")[1]) for p in (d / "train" / "checkpoints").glob("step_*.pt"))
+        later = [s for s in steps if s > r["step"]]
+        assert r["window_steps"] == [later[0] if later else max(s for s in steps if s < r["step"])]
+        meta = json.loads((d / "window" / "c1" / "collect" / "meta_policy.json").read_text())
+        assert meta["step"] == r["window_steps"][0]
+        tables.append([_f(d / "f_table.csv"), _f(d / "window" / "c1" / "f_table.csv")])
+    expected = consensus_affinity([table_affinity(t, ~np.isnan(t[0])) for t in tables])
+    np.testing.assert_allclose(art.read_table(out / "affinity.csv", index=True), expected, atol=1e-9)
+    assert g["verdict"]["calibrated"] and g["meta_policy"]["window_steps"] == reps[0]["window_steps"]

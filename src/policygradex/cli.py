@@ -51,6 +51,7 @@ CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="pin 
 MinReturnOpt = Annotated[Optional[float], typer.Option("--min-return", help="refuse a meta-policy whose mean return is below this")]
 ReplicatesOpt = Annotated[Optional[int], typer.Option("--replicates", help="independent estimates of the affinity; their consensus gives the groups and, with 2 or more, a calibrated verdict (default 3; 1 is today's single-theta* test, not calibrated)")]
 ReplicateOverOpt = Annotated[Optional[str], typer.Option("--replicate-over", help="what differs between replicates: seeds (independent trainings: calibrated), checkpoints or projection (cheaper, one training: not calibrated)")]
+ThetaWindowOpt = Annotated[Optional[int], typer.Option("--theta-window", help="checkpoints of each training whose affinities are averaged: theta* and the next ones (default 1)")]
 NullPermutationsOpt = Annotated[Optional[int], typer.Option("--null-permutations", help="permutations of the null test (default 200)")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default 1)")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="where independent units run (run: features per task, null-test permutations; validate: fine-tuning per subset and seed; compare: training per method and seed): local (this machine) or ray (docs/scaling.md)")]
@@ -86,6 +87,7 @@ class RunOptions:
     null_permutations: Optional[int] = None
     replicates: Optional[int] = None
     replicate_over: Optional[str] = None
+    theta_window: Optional[int] = None
     threads: Optional[int] = None
     backend: str = "local"
     ray_address: Optional[str] = None
@@ -97,7 +99,7 @@ _RUN_OPTIONS = {"tasks": TasksOpt, "suite_seed": SuiteSeedOpt, "profile": Profil
                 "transitions": TransitionsOpt, "subset_size": SubsetSizeOpt, "coverage": CoverageOpt, "subsets": SubsetsOpt,
                 "target_delta": TargetDeltaOpt, "evaluator": EvaluatorOpt, "checkpoint": CheckpointOpt, "min_return": MinReturnOpt,
                 "null_permutations": NullPermutationsOpt, "replicates": ReplicatesOpt, "replicate_over": ReplicateOverOpt,
-                "threads": ThreadsOpt, "backend": BackendOpt, "ray_address": RayAddressOpt, "workers": WorkersOpt}
+                "theta_window": ThetaWindowOpt, "threads": ThreadsOpt, "backend": BackendOpt, "ray_address": RayAddressOpt, "workers": WorkersOpt}
 
 
 def with_run_options(command):
@@ -337,13 +339,14 @@ def _run_config(s, seed: int, opts: RunOptions):
                                         min_return=o.min_return, projector=o.projector).items() if v is not None})
     est.setdefault("seed", seed); est.setdefault("projector_seed", seed); est.setdefault("subset_seed", seed)
     grp.update({k_: v for k_, v in dict(k=o.k, penalty_scale=o.penalty_scale, null_permutations=o.null_permutations,
-                                        replicates=o.replicates, replicate_over=o.replicate_over).items() if v is not None})
+                                        replicates=o.replicates, replicate_over=o.replicate_over, theta_window=o.theta_window).items()
+                if v is not None})
     grp.setdefault("null_seed", seed)
     flags = {"estimate.d": "--d", "estimate.transitions_per_task": "--transitions", "estimate.subset_size": "--subset-size",
              "estimate.min_pair_coverage": "--coverage", "estimate.subsets": "--subsets", "estimate.target_delta": "--target-delta",
              "estimate.evaluator": "--evaluator", "estimate.checkpoint": "--checkpoint", "estimate.min_return": "--min-return", "estimate.projector": "--projector", "group.k": "--k",
              "group.penalty_scale": "--penalty-scale", "group.null_permutations": "--null-permutations",
-             "group.replicates": "--replicates", "group.replicate_over": "--replicate-over"}
+             "group.replicates": "--replicates", "group.replicate_over": "--replicate-over", "group.theta_window": "--theta-window"}
     data = {"ppo": ppo.model_dump(), "estimate": est, "group": grp}
     if sac is not None:
         data.update(algo="sac", sac=sac.model_dump())

@@ -64,18 +64,22 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
 
 
 def estimate(suite: TaskSuite, cfg: RunConfig, run_dir: Path, size: int, tensorboard: str | Path | None = None,
-             backend=None, shared: Estimate | None = None) -> Estimate:
-    """Stages 1-6 of one replicate in ``run_dir``: the performance table f(S, i) of every subset.
+             backend=None, shared: Estimate | None = None, own_theta: bool | None = None) -> Estimate:
+    """Stages 1-6 of one replicate in ``run_dir``: the performance table f(S, i) of every subset,
+    then the same at the next checkpoints of its training (``theta_window``, :attr:`Estimate.window`).
 
     ``shared``: the first replicate, whose training (``replicate_over = checkpoints``) or whose
-    theta* and rollouts (``projection``) this replicate reuses instead of computing its own."""
+    theta* and rollouts (``projection``) this replicate reuses instead of computing its own;
+    ``own_theta`` overrides which (a window member shares the training, with its own theta*)."""
     est, learner, c = cfg.estimate, cfg.learner(), stage_configs(cfg, size)
     stage = Runner(run_dir, suite_digest(suite))
     if shared is None:
         checkpoints = stage(TRAIN, c["train"], suite=suite, tensorboard=tensorboard)      # 1. meta-policy
     else:
         checkpoints = stage.reuse("train", shared.digests, shared.checkpoints)
-    if shared is None or cfg.group.replicate_over == "checkpoints":
+    if own_theta is None:
+        own_theta = shared is None or cfg.group.replicate_over == "checkpoints"
+    if own_theta:
         theta = stage(COLLECT, c["collect"], checkpoints=checkpoints)                      # 2. theta* and its rollouts
     else:
         theta = stage.reuse("collect", shared.digests, shared.theta)
@@ -87,7 +91,14 @@ def estimate(suite: TaskSuite, cfg: RunConfig, run_dir: Path, size: int, tensorb
     fit = stage(SURROGATE, c["surrogate"], store=store, subsets=subsets)                   # 5. a surrogate per subset
     f = stage(EVALUATE, c["evaluate"], theta=theta, suite=suite, store=store, subsets=subsets, fit=fit,  # 6. f(S, i)
               seed=est.seed)
-    return Estimate(run_dir, checkpoints, theta, store, subsets, fit, f, dict(stage.digests), list(stage.computed))
+    e = Estimate(run_dir, checkpoints, theta, store, subsets, fit, f, dict(stage.digests), list(stage.computed))
+    w = cfg.group.theta_window
+    if w > 1 and cfg.group.replicate_over == "seeds" and run_dir.parent.name != "window":        # theta*'s neighbours
+        e.window = [estimate(suite, replicates.window_config(cfg, step), replicates.window_dir(run_dir, j), size,
+                             backend=backend, shared=e, own_theta=True)
+                    for j, step in enumerate(replicates.window_steps(e, w), 1)]
+        e.computed += [f"window/c{j}/{name}" for j, m in enumerate(e.window, 1) for name in m.computed]
+    return e
 
 
 # ============================================================================ replicates

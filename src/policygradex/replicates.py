@@ -34,7 +34,7 @@ from .config import RunConfig
 from .errors import UserError
 from .stages import Estimate
 
-__all__ = ["digest", "pinned_steps", "replicate_config", "replicate_dir", "replicate_seed"]
+__all__ = ["digest", "pinned_steps", "replicate_config", "replicate_dir", "replicate_seed", "window_config", "window_dir", "window_steps"]
 
 
 def replicate_dir(run_dir: Path, i: int) -> Path:
@@ -78,6 +78,25 @@ def pinned_steps(first: Estimate, r: int) -> list[int]:
     return others[:r - 1]
 
 
+def window_steps(e: Estimate, w: int) -> list[int]:
+    """The steps of the ``w - 1`` checkpoints that join theta* in its training's estimate
+    (``theta_window``): the next ones after theta*, then the nearest before it when training ends
+    first; fewer when the training has fewer checkpoints (``groups.json`` lists those used)."""
+    steps = sorted(int(p.stem.split("_")[1]) for p in e.checkpoints)
+    own = int(e.theta.meta["step"])
+    later, earlier = [s for s in steps if s > own], [s for s in reversed(steps) if s < own]
+    return (later + earlier)[:w - 1]
+
+
+def window_config(cfg: RunConfig, step: int) -> RunConfig:
+    """A window member's config: the replicate's own, theta* pinned to ``step``."""
+    return cfg.model_copy(update={"estimate": cfg.estimate.model_copy(update={"checkpoint": step})})
+
+
+def window_dir(replicate: Path, j: int) -> Path:
+    return replicate / "window" / f"c{j}"
+
+
 def digest(estimates: list[Estimate]) -> str:
-    """One digest of every replicate's stages (the group stage's ``replicates`` upstream)."""
-    return art.config_hash([e.digests for e in estimates])
+    """One digest of every replicate's stages, its window's included (the group stage's ``replicates`` upstream)."""
+    return art.config_hash([{**e.digests, "window": [w.digests for w in e.window]} if e.window else e.digests for e in estimates])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ import torch
 from . import artifacts as art
 from .config import CollectConfig, EvaluateConfig, FeaturesConfig, GroupConfig, PPOConfig, SACConfig, SubsetsConfig, SurrogateConfig
 from .errors import UserError
-from .estimate.affinity import Affinity, build_affinity
+from .estimate.affinity import Affinity, build_affinity, table_affinity
 from .estimate.collect import collect as collect_rollouts
 from .estimate.collect import load_rollouts, select_checkpoint
 from .estimate.evaluators import EVALUATORS
@@ -129,11 +129,12 @@ def _collect(run_dir: Path, cfg: CollectConfig, checkpoints: list[Path]) -> list
 
 def train_dir(run_dir: Path) -> Path:
     """Where a run directory's checkpoints are: its own ``train/``, or, for a replicate that shares
-    the first replicate's training (``<run>/replicates/r<i>/``), the run's."""
+    the first replicate's training (``<run>/replicates/r<i>/``), the run's; for a member of a
+    replicate's window (``<replicate>/window/c<j>/``), the replicate's."""
     own = run_dir / "train"
-    if own.is_dir() or run_dir.parent.name != "replicates":
+    if own.is_dir() or run_dir.parent.name not in ("replicates", "window"):
         return own
-    return run_dir.parent.parent / "train"
+    return train_dir(run_dir.parent.parent)
 
 
 def _load_theta_star(run_dir: Path) -> ThetaStar:
@@ -311,15 +312,18 @@ EVALUATE = StageDef("evaluate", ("collect", "features", "subsets", "surrogate"),
 # ============================================================================ 7. group
 
 
-def group_with_null(f: np.ndarray, members: np.ndarray, cfg: GroupConfig, backend=None) -> tuple[Affinity, Grouping, NullTest]:
-    """Affinity, grouping and null test of a performance table, as the group stage makes them
-    (also used on validate's ground truth and on replicate tables)."""
-    aff = build_affinity(f, members)
+def group_with_null(f: np.ndarray | list[np.ndarray], members: np.ndarray, cfg: GroupConfig,
+                    backend=None) -> tuple[Affinity, Grouping, NullTest]:
+    """Affinity (of the first table), grouping and null test of a performance table, or of one
+    training's tables (theta* and its window: :func:`table_affinity`), as the group stage makes
+    them (also used on validate's ground truth)."""
+    tables = f if isinstance(f, (list, tuple)) else [f]
+    aff = build_affinity(tables[0], members)
     nt = null_test(f, members, k=cfg.k, penalty_scale=cfg.penalty_scale, n_perm=cfg.null_permutations,
                    seed=cfg.null_seed, solver=cfg.solver, backend=backend)
     g = nt.grouping
     if cfg.penalty is not None and cfg.k is None:  # an explicit price per group overrides the rule
-        g = group_tasks(aff.U, penalty=cfg.penalty, solver=cfg.solver)
+        g = group_tasks(table_affinity(tables, members), penalty=cfg.penalty, solver=cfg.solver)
     return aff, g, nt
 
 
@@ -336,6 +340,11 @@ class Estimate:
     f: np.ndarray
     digests: dict[str, str]
     computed: list[str]
+    window: list["Estimate"] = field(default_factory=list)  # the same training's next checkpoints (theta_window)
+
+    def tables(self) -> list[np.ndarray]:
+        """The performance tables of this training: theta*'s, then its window's (same subsets)."""
+        return [self.f, *(w.f for w in self.window)]
 
 
 @dataclass
@@ -371,18 +380,21 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
     first, names = estimates[0], suite.names
     members = first.subsets.members
     if len(estimates) == 1:
+        tables = first.tables()  # theta*'s table, and its window's
         with console.status(f"grouping: SDP + null test ({cfg.null_permutations} permutations)"):
-            aff, g, nt = group_with_null(first.f, members, cfg, backend)
+            aff, g, nt = group_with_null(tables, members, cfg, backend)
         with console.status(f"self-check: bootstrap stability ({cfg.bootstrap} resamples)"):
-            stab = bootstrap_stability(first.f, members, g.labels, cfg.k, cfg.penalty_scale, cfg.solver, cfg.bootstrap, cfg.null_seed)
-        U, p, observed, null_stats = aff.U, nt.p_value, nt.observed, nt.null_stats
+            stab = bootstrap_stability(tables, members, g.labels, cfg.k, cfg.penalty_scale, cfg.solver, cfg.bootstrap, cfg.null_seed)
+        U = aff.U if len(tables) == 1 else table_affinity(tables, members)
+        p, observed, null_stats = nt.p_value, nt.observed, nt.null_stats
         stability = {"per_task": dict(zip(names, stab["per_task"])), "mean_ari": stab["mean_ari"], "resamples": stab["n_boot"],
                      "source": "bootstrap over the subsets"}
         min_pairs = aff.min_pair_count
     else:
         affs = [build_affinity(e.f, e.subsets.members) for e in estimates]
+        Us = [table_affinity(e.tables(), e.subsets.members) for e in estimates]  # a training's window averaged first
         with console.status(f"grouping: consensus of {len(estimates)} replicates, SDP + {cfg.null_permutations} relabelled draws"):
-            cons = consensus([a.U for a in affs], k=cfg.k, penalty=cfg.penalty, penalty_scale=cfg.penalty_scale,
+            cons = consensus(Us, k=cfg.k, penalty=cfg.penalty, penalty_scale=cfg.penalty_scale,
                              n_perm=cfg.null_permutations, seed=cfg.null_seed, solver=cfg.solver, backend=backend)
         U, g, p, observed, null_stats = cons.U, cons.grouping, cons.p_value, cons.observed, cons.null_stats
         stability = {"per_task": dict(zip(names, map(float, cons.stability))), "source": "agreement of the replicates' own groupings"}
@@ -412,7 +424,8 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
         "verdict": verdict(cfg, len(estimates), p),
         "signal_collapsed": signal["run_level_collapsed"],
         "signal": signal,
-        "meta_policy": {"checkpoint": meta["checkpoint"], "step": meta["step"], "mean_return": meta["mean_return"]},
+        "meta_policy": {"checkpoint": meta["checkpoint"], "step": meta["step"], "mean_return": meta["mean_return"],
+                        "window_steps": [int(w.theta.meta["step"]) for w in first.window]},
         "subsets": {"m": int(members.shape[0]), "size": first.subsets.size, "min_pair_count": int(min_pairs)},
         "stability": stability,
         "approx_error_at_delta": approx,
@@ -450,7 +463,8 @@ def _replicates_summary(estimates: list[Estimate], affs: list[Affinity], cons: C
     for i, (e, a, g) in enumerate(zip(estimates, affs, cons.replicate_groupings)):
         out.append({"replicate": i, "dir": "." if i == 0 else f"replicates/r{i}", "groups": [[names[j] for j in grp] for grp in g.groups],
                     "k": int(g.k), "labels": [int(x) for x in g.labels], "checkpoint": e.theta.meta["checkpoint"],
-                    "step": e.theta.meta["step"], "mean_return": e.theta.meta["mean_return"], "min_pair_count": int(a.min_pair_count)})
+                    "step": e.theta.meta["step"], "mean_return": e.theta.meta["mean_return"], "min_pair_count": int(a.min_pair_count),
+                    "window_steps": [int(w.theta.meta["step"]) for w in e.window]})
     return {"tasks": names, "replicates": out, "consensus_labels": [int(x) for x in cons.grouping.labels],
             "null_k": [int(k) for k in cons.null_k]}
 

@@ -43,12 +43,14 @@ SDP; it is kept as computed rather than forced so that the formula holds for eve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["Affinity", "AffinityInputError", "build_affinity", "standardize_per_task"]
+__all__ = ["Affinity", "AffinityInputError", "build_affinity", "consensus_affinity", "standardize_offdiagonal", "standardize_per_task",
+           "table_affinity"]
 
 
 class AffinityInputError(UserError, ValueError):
@@ -182,3 +184,30 @@ def build_affinity(f: np.ndarray, members: np.ndarray) -> Affinity:
     np.divide(sums, counts, out=U_raw, where=seen)
     U = 0.5 * (U_raw + U_raw.T)
     return Affinity(U=U, U_raw=U_raw, counts=counts, z=z, constant_tasks=constant)
+
+
+def standardize_offdiagonal(U: np.ndarray) -> np.ndarray:
+    """``U`` shifted and scaled so that its off-diagonal entries have mean 0 and standard
+    deviation 1 (diagonal set to 0); a constant off-diagonal gives all zeros."""
+    U = np.asarray(U, dtype=np.float64)
+    off = ~np.eye(U.shape[0], dtype=bool)
+    vals = U[off]
+    sd = vals.std()
+    out = np.zeros_like(U)
+    if sd > 1e-12 * max(1.0, float(np.abs(vals).max())):
+        out[off] = (vals - vals.mean()) / sd
+    return out
+
+
+def consensus_affinity(Us: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of the replicates' off-diagonal-standardized affinities."""
+    return np.mean([standardize_offdiagonal(U) for U in Us], axis=0)
+
+
+def table_affinity(tables: Sequence[np.ndarray], members: np.ndarray) -> np.ndarray:
+    """The affinity of one training's performance tables on the same subsets: ``build_affinity(f).U``
+    for one table; for several (theta* and the next checkpoints, ``theta_window``) the mean of
+    their off-diagonal-standardized affinities, so that each checkpoint weighs the same."""
+    if len(tables) == 1:
+        return build_affinity(tables[0], members).U
+    return consensus_affinity([build_affinity(f, members).U for f in tables])

@@ -44,28 +44,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..estimate.affinity import consensus_affinity, standardize_offdiagonal
 from .null import solve_null_affinities, within_between_contrast
 from .sdp import DEFAULT_PENALTY_SCALE, Grouping, GroupingInputError, group_tasks
 
 __all__ = ["Consensus", "co_association", "consensus", "consensus_affinity", "standardize_offdiagonal"]
-
-
-def standardize_offdiagonal(U: np.ndarray) -> np.ndarray:
-    """``U`` shifted and scaled so that its off-diagonal entries have mean 0 and standard
-    deviation 1 (diagonal set to 0); a constant off-diagonal gives all zeros."""
-    U = np.asarray(U, dtype=np.float64)
-    off = ~np.eye(U.shape[0], dtype=bool)
-    vals = U[off]
-    sd = vals.std()
-    out = np.zeros_like(U)
-    if sd > 1e-12 * max(1.0, float(np.abs(vals).max())):
-        out[off] = (vals - vals.mean()) / sd
-    return out
-
-
-def consensus_affinity(Us: Sequence[np.ndarray]) -> np.ndarray:
-    """The mean of the replicates' off-diagonal-standardized affinities."""
-    return np.mean([standardize_offdiagonal(U) for U in Us], axis=0)
 
 
 def co_association(labels: Sequence[Sequence[int]]) -> np.ndarray:

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import Resources, Unit
-from ..estimate.affinity import build_affinity
+from ..estimate.affinity import build_affinity, table_affinity
 from .sdp import DEFAULT_PENALTY_SCALE, Grouping, GroupingInputError, canonical_labels, group_tasks
 
 __all__ = ["NullTest", "null_test", "solve_null_affinities", "within_between_contrast"]
@@ -143,7 +143,9 @@ def null_test(
     """Permutation test of the grouping found on ``f`` against groupings of permuted ``f``.
 
     Args:
-        f: ``[m, n]`` performance table (see :func:`~policygradex.estimate.affinity.build_affinity`).
+        f: ``[m, n]`` performance table (see :func:`~policygradex.estimate.affinity.build_affinity`),
+            or a list of such tables on the same subsets (one training's checkpoints,
+            :func:`~policygradex.estimate.affinity.table_affinity`); each is permuted on its own.
         members: ``[m, n]`` bool subset membership.
         k: fixed number of groups, or None for auto-k (penalty ``penalty_scale * mean |U|``,
             recomputed on every permuted affinity).
@@ -165,12 +167,13 @@ def null_test(
     """
     if isinstance(n_perm, (bool, np.bool_)) or not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
         raise GroupingInputError(f"n_perm must be an integer >= 1; got {n_perm!r}")
-    aff = build_affinity(f, members)  # validates f and members
-    f_arr = np.asarray(f, dtype=np.float64)
+    tables = [np.asarray(t, dtype=np.float64) for t in (f if isinstance(f, (list, tuple)) else [f])]
+    aff = build_affinity(tables[0], members)  # validates f and members
     m_arr = ~np.isnan(aff.z)
+    U = table_affinity(tables, m_arr)  # validates the other tables
 
-    observed_grouping = group_tasks(aff.U, k=k, penalty_scale=penalty_scale, solver=solver)
-    observed = within_between_contrast(aff.U, observed_grouping.labels)
+    observed_grouping = group_tasks(U, k=k, penalty_scale=penalty_scale, solver=solver)
+    observed = within_between_contrast(U, observed_grouping.labels)
 
     rng = np.random.default_rng(seed)
     null_stats = np.empty(int(n_perm))
@@ -180,11 +183,10 @@ def null_test(
     if chunk is not None and (isinstance(chunk, (bool, np.bool_)) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
         raise GroupingInputError(f"chunk must be an integer >= 1; got {chunk!r}")
     if backend is not None and backend.parallelism > 1 and n_perm > chunk:  # one chunk: not worth starting workers
-        _null_on_backend(backend, f_arr, m_arr, rng, int(n_perm), k, penalty_scale, solver, int(chunk), null_stats, null_k)
+        _null_on_backend(backend, tables, m_arr, rng, int(n_perm), k, penalty_scale, solver, int(chunk), null_stats, null_k)
     else:
         for b in range(int(n_perm)):
-            U_b = build_affinity(_permute_within_tasks(f_arr, m_arr, rng), m_arr).U
-            null_stats[b], null_k[b] = _solve_one(U_b, k, penalty_scale, solver)
+            null_stats[b], null_k[b] = _solve_one(_permuted_affinity(tables, m_arr, rng), k, penalty_scale, solver)
     # Statistics equal up to rounding count as ties (>=), keeping the test conservative.
     tol = 1e-12 * max(1.0, abs(observed))
     exceed = int(np.sum(null_stats >= observed - tol))
@@ -198,10 +200,15 @@ def null_test(
     )
 
 
-def _null_on_backend(backend, f_arr, m_arr, rng, n_perm, k, penalty_scale, solver, chunk, null_stats, null_k) -> None:
+def _permuted_affinity(tables: list[np.ndarray], m_arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One null draw: every table permuted within tasks on its own, their affinity rebuilt as observed."""
+    return table_affinity([_permute_within_tasks(t, m_arr, rng) for t in tables], m_arr)
+
+
+def _null_on_backend(backend, tables, m_arr, rng, n_perm, k, penalty_scale, solver, chunk, null_stats, null_k) -> None:
     """The permutations of :func:`null_test` as units of ``backend``: every table drawn here, in
     order (the serial sequence of the generator), the solves ``chunk`` at a time in the units."""
-    Us = [build_affinity(_permute_within_tasks(f_arr, m_arr, rng), m_arr).U for _ in range(n_perm)]
+    Us = [_permuted_affinity(tables, m_arr, rng) for _ in range(n_perm)]
     null_stats[:], null_k[:] = solve_null_affinities(Us, k, penalty_scale, solver, backend, chunk)
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from ..estimate.affinity import build_affinity
+from ..estimate.affinity import table_affinity
 from .sdp import group_tasks
 
 
 def bootstrap_stability(f: np.ndarray, members: np.ndarray, labels: np.ndarray, k: int | None = None,
                         penalty_scale: float = 4.0, solver: str = "auto", n_boot: int = 50, seed: int = 0) -> dict:
+    tables = [np.asarray(t) for t in (f if isinstance(f, (list, tuple)) else [f])]  # several: one training's checkpoints
     labels = np.asarray(labels)
     n = labels.size
     same = labels[:, None] == labels[None, :]
@@ -30,7 +31,7 @@ def bootstrap_stability(f: np.ndarray, members: np.ndarray, labels: np.ndarray, 
     aris = []
     for _ in range(n_boot):
         rows = rng.integers(0, members.shape[0], members.shape[0])
-        lab = group_tasks(build_affinity(f[rows], members[rows]).U, k=k, penalty_scale=penalty_scale, solver=solver).labels
+        lab = group_tasks(table_affinity([t[rows] for t in tables], members[rows]), k=k, penalty_scale=penalty_scale, solver=solver).labels
         same_b = lab[:, None] == lab[None, :]
         co += same_b
         agree += ((same_b == same) & off).sum(1) / max(n - 1, 1)
