@@ -62,7 +62,7 @@ def stage_seconds(d: Path) -> dict:
 
 
 def bench_validate(steps: int, workers: int, seeds: int) -> dict:
-    run_opts = ["--suite", "cartpole-planted", "--seed", "0", "--replicates", "1", "--steps", str(steps)]
+    run_opts = ["--suite", "cartpole-planted", "--seed", "0", "--replicates", "1", "--theta-window", "1", "--steps", str(steps)]
     val_opts = ["--finetune-seeds", str(seeds)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +180,7 @@ def run50(backend: str, out: Path | None) -> dict:
         d = out or Path(tmp) / "cartpole50"
         th = threading.Thread(target=sample, daemon=True)
         th.start()
-        args = ["run", "--suite", "cartpole", "--tasks", "50", "--replicates", "1", "--backend", backend, "--out", str(d)]
+        args = ["run", "--suite", "cartpole", "--tasks", "50", "--replicates", "1", "--theta-window", "1", "--backend", backend, "--out", str(d)]
         wall = cli(*args)
         stop.set()
         th.join()

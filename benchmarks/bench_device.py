@@ -35,7 +35,7 @@ def run_pair(tmp: Path, devices: list[str]) -> dict:
         cfg = tmp / f"{dev}.toml"
         cfg.write_text(f'[ppo]\ndevice = "{dev}"\n')
         d = tmp / f"run_{dev}"
-        wall, proc = policygradex("run", "--suite", "cartpole", "--tasks", "4", "--replicates", "1", "--steps", "20000", "--transitions", "1024",
+        wall, proc = policygradex("run", "--suite", "cartpole", "--tasks", "4", "--replicates", "1", "--theta-window", "1", "--steps", "20000", "--transitions", "1024",
                                   "--null-permutations", "50", "--config", str(cfg), "--out", str(d),
                                   check=False, capture_output=True, text=True)
         if proc.returncode != 0:

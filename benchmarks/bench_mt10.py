@@ -91,14 +91,14 @@ def main() -> None:
 
     # 1. the PolicyGradEx run with an MT-SAC meta-policy
     meta_steps = args.meta_steps_per_task * n
-    run_args = ["--suite", "metaworld-mt10", "--algo", "sac", "--replicates", "1", "--steps", str(meta_steps), "--config", str(cfg),
+    run_args = ["--suite", "metaworld-mt10", "--algo", "sac", "--replicates", "1", "--theta-window", "1", "--steps", str(meta_steps), "--config", str(cfg),
                 "--out", str(run_dir)]
     if args.reuse_run is not None:  # the run's own options: the defaults of the quick profile
         from policygradex.config import RunConfig
 
         conf = json.loads((run_dir / "config.json").read_text())
         meta_steps = RunConfig.model_validate(conf["config"]).sac.total_steps
-        run_args = ["--suite", "metaworld-mt10", "--algo", "sac", "--replicates", "1", "--out", str(run_dir)]
+        run_args = ["--suite", "metaworld-mt10", "--algo", "sac", "--replicates", "1", "--theta-window", "1", "--out", str(run_dir)]
     wall, proc = cli("run", *run_args, timeout=args.time_budget)
     if proc.returncode != 0:
         out["run"] = {"error": proc.stderr[-2000:]}

@@ -41,7 +41,7 @@ def planted(seeds: int, steps: int) -> dict:
     runs = []
     for k in range(seeds):
         with tempfile.TemporaryDirectory() as d:
-            wall = cli("run", "--suite", "cartpole-planted", "--suite-seed", str(k), "--seed", str(k), "--replicates", "1", "--steps", str(steps), "--out", d)
+            wall = cli("run", "--suite", "cartpole-planted", "--suite-seed", str(k), "--seed", str(k), "--replicates", "1", "--theta-window", "1", "--steps", str(steps), "--out", d)
             g = json.loads((Path(d) / "groups.json").read_text())
         runs.append({"seed": k, "nmi": g["nmi_vs_true_partition"], "k": g["k"], "null_p": g["null_p"],
                      "delta_median": g["delta"]["median"], "theta_star_step": g["meta_policy"]["step"], "wall_s": round(wall, 1)})
@@ -56,7 +56,7 @@ def transitions(seeds: int, steps: int, values: list[int]) -> dict:
     for k in range(seeds):
         with tempfile.TemporaryDirectory() as d:
             for t in values:
-                wall = cli("run", "--suite", "cartpole-planted", "--suite-seed", str(k), "--seed", str(k), "--replicates", "1", "--steps", str(steps),
+                wall = cli("run", "--suite", "cartpole-planted", "--suite-seed", str(k), "--seed", str(k), "--replicates", "1", "--theta-window", "1", "--steps", str(steps),
                            "--transitions", str(t), "--out", d)
                 g = json.loads((Path(d) / "groups.json").read_text())
                 rows.append({"seed": k, "transitions_per_task": t, "nmi": g["nmi_vs_true_partition"], "null_p": g["null_p"],

@@ -276,7 +276,7 @@ def _compare(name: str, run_dir: Path, base_args: list[str], projector_seed: int
         extra = ["--config", str(cfg)]
     row: dict[str, Any] = {"name": name, "args": base_args + (["projector_seed", str(projector_seed)] if projector_seed is not None else [])}
     for kind in ("dense", "structured"):
-        wall = _cli("run", *base_args, *extra, "--replicates", "1", "--projector", kind, "--out", str(run_dir))
+        wall = _cli("run", *base_args, *extra, "--replicates", "1", "--theta-window", "1", "--projector", kind, "--out", str(run_dir))
         row[kind] = {**_groups(run_dir), "wall_s_incremental": round(wall, 1)}
     row["nmi_structured_vs_dense"] = float(normalized_mutual_info_score(row["dense"]["labels"], row["structured"]["labels"]))
     print(json.dumps({k: row[k] for k in ("name", "nmi_structured_vs_dense")} | {

@@ -59,7 +59,7 @@ def part_run() -> dict:
     if RUN_DIR.exists():
         shutil.rmtree(RUN_DIR)
     load0 = os.getloadavg()
-    wall, proc = policygradex("run", "--suite", "metaworld-mt10", "--algo", "sac", "--replicates", "1", "--out", str(RUN_DIR),
+    wall, proc = policygradex("run", "--suite", "metaworld-mt10", "--algo", "sac", "--replicates", "1", "--theta-window", "1", "--out", str(RUN_DIR),
                               check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])

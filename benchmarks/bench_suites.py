@@ -121,7 +121,7 @@ def run_part(suites: list[str]) -> dict:
     out = {}
     for name in suites:
         tmp = Path(tempfile.mkdtemp(prefix="pgx-bench-suites-"))
-        cmd = [str(Path(sys.executable).with_name("policygradex")), "run", "--suite", name, "--profile", "quick", "--replicates", "1", "--out", str(tmp)]
+        cmd = [str(Path(sys.executable).with_name("policygradex")), "run", "--suite", name, "--profile", "quick", "--replicates", "1", "--theta-window", "1", "--out", str(tmp)]
         t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "POLICYGRADEX_QUIET": "1"})
         wall, ru1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)

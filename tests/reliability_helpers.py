@@ -38,7 +38,7 @@ def tiny_run_args(out: Path, config: Path) -> list[str]:
     from conftest import seeded
 
     return ["run", "--suite", "cartpole-planted", "--tasks", "4", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)),
-            "--steps", "2048", "--transitions", "128", "--d", "16", "--null-permutations", "10", "--replicates", "1", "--config", str(config),
+            "--steps", "2048", "--transitions", "128", "--d", "16", "--null-permutations", "10", "--replicates", "1", "--theta-window", "1", "--config", str(config),
             "--out", str(out)]
 
 

@@ -242,7 +242,7 @@ def test_ray_retries_raised_and_killed_units_then_reports_the_tasks(ray_cluster,
 
 
 # 7 subsets x 2 seeds + theta*: 15 fine-tuning units of one PPO iteration each
-TINY_RUN = ["--replicates", "1", "--suite", "cartpole-planted", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "2048",
+TINY_RUN = ["--replicates", "1", "--theta-window", "1", "--suite", "cartpole-planted", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "2048",
             "--transitions", "256", "--null-permutations", "10", "--coverage", "1", "--finetune-steps", "256", "--finetune-seeds",
             "2", "--episodes", "2", "--hessian-subsets", "0", "--probes", "2", "--random-draws", "20"]
 
@@ -356,7 +356,7 @@ def _compare_inputs(**overrides):
     from policygradex.tasks import load_suite
 
     suite = load_suite("cartpole", 3, seeded(0))
-    cfg = _run_config(suite, seeded(0), RunOptions(replicates=1))
+    cfg = _run_config(suite, seeded(0), RunOptions(replicates=1, theta_window=1))
     opts = {**TINY_COMPARE, "methods": tuple(TINY_COMPARE["methods"].split(",")), **overrides}
     return suite, cfg, CompareConfig(**opts)
 

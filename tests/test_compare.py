@@ -22,7 +22,7 @@ from policygradex.config import NetConfig, PPOConfig
 from policygradex.rl.networks import ActorCritic, SoftModNet
 
 # the run trains: its seeds shift with POLICYGRADEX_TEST_SEED_OFFSET (downstream training uses seeds 0..N-1)
-RUN_ARGS = ["--replicates", "1", "--suite", "cartpole", "--tasks", "4", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "2048",
+RUN_ARGS = ["--replicates", "1", "--theta-window", "1", "--suite", "cartpole", "--tasks", "4", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "2048",
             "--transitions", "256", "--null-permutations", "10", "--k", "2"]
 ALL = "multitask,softmod,random,gradsim,pcgrad,tag,policygradex"
 
@@ -286,7 +286,7 @@ def test_warm_start_from_theta_star(tiny, tmp_path):
     run_out, _ = tiny
     suite = load_suite("cartpole", 4, seeded(0))
     # the same run as the CLI's RUN_ARGS, so the cached stages are reused
-    cfg = _run_config(suite, seeded(0), RunOptions(steps=2048, replicates=1, k=2, transitions=256, null_permutations=10))
+    cfg = _run_config(suite, seeded(0), RunOptions(steps=2048, replicates=1, theta_window=1, k=2, transitions=256, null_permutations=10))
     ccfg = CompareConfig(methods=("policygradex", "softmod"), seeds=1, steps_per_task=64, episodes=1, warm_start=True)
     r = compare(suite, cfg, ccfg, tmp_path / "warm", run_dir=run_out / "run")
     assert r["methods"]["policygradex"]["init"] == "theta*"

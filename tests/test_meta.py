@@ -18,7 +18,7 @@ from policygradex.errors import UserError
 from policygradex.tasks import load_suite
 
 # the run trains: its seeds shift with POLICYGRADEX_TEST_SEED_OFFSET
-RUN_ARGS = ["--replicates", "1", "--suite", "cartpole", "--tasks", "4", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "2048",
+RUN_ARGS = ["--replicates", "1", "--theta-window", "1", "--suite", "cartpole", "--tasks", "4", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "2048",
             "--transitions", "256", "--null-permutations", "10", "--k", "2"]
 META = "meta-maml,meta-policygradex,meta-multitask"
 

@@ -135,7 +135,7 @@ def test_hutchinson_matches_the_exact_hessian_trace(kind):
 
 
 # trains (seeds shifted by POLICYGRADEX_TEST_SEED_OFFSET); --random-draws stays last: a test changes it
-TINY = ["--replicates", "1", "--suite", "cartpole-planted", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "5000",
+TINY = ["--replicates", "1", "--theta-window", "1", "--suite", "cartpole-planted", "--seed", str(seeded(0)), "--suite-seed", str(seeded(0)), "--steps", "5000",
         "--transitions", "512", "--null-permutations", "20", "--finetune-steps", "256", "--finetune-seeds", "2",
         "--episodes", "2", "--hessian-subsets", "1", "--random-draws", "50"]
 

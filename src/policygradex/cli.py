@@ -51,7 +51,7 @@ CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="pin 
 MinReturnOpt = Annotated[Optional[float], typer.Option("--min-return", help="refuse a meta-policy whose mean return is below this")]
 ReplicatesOpt = Annotated[Optional[int], typer.Option("--replicates", help="independent estimates of the affinity; their consensus gives the groups and, with 2 or more, a calibrated verdict (default 3; 1 is today's single-theta* test, not calibrated)")]
 ReplicateOverOpt = Annotated[Optional[str], typer.Option("--replicate-over", help="what differs between replicates: seeds (independent trainings: calibrated), checkpoints or projection (cheaper, one training: not calibrated)")]
-ThetaWindowOpt = Annotated[Optional[int], typer.Option("--theta-window", help="checkpoints of each training whose affinities are averaged: theta* and the next ones (default 1)")]
+ThetaWindowOpt = Annotated[Optional[int], typer.Option("--theta-window", help="checkpoints of each training whose affinities are averaged: theta* and the next ones (default 2; 1: theta* alone)")]
 NullPermutationsOpt = Annotated[Optional[int], typer.Option("--null-permutations", help="permutations of the null test (default 200)")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default 1)")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="where independent units run (run: features per task, null-test permutations; validate: fine-tuning per subset and seed; compare: training per method and seed): local (this machine) or ray (docs/scaling.md)")]

@@ -282,9 +282,9 @@ class GroupConfig(StageConfig):
                             "meta-training, rollouts, projection and subsets: a calibrated verdict), checkpoints (other checkpoints of one "
                             "training) or projection (other projections and subsets of one theta*); the last two share one training, so "
                             "their verdict is not calibrated")
-    theta_window: int = Field(1, ge=1, le=10, description="checkpoints of each training whose affinities are averaged into its estimate: "
+    theta_window: int = Field(2, ge=1, le=10, description="checkpoints of each training whose affinities are averaged into its estimate: "
                               "theta* and the next theta_window - 1 (earlier ones when theta* is among the newest); with "
-                              "--replicate-over seeds (the default) only")
+                              "--replicate-over seeds (the default) only (2: the trust scoreboard, docs/decisions.md)")
     min_stability: float = not_keyed("report", 0.8, ge=0, le=1, description="the report flags tasks whose bootstrap stability is below this")
     max_approx_error: float = not_keyed("report", 0.1, gt=0, description="the report flags a first-order error above this at the surrogate's delta")
 
