@@ -24,6 +24,9 @@ Cost: the ``seconds`` of every stage manifest the answer rests on (replicates 0.
 stage), i.e. what a fresh serial run at R takes on this machine, and the wall time of the call
 that produced it (incremental, with ``--workers``).
 
+``--cached-only`` writes the result file from the answers cached so far (``complete`` false
+while some are missing) and runs nothing.
+
 ``--quick`` screens variants at R = 1 (``--replicates 1``); ``--variant NAME --extra "ARGS"`` runs
 every answer with extra CLI options (e.g. ``--extra "--transitions 16384"``), in its own
 directories and result file.  ``--base default`` starts each of the variant's run directories as
@@ -205,6 +208,7 @@ def main() -> int:
     ap.add_argument("--extra", default="", help="extra CLI options of every run of the variant")
     ap.add_argument("--base", default=None, help="start the run directories from this variant's (a name under --work, or a path)")
     ap.add_argument("--seeds", type=int, default=None, help="at most this many seeds per family")
+    ap.add_argument("--cached-only", action="store_true", help="summarize the answers already cached; run nothing")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (cleanly, between answers) after this long")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_trust")
     args = ap.parse_args()
@@ -229,6 +233,9 @@ def main() -> int:
                     if args.max_minutes is not None and time.monotonic() - t0 > 60 * args.max_minutes:
                         stopped = True
                         break
+                    if args.cached_only and not (work / "answers" / f"{name}-seed{seed}-R{R}-{mode}.json").is_file():
+                        stopped = True
+                        continue
                     try:
                         a = answer(work, name, fam, seed, R, mode, args.workers, extra, base)
                     except subprocess.CalledProcessError as exc:
