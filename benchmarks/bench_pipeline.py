@@ -12,6 +12,12 @@
       the README's quick start, `policygradex run --suite cartpole-planted --out runs/planted`: the
       exact stdout, the groups and report.md's verdict (pipeline_quickstart.json).
 
+  python benchmarks/bench_pipeline.py replicates [--replicates 2,3]
+      `policygradex run --suite cartpole --replicates R` from empty run dirs with --workers 1 and
+      --workers 2: wall times, their ratio, and whether the outputs are byte-identical
+      (pipeline_replicates.json).  Three replicates on two workers take two rounds, so their
+      ratio is at most 1.5; two (or four) can reach 2.
+
 makerun and quickstart run the command in an empty temporary working directory (so the printed
 paths are the README's runs/default and runs/planted) with COLUMNS=100; `--extra` appends options
 to the command and `--save-as NAME` writes results/NAME.json instead (a quick check of the script:
@@ -99,9 +105,37 @@ def quickstart(extra: list[str]) -> dict:
     return {**readme_run("cartpole-planted", "runs/planted", extra), "note": "the README's quick start, from an empty run directory"}
 
 
+REPLICATE_OUTPUTS = ("groups.json", "affinity.csv", "coassociation.csv", "replicates.json", "f_table.csv")
+
+
+def replicates(values: list[int], extra: list[str]) -> dict:
+    """Serial (--workers 1) against parallel (--workers 2) replicates, from empty run directories."""
+    import hashlib
+
+    rows = []
+    for r in values:
+        row: dict = {"replicates": r}
+        digests = {}
+        for workers in (1, 2):
+            with tempfile.TemporaryDirectory() as d:
+                out = Path(d) / "run"
+                args = ["run", "--suite", "cartpole", "--replicates", str(r), "--workers", str(workers), *extra, "--out", str(out)]
+                load = os.getloadavg()
+                row[f"wall_s_workers{workers}"] = round(cli(*args), 1)
+                row[f"load_before_workers{workers}"] = [round(x, 2) for x in load]
+                digests[workers] = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in REPLICATE_OUTPUTS}
+                row["command"] = "policygradex " + shlex.join(args[:-2])
+        row["speedup"] = round(row["wall_s_workers1"] / row["wall_s_workers2"], 2)
+        row["identical_outputs"] = digests[1] == digests[2]
+        print(row, flush=True)
+        rows.append(row)
+    return {"suite": "cartpole", "runs": rows, "note": "same machine, same run; outputs compared: " + ", ".join(REPLICATE_OUTPUTS)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["planted", "makerun", "transitions", "quickstart"])
+    ap.add_argument("part", choices=["planted", "makerun", "transitions", "quickstart", "replicates"])
+    ap.add_argument("--replicates", default="2,3", help="replicates: the R values")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=60_000)
     ap.add_argument("--extra", default="", help="makerun / quickstart: options appended to the command (a quick check)")
@@ -114,6 +148,8 @@ def main() -> None:
         res = planted(a.seeds, a.steps)
     elif a.part == "makerun":
         res = makerun(extra)
+    elif a.part == "replicates":
+        res = replicates([int(x) for x in a.replicates.split(",")], extra)
     else:
         res = quickstart(extra)
     print(save(a.save_as or f"pipeline_{a.part}", res))
