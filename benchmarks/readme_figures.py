@@ -86,7 +86,7 @@ def render_quickstart(res: dict) -> str:
 
 def _stability(res: dict, min_stability: float) -> str:
     stab = res["stability"]
-    what = "agreement of the replicates" if res.get("replicates", 1) > 1 else "bootstrap stability"
+    what = "leave-one-replicate-out stability" if res.get("replicates", 1) > 1 else "bootstrap stability"
     low = {t: v for t, v in stab.items() if v < min_stability}
     rest = [v for t, v in stab.items() if t not in low]
     rng = "" if not rest else (f"{min(rest):.2f}" if min(rest) == max(rest) else f"{min(rest):.2f}–{max(rest):.2f}")

@@ -130,3 +130,17 @@ def test_a_window_averages_standardized_affinities_and_is_permuted_table_by_tabl
     assert nt.p_value <= 0.05 and list(nt.grouping.labels) in ([0] * 4 + [1] * 4, [1] * 4 + [0] * 4)
     with pytest.raises(ValueError, match="f must be finite exactly where members is True"):  # the same subsets
         table_affinity([f1, f1[:, ::-1]], members)
+
+
+def test_stability_leaves_one_replicate_out():
+    """With two replicates, leaving one out leaves the other alone: the stability is each
+    replicate's own agreement with the consensus, averaged (recomputed here)."""
+    rng = np.random.default_rng(5)
+    Us = [_planted(rng, signal=0.4), _noise(rng)]
+    c = consensus(Us, n_perm=5, seed=0)
+    same = c.grouping.labels[:, None] == c.grouping.labels[None, :]
+    off = ~np.eye(8, dtype=bool)
+    mine = np.mean([((g.labels[:, None] == g.labels[None, :]) == same)[off].reshape(8, 7).mean(axis=1)
+                    for g in c.replicate_groupings], axis=0)
+    np.testing.assert_allclose(c.stability, mine)
+    assert ((0 <= c.stability) & (c.stability <= 1)).all()

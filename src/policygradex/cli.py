@@ -299,13 +299,15 @@ def run(
     from .report import signal_sentence, verdict_label, verdict_of
 
     g = res.groups
-    t = Table(title=escape(f"{s.name}: k = {g['k']} groups ({verdict_label(g)})"))
+    # the headline and the lines under the table are plain lines, never wrapped to the terminal (or to
+    # the table's width): the output reads the same at any width (README, benchmarks)
+    out.print(f"[bold]{escape(s.name)}: k = {g['k']} groups ({escape(verdict_label(g))})[/]", soft_wrap=True)
+    t = Table()
     t.add_column("group")
     t.add_column("tasks")
     for i, grp_ in enumerate(g["groups"]):
         t.add_row(str(i + 1), escape(", ".join(grp_)))
     out.print(t)
-    # plain lines, never wrapped to the terminal: the output reads the same at any width (README, benchmarks)
     if not g["distinguishable_from_noise"]:
         out.print("[bold red]warning:[/] these groups are not distinguishable from noise; see report.md", soft_wrap=True)
     elif not verdict_of(g)["calibrated"]:

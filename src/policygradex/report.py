@@ -122,15 +122,17 @@ def _null_description(verdict: dict) -> str:
 
 def _stability_line(stab: dict | None) -> str:
     """report.md's self-check of the grouping's stability: a bootstrap over the subsets (one
-    replicate) or the replicates' agreement with the consensus."""
+    replicate) or the consensus without each replicate in turn."""
     if stab is None:
         return "Stability: not measured."
     per_task = ", ".join(f"{t} {v:.2f}" for t, v in stab["per_task"].items())
     if "resamples" in stab:
         return (f"Bootstrap over subsets ({stab['resamples']} resamples): mean ARI against the reported grouping "
                 f"{stab['mean_ari']:.2f}; per-task stability (fraction of partners kept): {per_task}.")
-    return (f"Agreement of the replicates' own groupings with the consensus, per task (fraction of the other tasks on whose "
-            f"side each replicate agrees, averaged; coassociation.csv has every pair): {per_task}.")
+    return (f"Leave one replicate out: per task, the fraction of the other tasks on whose side the consensus of the other "
+            f"replicates agrees with the reported grouping, averaged over the replicate left out (a task whose place "
+            f"hinges on one training scores low; coassociation.csv has how often each pair lands together in the "
+            f"replicates' own groupings): {per_task}.")
 
 
 def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> None:

@@ -397,7 +397,7 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
             cons = consensus(Us, k=cfg.k, penalty=cfg.penalty, penalty_scale=cfg.penalty_scale,
                              n_perm=cfg.null_permutations, seed=cfg.null_seed, solver=cfg.solver, backend=backend)
         U, g, p, observed, null_stats = cons.U, cons.grouping, cons.p_value, cons.observed, cons.null_stats
-        stability = {"per_task": dict(zip(names, map(float, cons.stability))), "source": "agreement of the replicates' own groupings"}
+        stability = {"per_task": dict(zip(names, map(float, cons.stability))), "source": "the consensus without each replicate in turn"}
         min_pairs = min(a.min_pair_count for a in affs)
         art.write_table(run_dir / "coassociation.csv", cons.co_association, names, index=names)
         art.write_json(run_dir / "replicates.json", _replicates_summary(estimates, affs, cons, names))

@@ -67,8 +67,10 @@ class Consensus:
         co_association: ``[n, n]`` fraction of replicates grouping each pair together.
         grouping: the consensus grouping (SDP on ``U``).
         replicate_groupings: each replicate's own grouping of its affinity.
-        stability: ``[n]`` per task, the mean over replicates of the fraction of other tasks on
-            whose side (same group or not) the replicate agrees with the consensus.
+        stability: ``[n]`` per task, leave one replicate out: the mean over replicates ``r`` of
+            the fraction of other tasks on whose side (same group or not) the consensus of the
+            other replicates agrees with the full consensus (with two replicates, each one alone;
+            with one, 1).  Low for a task whose place hinges on a single training.
         p_value, observed, null_stats, null_k, n_perm: the calibrated test (``p_value`` is None
             with one replicate: no such test exists).
     """
@@ -95,6 +97,23 @@ def _relabelled(Us: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     return np.mean(out, axis=0)
 
 
+def _leave_one_out(Z: list[np.ndarray], labels: np.ndarray, k, penalty, penalty_scale, solver) -> np.ndarray:
+    """Per task, how often the consensus without one replicate keeps its side of every other task
+    (see :attr:`Consensus.stability`)."""
+    n = labels.size
+    if len(Z) < 2 or n < 2:
+        return np.ones(n)
+    same = labels[:, None] == labels[None, :]
+    off = ~np.eye(n, dtype=bool)
+    agree = []
+    for r in range(len(Z)):
+        U_r = np.mean([z for i, z in enumerate(Z) if i != r], axis=0)
+        g_r = group_tasks(U_r, penalty=penalty, solver=solver) if penalty is not None and k is None else \
+            group_tasks(U_r, k=k, penalty_scale=penalty_scale, solver=solver)
+        agree.append(((g_r.labels[:, None] == g_r.labels[None, :]) == same)[off].reshape(n, n - 1).mean(axis=1))
+    return np.mean(agree, axis=0)
+
+
 def consensus(Us: Sequence[np.ndarray], k: int | None = None, penalty: float | None = None,
               penalty_scale: float = DEFAULT_PENALTY_SCALE, n_perm: int = 200, seed: int | None = 0, solver: str = "auto",
               backend=None) -> Consensus:
@@ -118,10 +137,7 @@ def consensus(Us: Sequence[np.ndarray], k: int | None = None, penalty: float | N
     g_rule = group_tasks(U_c, k=k, penalty_scale=penalty_scale, solver=solver)  # the grouping the null draws also get
     g = group_tasks(U_c, penalty=penalty, solver=solver) if penalty is not None and k is None else g_rule
     C = co_association([r.labels for r in reps])
-    same_c = g.labels[:, None] == g.labels[None, :]
-    off = ~np.eye(n, dtype=bool)
-    stability = np.mean([((r.labels[:, None] == r.labels[None, :]) == same_c)[off].reshape(n, n - 1).mean(axis=1)
-                         for r in reps], axis=0) if n > 1 else np.ones(n)
+    stability = _leave_one_out(Z, g.labels, k, penalty, penalty_scale, solver)
     observed = within_between_contrast(U_c, g_rule.labels)
     if len(Us) < 2:
         return Consensus(U_c, C, g, reps, stability, None, observed, np.empty(0), np.empty(0, dtype=np.int64), 0)
