@@ -12,6 +12,8 @@ No training: synthetic health tables, and the pipeline replaced by a stub for th
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import importlib.util
 import io
@@ -26,6 +28,8 @@ import torch
 from policygradex import cli
 from policygradex.config import RunConfig
 from policygradex.pipeline import RunResult
+from policygradex.errors import UserError
+from policygradex.estimate.collect import MetaPolicy
 from policygradex.report import signal_sentence, signal_summary, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,14 +105,15 @@ def test_fmt_p():
 
 # ---------------------------------------------------------------- the signal verdict
 
-def _meta(n: int, collapsed: set[int], probe_healthy: bool = True) -> dict:
+def _meta(n: int, collapsed: set[int], probe_healthy: bool = True) -> MetaPolicy:
     names = [f"task-{i:02d}" for i in range(n)]
     signal = {name: {"adv_scale": 1e-4 if i in collapsed else 0.1, "frac_positive": 0.5, "mean_abs_adv": 0.1,
                      "collapsed": i in collapsed, "reason": "advantage scale 1.00e-04 < 1e-03" if i in collapsed else ""}
               for i, name in enumerate(names)}
-    return {"checkpoint": "step_000005120.pt", "step": 5120, "mean_return": 30.0, "per_task_return": {t: 30.0 for t in names},
-            "healthy": probe_healthy, "signal": signal, "training_returns": {},
-            "probes": [{"checkpoint": "step_000005120.pt", "healthy_task_frac": 0.7, "overall": {"adv_scale": 0.1, "frac_positive": 0.5}}]}
+    return MetaPolicy.from_dict({  # a file written before probe_met_rule was recorded: only "healthy"
+        "checkpoint": "step_000005120.pt", "step": 5120, "mean_return": 30.0, "per_task_return": {t: 30.0 for t in names},
+        "healthy": probe_healthy, "signal": signal, "training_returns": {},
+        "probes": [{"checkpoint": "step_000005120.pt", "healthy_task_frac": 0.7, "overall": {"adv_scale": 0.1, "frac_positive": 0.5}}]})
 
 
 @pytest.mark.parametrize("n,collapsed,min_frac,run_level", [
@@ -135,9 +140,20 @@ def test_signal_summary_follows_the_table(n, collapsed, min_frac, run_level):
 
 def test_probe_met_rule_from_new_and_old_meta_files():
     meta = _meta(4, {1}, probe_healthy=True)
-    assert signal_summary({**meta, "probe_met_rule": False}, 0.8)["probe_met_rule"] is False
+    assert signal_summary(dataclasses.replace(meta, probe_met_rule=False), 0.8)["probe_met_rule"] is False
     assert signal_summary(meta, 0.8)["probe_met_rule"] is True          # older file: only "healthy"
     assert signal_summary(_meta(4, {0, 1, 2, 3}, probe_healthy=False), 0.8)["probe_met_rule"] is None  # cannot tell
+
+
+def test_meta_policy_file_round_trips_and_names_bad_fields():
+    meta = _meta(3, {1})
+    assert MetaPolicy.from_dict(meta.to_dict()) == meta
+    d = meta.to_dict()
+    del d["signal"]
+    with pytest.raises(UserError, match=r"m\.json: missing signal; rerun"):
+        MetaPolicy.from_dict(d, "m.json")
+    with pytest.raises(UserError, match="unknown stepz"):
+        MetaPolicy.from_dict({**meta.to_dict(), "stepz": 1}, "m.json")
 
 
 def test_signal_sentence_shortens_long_lists():
@@ -152,23 +168,23 @@ class _Suite:
         self.name, self.n, self.names = "synthetic", n, [f"task-{i:02d}" for i in range(n)]
 
 
-def _groups(meta: dict, cfg: RunConfig, p: float = 0.01) -> dict:
-    names = list(meta["signal"])
+def _groups(meta: MetaPolicy, cfg: RunConfig, p: float = 0.01) -> dict:
+    names = list(meta.signal)
     signal = signal_summary(meta, cfg.estimate.min_healthy_frac)
     return {"tasks": names, "groups": [names], "k": 1, "labels": [0] * len(names), "penalty": 1.0, "objective": 0.0,
             "rounded_objective": 0.0, "solver": "CLARABEL",
             "delta": {"target": 0.01, "lam": 1.0, "median": 0.01, "min": 0.01, "max": 0.01, "mean": 0.01},
             "null_p": p, "null_statistic": {"name": "contrast", "observed": 1.0, "null_mean": 0.0, "null_q95": 0.5, "permutations": 200},
             "distinguishable_from_noise": p < cfg.group.alpha, "signal_collapsed": signal["run_level_collapsed"], "signal": signal,
-            "meta_policy": {"checkpoint": meta["checkpoint"], "step": meta["step"], "mean_return": meta["mean_return"]},
+            "meta_policy": {"checkpoint": meta.checkpoint, "step": meta.step, "mean_return": meta.mean_return},
             "subsets": {"m": 10, "size": 5, "min_pair_count": 3},
             "stability": {"per_task": {t: 1.0 for t in names}, "mean_ari": 1.0, "resamples": 5},
             "approx_error_at_delta": {"median": 0.01, "max": 0.02, "subsets": 5, "delta_median": 0.01}}
 
 
-def _report(tmp_path: Path, meta: dict) -> str:
+def _report(tmp_path: Path, meta: MetaPolicy) -> str:
     cfg = RunConfig()
-    write_report(tmp_path, _Suite(len(meta["signal"])), cfg, meta, _groups(meta, cfg),
+    write_report(tmp_path, _Suite(len(meta.signal)), cfg, meta, _groups(meta, cfg),
                  SimpleNamespace(converged=torch.ones(10, dtype=torch.bool)))
     return (tmp_path / "report.md").read_text()
 

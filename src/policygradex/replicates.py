@@ -70,7 +70,7 @@ def replicate_config(cfg: RunConfig, i: int, pinned_step: int | None = None) -> 
 def pinned_steps(first: Estimate, r: int) -> list[int]:
     """The steps of the ``r - 1`` checkpoints nearest to replicate 0's theta* (later first on ties)."""
     steps = [int(p.stem.split("_")[1]) for p in first.checkpoints]
-    own = int(first.theta.meta["step"])
+    own = int(first.theta.meta.step)
     others = sorted((s for s in steps if s != own), key=lambda s: (abs(s - own), -s))
     if len(others) < r - 1:
         raise UserError(f"--replicate-over checkpoints with --replicates {r} needs {r} checkpoints; the training has "
@@ -83,7 +83,7 @@ def window_steps(e: Estimate, w: int) -> list[int]:
     (``theta_window``): the next ones after theta*, then the nearest before it when training ends
     first; fewer when the training has fewer checkpoints (``groups.json`` lists those used)."""
     steps = sorted(int(p.stem.split("_")[1]) for p in e.checkpoints)
-    own = int(e.theta.meta["step"])
+    own = int(e.theta.meta.step)
     later, earlier = [s for s in steps if s > own], [s for s in reversed(steps) if s < own]
     return (later + earlier)[:w - 1]
 

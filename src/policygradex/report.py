@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import io
 import warnings
 from pathlib import Path
@@ -13,6 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import artifacts as art  # noqa: E402
+
+if TYPE_CHECKING:
+    from .estimate.collect import MetaPolicy
 
 
 def num(x, spec: str) -> str:
@@ -53,7 +58,7 @@ def affinity_heatmap(U: np.ndarray, names: list[str], labels, path: Path) -> Non
     save_png(fig, path)
 
 
-def signal_summary(meta: dict, min_healthy_frac: float) -> dict:
+def signal_summary(meta: MetaPolicy, min_healthy_frac: float) -> dict:
     """The run-level reading of theta*'s per-task signal health table (``meta_policy.json["signal"]``,
     the table of report.md): which tasks are collapsed, and whether the run-level rule holds.
 
@@ -62,7 +67,7 @@ def signal_summary(meta: dict, min_healthy_frac: float) -> dict:
     applied to the collection's table, so the verdict follows the table that the report shows.
     ``probe_met_rule`` says whether the checkpoint's short probe met the rule (False: no probed
     checkpoint did and theta* is the one with the largest advantage scale)."""
-    table = meta["signal"]
+    table = meta.signal
     collapsed = [name for name, h in table.items() if h["collapsed"]]
     n = len(table)
     healthy_frac = (n - len(collapsed)) / n if n else 0.0
@@ -72,12 +77,12 @@ def signal_summary(meta: dict, min_healthy_frac: float) -> dict:
             "probe_met_rule": _probe_met_rule(meta, len(collapsed) == n)}
 
 
-def _probe_met_rule(meta: dict, all_collapsed: bool) -> bool | None:
+def _probe_met_rule(meta: MetaPolicy, all_collapsed: bool) -> bool | None:
     """Whether theta*'s probe met the rule (``meta_policy.json``; older files only say
     ``healthy`` = probe met it and not every task collapsed: None when that cannot tell)."""
-    if "probe_met_rule" in meta:
-        return bool(meta["probe_met_rule"])
-    return None if all_collapsed else bool(meta.get("healthy", True))
+    if meta.probe_met_rule is not None:
+        return bool(meta.probe_met_rule)
+    return None if all_collapsed else bool(meta.healthy)
 
 
 def signal_sentence(signal: dict, max_names: int | None = None) -> str | None:
@@ -135,7 +140,7 @@ def _stability_line(stab: dict | None) -> str:
             f"replicates' own groupings): {per_task}.")
 
 
-def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> None:
+def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit) -> None:
     est = cfg.estimate
     lines = [f"# PolicyGradEx run: `{suite.name}` ({suite.n} tasks)", ""]
     trust = []
@@ -193,12 +198,12 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> No
                f"{ae['subsets']} subsets, held-out rows): median {ae['median']:.2%}, max {ae['max']:.2%}. "
                "`policygradex validate` measures it along real fine-tuning paths." if ae else ""), "",
               "## Meta-policy theta*", "",
-              f"Checkpoint `{meta['checkpoint']}` (step {meta['step']:,}), mean per-task return {num(meta['mean_return'], '.1f')} "
+              f"Checkpoint `{meta.checkpoint}` (step {meta.step:,}), mean per-task return {num(meta.mean_return, '.1f')} "
               f"over the collection episodes.", "",
               "| task | return | adv scale | % positive | signal |", "|---|---:|---:|---:|---|"]
     for name in suite.names:
-        s = meta["signal"][name]
-        r = meta["per_task_return"][name]
+        s = meta.signal[name]
+        r = meta.per_task_return[name]
         lines.append(f"| {name} | {'-' if r is None else f'{r:.1f}'} | {s['adv_scale']:.2e} | {s['frac_positive']:.0%} | "
                      f"{'collapsed: ' + s['reason'] if s['collapsed'] else 'ok'} |")
     lines += ["", f"Signal healthy on {signal['n_tasks'] - signal['n_collapsed']} of {signal['n_tasks']} tasks over the collection "
@@ -207,7 +212,7 @@ def write_report(run_dir: Path, suite, cfg, meta: dict, groups: dict, fit) -> No
         lines += ["", "No probed checkpoint met the rule on its short probe; theta* is the probed checkpoint with the largest "
                   "advantage scale. The verdict follows the collection's table above."]
     lines += ["", "Probed checkpoints (newest first):", ""]
-    for p in meta["probes"]:
+    for p in meta.probes:
         lines.append(f"- `{p['checkpoint']}`: healthy on {p['healthy_task_frac']:.0%} of tasks, overall adv scale "
                      f"{p['overall']['adv_scale']:.2e}, {p['overall']['frac_positive']:.0%} positive")
     conv = fit.converged

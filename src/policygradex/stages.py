@@ -30,7 +30,7 @@ from .config import CollectConfig, EvaluateConfig, FeaturesConfig, GroupConfig, 
 from .errors import UserError
 from .estimate.affinity import Affinity, build_affinity, table_affinity
 from .estimate.collect import collect as collect_rollouts
-from .estimate.collect import load_rollouts, select_checkpoint
+from .estimate.collect import MetaPolicy, load_rollouts, select_checkpoint
 from .estimate.evaluators import EVALUATORS
 from .estimate.features import FeatureStore, build_features
 from .estimate.first_order import logprob_change, relative_error
@@ -91,7 +91,7 @@ class ThetaStar:
     and its model; the rollouts (``collect/rollouts.pt``) are read on demand."""
 
     run_dir: Path
-    meta: dict
+    meta: MetaPolicy
     model: torch.nn.Module
 
     def rollouts(self) -> Collected:
@@ -116,14 +116,11 @@ def _collect(run_dir: Path, cfg: CollectConfig, checkpoints: list[Path]) -> list
     ep = {name: (float(np.mean(r)) if r else None) for name, r in zip(suite.names, c.episode_returns)}
     finite = [v for v in ep.values() if v is not None]
     art.save_torch(run_dir / "collect" / "rollouts.pt", c.to_dict())
-    art.write_json(run_dir / "collect" / "meta_policy.json", {
-        "checkpoint": sel.checkpoint.name, "step": sel.step, "healthy": sel.healthy and not all(h.collapsed for h in health),
-        "probe_met_rule": sel.healthy,
-        "per_task_return": ep, "mean_return": float(np.mean(finite)) if finite else float("nan"),
-        "training_returns": sel.returns,
-        "signal": {name: h.to_dict() for name, h in zip(suite.names, health)},
-        "probes": sel.probes,
-    })
+    art.write_json(run_dir / "collect" / "meta_policy.json", MetaPolicy(
+        checkpoint=sel.checkpoint.name, step=sel.step, healthy=sel.healthy and not all(h.collapsed for h in health),
+        probe_met_rule=sel.healthy, per_task_return=ep, mean_return=float(np.mean(finite)) if finite else float("nan"),
+        training_returns=sel.returns, signal={name: h.to_dict() for name, h in zip(suite.names, health)}, probes=sel.probes,
+    ).to_dict())
     return ["collect/rollouts.pt", "collect/meta_policy.json"]
 
 
@@ -138,20 +135,20 @@ def train_dir(run_dir: Path) -> Path:
 
 
 def _load_theta_star(run_dir: Path) -> ThetaStar:
-    meta = art.read_json(run_dir / "collect" / "meta_policy.json")
-    model = load_checkpoint(train_dir(run_dir) / "checkpoints" / meta["checkpoint"])[0]
+    meta = MetaPolicy.read(run_dir)
+    model = load_checkpoint(train_dir(run_dir) / "checkpoints" / meta.checkpoint)[0]
     return ThetaStar(run_dir, meta, model)
 
 
 COLLECT = StageDef("collect", ("train",), _collect, _load_theta_star)
 
 
-def check_min_return(meta: dict, min_return: float) -> None:
+def check_min_return(meta: MetaPolicy, min_return: float) -> None:
     """Refuse a meta-policy too weak to trust (``--min-return``): the mean per-task return of
     theta*'s collection episodes, or of its last training episodes when collection finished none."""
-    ret, source = meta["mean_return"], "collection"
+    ret, source = meta.mean_return, "collection"
     if ret is None or not math.isfinite(ret):
-        finite = [v for v in (meta.get("training_returns") or {}).values() if v is not None]
+        finite = [v for v in (meta.training_returns or {}).values() if v is not None]
         ret, source = (float(np.mean(finite)), "training") if finite else (None, None)
     if ret is None:
         raise UserError(f"--min-return {min_return}: no episode of theta* finished, so its return is unknown; "
@@ -424,8 +421,8 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
         "verdict": verdict(cfg, len(estimates), p),
         "signal_collapsed": signal["run_level_collapsed"],
         "signal": signal,
-        "meta_policy": {"checkpoint": meta["checkpoint"], "step": meta["step"], "mean_return": meta["mean_return"],
-                        "window_steps": [int(w.theta.meta["step"]) for w in first.window]},
+        "meta_policy": {"checkpoint": meta.checkpoint, "step": meta.step, "mean_return": meta.mean_return,
+                        "window_steps": [int(w.theta.meta.step) for w in first.window]},
         "subsets": {"m": int(members.shape[0]), "size": first.subsets.size, "min_pair_count": int(min_pairs)},
         "stability": stability,
         "approx_error_at_delta": approx,
@@ -462,9 +459,9 @@ def _replicates_summary(estimates: list[Estimate], affs: list[Affinity], cons: C
     out = []
     for i, (e, a, g) in enumerate(zip(estimates, affs, cons.replicate_groupings)):
         out.append({"replicate": i, "dir": "." if i == 0 else f"replicates/r{i}", "groups": [[names[j] for j in grp] for grp in g.groups],
-                    "k": int(g.k), "labels": [int(x) for x in g.labels], "checkpoint": e.theta.meta["checkpoint"],
-                    "step": e.theta.meta["step"], "mean_return": e.theta.meta["mean_return"], "min_pair_count": int(a.min_pair_count),
-                    "window_steps": [int(w.theta.meta["step"]) for w in e.window]})
+                    "k": int(g.k), "labels": [int(x) for x in g.labels], "checkpoint": e.theta.meta.checkpoint,
+                    "step": e.theta.meta.step, "mean_return": e.theta.meta.mean_return, "min_pair_count": int(a.min_pair_count),
+                    "window_steps": [int(w.theta.meta.step) for w in e.window]})
     return {"tasks": names, "replicates": out, "consensus_labels": [int(x) for x in cons.grouping.labels],
             "null_k": [int(k) for k in cons.null_k]}
 

@@ -42,13 +42,14 @@ import numpy as np
 import torch
 
 from ..artifacts import read_json
+from ..errors import UserError
 from ..config import PPOConfig, SACConfig
 from ..rl.checkpoint import load_checkpoint
 from ..rl.collected import Collected, SignalHealth, signal_health
 from ..rl.learners import learner_for
 from ..tasks import TaskSuite
 
-__all__ = ["SignalHealth", "signal_health", "Collected", "load_rollouts", "load_meta_policy", "collect", "Selection",
+__all__ = ["SignalHealth", "signal_health", "Collected", "MetaPolicy", "load_rollouts", "load_meta_policy", "collect", "Selection",
            "select_checkpoint"]
 
 
@@ -58,10 +59,53 @@ def load_rollouts(run_dir: str | Path) -> Collected:
     return Collected.from_dict(torch.load(path, weights_only=False), str(path))
 
 
+@dataclass(frozen=True)
+class MetaPolicy:
+    """``collect/meta_policy.json``: the checkpoint chosen as theta* and what the collection saw.
+
+    ``signal``: task -> its :class:`SignalHealth` as a dict (adv_scale, frac_positive, collapsed,
+    reason, ...) over the collection; ``probes``: every probed checkpoint's health, newest first;
+    ``probe_met_rule``: whether theta*'s short probe met the choice rule (None in files written
+    before it was recorded); ``healthy``: the rule held and not every task collapsed."""
+
+    checkpoint: str
+    step: int
+    mean_return: float
+    per_task_return: dict[str, float | None]
+    signal: dict[str, dict]
+    probes: list[dict]
+    healthy: bool = True
+    probe_met_rule: bool | None = None
+    training_returns: dict[str, float | None] | None = None
+
+    REQUIRED = ("checkpoint", "step", "mean_return", "per_task_return", "signal", "probes")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "meta_policy.json") -> "MetaPolicy":
+        """Checked: a missing field or an unknown one is named (with ``where``)."""
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        missing = [k for k in cls.REQUIRED if k not in d]
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if missing or unknown:
+            raise UserError(f"{where}: " + "; ".join(x for x in (f"missing {', '.join(missing)}" if missing else "",
+                                                                 f"unknown {', '.join(unknown)}" if unknown else "") if x)
+                            + "; rerun to recompute the collect stage")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> "MetaPolicy":
+        path = Path(run_dir) / "collect" / "meta_policy.json"
+        return cls.from_dict(read_json(path), str(path))
+
+
 def load_meta_policy(run_dir: str | Path):
     """The model theta* that the collect stage chose (``collect/meta_policy.json``) from a run directory."""
-    meta = read_json(Path(run_dir) / "collect" / "meta_policy.json")
-    model, _, _, _ = load_checkpoint(Path(run_dir) / "train" / "checkpoints" / meta["checkpoint"])
+    meta = MetaPolicy.read(run_dir)
+    model, _, _, _ = load_checkpoint(Path(run_dir) / "train" / "checkpoints" / meta.checkpoint)
     return model
 
 
