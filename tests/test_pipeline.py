@@ -130,6 +130,7 @@ def test_corrupted_feature_file_is_recomputed(planted_run, tmp_path):
     (["--transitions", "3"], ["--transitions"]),
     (["--coverage", "0"], ["--coverage"]),
     (["--null-permutations", "0"], ["--null-permutations"]),
+    (["--theta-window", "0"], ["--theta-window", "greater than or equal to 1"]),
 ])
 def test_bad_run_options(tmp_path, args, needles):
     proc = run_cli("run", "--suite", "cartpole-planted", "--steps", "64", *args, "--out", str(tmp_path / "o"))
