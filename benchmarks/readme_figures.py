@@ -167,6 +167,7 @@ def render_trust(res: dict) -> str:
         lines.append(f"| {fam} | {r['replicates']} | {right} | {wrong} | {r['significant']}/{n}{cal} | {r['mean_cost_seconds']:.0f} s |")
     prov = res.get("provenance", {})
     command = re.sub(r" --work \S*/runs/bench_trust\b", "", prov.get("command", "python benchmarks/bench_trust.py"))  # the default
+    command = re.sub(r" --base \S+", "", command)  # trainings copied from an earlier variant's directories: the same answers
     partial = "" if res.get("complete", True) else " Partial: not every planned answer is in yet."
     lines += ["", prose(f"Right: the planted partition exactly (NMI 1) for the planted families; \"not distinguishable from "
                         f"noise\" for identical tasks. Cost: the stage seconds an answer rests on (serial). "
