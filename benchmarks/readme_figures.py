@@ -160,8 +160,9 @@ def render_trust(res: dict) -> str:
         fam = FAMILY_TITLES.get(r["family"], r["family"]) + (", `--k 2`" if r["mode"] == "k2" else "")
         n = r["seeds_done"]
         right = f"{r['right']}/{n}" if r.get("right") is not None else "–"
-        if r.get("mean_pairwise_nmi") is not None:
-            right = f"cross-seed NMI {r['mean_pairwise_nmi']:.2f}"
+        if r.get("mean_pairwise_nmi") is not None:  # no known answer: do the seeds agree?
+            same = round(r["verdict_consistency"] * n)
+            right = f"cross-seed NMI {r['mean_pairwise_nmi']:.2f}; one verdict in {same}/{n}"
         wrong = str(r["wrong_but_significant"]) if r.get("wrong_but_significant") is not None else "–"
         cal = "" if r.get("calibrated") else " (not calibrated)"
         lines.append(f"| {fam} | {r['replicates']} | {right} | {wrong} | {r['significant']}/{n}{cal} | {r['mean_cost_seconds']:.0f} s |")
@@ -170,7 +171,8 @@ def render_trust(res: dict) -> str:
     command = re.sub(r" --base \S+", "", command)  # trainings copied from an earlier variant's directories: the same answers
     partial = "" if res.get("complete", True) else " Partial: not every planned answer is in yet."
     lines += ["", prose(f"Right: the planted partition exactly (NMI 1) for the planted families; \"not distinguishable from "
-                        f"noise\" for identical tasks. Cost: the stage seconds an answer rests on (serial). "
+                        f"noise\" for identical tasks; for a family without a known answer, how alike the seeds' groupings are "
+                        f"(mean pairwise NMI) and how many seeds share the most common verdict. Cost: the stage seconds an answer rests on (serial). "
                         f"`{command}` at commit {prov.get('git_commit', '?')} "
                         f"on {machine(res)} (`benchmarks/results/trust.json`).{partial}")]
     return "\n".join(lines)
