@@ -28,7 +28,7 @@ import torch
 from . import artifacts as art
 from .config import CollectConfig, EvaluateConfig, FeaturesConfig, GroupConfig, PPOConfig, SACConfig, SubsetsConfig, SurrogateConfig
 from .errors import UserError
-from .estimate.affinity import Affinity, build_affinity, table_affinity
+from .estimate.affinity import Affinity, as_tables, build_affinity, table_affinity
 from .estimate.collect import collect as collect_rollouts
 from .estimate.collect import MetaPolicy, load_rollouts, select_checkpoint
 from .estimate.evaluators import EVALUATORS
@@ -314,7 +314,7 @@ def group_with_null(f: np.ndarray | list[np.ndarray], members: np.ndarray, cfg: 
     """Affinity (of the first table), grouping and null test of a performance table, or of one
     training's tables (theta* and its window: :func:`table_affinity`), as the group stage makes
     them (also used on validate's ground truth)."""
-    tables = f if isinstance(f, (list, tuple)) else [f]
+    tables = as_tables(f)
     aff = build_affinity(tables[0], members)
     nt = null_test(f, members, k=cfg.k, penalty_scale=cfg.penalty_scale, n_perm=cfg.null_permutations,
                    seed=cfg.null_seed, solver=cfg.solver, backend=backend)

@@ -50,7 +50,7 @@ import numpy as np
 from ..errors import UserError
 
 __all__ = ["Affinity", "AffinityInputError", "build_affinity", "consensus_affinity", "standardize_offdiagonal", "standardize_per_task",
-           "table_affinity"]
+           "table_affinity", "as_tables"]
 
 
 class AffinityInputError(UserError, ValueError):
@@ -202,6 +202,11 @@ def standardize_offdiagonal(U: np.ndarray) -> np.ndarray:
 def consensus_affinity(Us: Sequence[np.ndarray]) -> np.ndarray:
     """The mean of the replicates' off-diagonal-standardized affinities."""
     return np.mean([standardize_offdiagonal(U) for U in Us], axis=0)
+
+
+def as_tables(f: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One performance table, or one training's tables (theta* and its window), as a list of float arrays."""
+    return [np.asarray(t, dtype=np.float64) for t in (f if isinstance(f, (list, tuple)) else [f])]
 
 
 def table_affinity(tables: Sequence[np.ndarray], members: np.ndarray) -> np.ndarray:

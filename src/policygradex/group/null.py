@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import Resources, Unit
-from ..estimate.affinity import build_affinity, table_affinity
+from ..estimate.affinity import as_tables, build_affinity, table_affinity
 from .sdp import DEFAULT_PENALTY_SCALE, Grouping, GroupingInputError, canonical_labels, group_tasks
 
 __all__ = ["NullTest", "null_test", "solve_null_affinities", "within_between_contrast"]
@@ -167,7 +167,7 @@ def null_test(
     """
     if isinstance(n_perm, (bool, np.bool_)) or not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
         raise GroupingInputError(f"n_perm must be an integer >= 1; got {n_perm!r}")
-    tables = [np.asarray(t, dtype=np.float64) for t in (f if isinstance(f, (list, tuple)) else [f])]
+    tables = as_tables(f)
     aff = build_affinity(tables[0], members)  # validates f and members
     m_arr = ~np.isnan(aff.z)
     U = table_affinity(tables, m_arr)  # validates the other tables

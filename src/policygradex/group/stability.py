@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from ..estimate.affinity import table_affinity
+from ..estimate.affinity import as_tables, table_affinity
 from .sdp import group_tasks
 
 
 def bootstrap_stability(f: np.ndarray, members: np.ndarray, labels: np.ndarray, k: int | None = None,
                         penalty_scale: float = 4.0, solver: str = "auto", n_boot: int = 50, seed: int = 0) -> dict:
-    tables = [np.asarray(t) for t in (f if isinstance(f, (list, tuple)) else [f])]  # several: one training's checkpoints
+    tables = as_tables(f)  # several: one training's checkpoints
     labels = np.asarray(labels)
     n = labels.size
     same = labels[:, None] == labels[None, :]
