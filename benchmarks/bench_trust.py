@@ -3,9 +3,9 @@
 Families (``--families``, comma-separated; default all):
 
   planted      ``cartpole-planted`` at suite seeds 0-9: right = NMI 1 against the planted partition.
-  goalline     ``benchmarks/suites/goalline.toml``: 9 GoalLine tasks (a custom environment module,
-               ``benchmarks/envs/goalline.py``, registered through gymnasium as users do) in three
-               planted clusters, pipeline seeds 0-4: right = NMI 1.
+  thrusters    ``benchmarks/suites/thrusters.toml``: 9 Thrusters tasks (a custom environment module,
+               ``benchmarks/envs/thrusters.py``, registered through gymnasium as users do) in three
+               planted clusters by thruster wiring, pipeline seeds 0-4: right = NMI 1.
   identical    ``benchmarks/suites/identical.toml``: 8 CartPole-v1 tasks that differ only in their
                task id, pipeline seeds 0-19, in auto-k and with ``--k 2``: right = not
                distinguishable from noise.
@@ -18,7 +18,10 @@ directory (``runs/bench_trust/<variant>/<family>/seed<s>/``) is reused across R 
 that replicate 0 is the R = 1 run and R = 5 adds two replicates to R = 3: the pipeline's own stage
 cache makes the benchmark resumable and incremental.  Each answer is cached as a small JSON
 (``.../answers/``); a rerun skips what is cached, so the benchmark resumes across sessions
-(``--max-minutes`` stops it cleanly between answers).
+(``--max-minutes`` stops it cleanly between answers).  The result file keeps every answer, and a
+work directory without an answer that the committed result file holds takes it from there (a
+fresh clone resumes where the last session stopped instead of recomputing hours of answers); the
+file summarizes every cached answer of the families above, not only those of this call.
 
 Cost: the ``seconds`` of every stage manifest the answer rests on (replicates 0..R-1 and the group
 stage), i.e. what a fresh serial run at R takes on this machine, and the wall time of the call
@@ -60,10 +63,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import policygradex, save  # noqa: E402
+from common import policygradex, provenance, save  # noqa: E402
 
 ROOT = HERE.parent
-SUITES, ENVS = HERE / "suites", HERE / "envs"
+SUITES, ENVS, RESULTS = HERE / "suites", HERE / "envs", HERE / "results"
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,8 @@ class Family:
 
 FAMILIES = {
     "planted": Family(("--suite", "cartpole-planted", "--suite-seed", "{seed}"), 10, ("auto",), "nmi"),
-    "goalline": Family(("--suite", str(SUITES / "goalline.toml"), "--seed", "{seed}"), 5, ("auto",), "nmi",
-                       (("PYTHONPATH", str(ENVS)),)),
+    "thrusters": Family(("--suite", str(SUITES / "thrusters.toml"), "--seed", "{seed}"), 5, ("auto",), "nmi",
+                        (("PYTHONPATH", str(ENVS)),)),
     "identical": Family(("--suite", str(SUITES / "identical.toml"), "--seed", "{seed}"), 20, ("auto", "k2"), "noise"),
     "cartpole": Family(("--suite", "cartpole", "--seed", "{seed}"), 5, ("auto",), "agreement"),
     "lunarlander": Family(("--suite", "lunarlander", "--seed", "{seed}"), 5, ("auto",), "agreement"),
@@ -137,13 +140,14 @@ def answer(work: Path, name: str, fam: Family, seed: int, R: int, mode: str, wor
     args = [a.replace("{seed}", str(seed)) for a in fam.args] + ["--replicates", str(R), "--workers", str(workers)]
     args += ["--k", "2"] if mode == "k2" else []
     wall, _ = policygradex("run", *args, *extra, "--out", str(run_dir), env=dict(fam.env), cwd=ROOT)
+    prov = provenance()  # answers accumulate over sessions (and machines): each says where it was computed
     g = json.loads((run_dir / "groups.json").read_text())
     v = g.get("verdict", {})
     out = {"family": name, "seed": seed, "replicates": R, "mode": mode, "k": g["k"], "groups": g["groups"], "labels": g["labels"],
            "p": g["null_p"], "distinguishable": g["distinguishable_from_noise"], "calibrated": v.get("calibrated"),
            "test": v.get("test"), "nmi": g.get("nmi_vs_true_partition"), "cost_seconds": round(_stage_seconds(run_dir, R), 1),
            "window_seconds": round(_window_seconds(run_dir, R), 1),
-           "wall_seconds": round(wall, 1)}
+           "wall_seconds": round(wall, 1), "computed": {k: prov[k] for k in ("date", "git_commit", "cpu_model", "nproc")}}
     if fam.truth == "nmi":
         out["right"] = out["nmi"] is not None and out["nmi"] > 1 - 1e-9
         out["wrong_but_significant"] = (not out["right"]) and out["distinguishable"]
@@ -154,6 +158,30 @@ def answer(work: Path, name: str, fam: Family, seed: int, R: int, mode: str, wor
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, cache)
     return out
+
+
+def restore_answers(work: Path, results: Path) -> int:
+    """Copy into ``work/answers`` each answer of the committed result file that is not cached there
+    (of a family still on the scoreboard); how many."""
+    if not results.is_file():
+        return 0
+    n = 0
+    for a in json.loads(results.read_text()).get("answers", []):
+        cache = work / "answers" / f"{a['family']}-seed{a['seed']}-R{a['replicates']}-{a['mode']}.json"
+        if a["family"] in FAMILIES and not cache.is_file():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(a, indent=1))
+            os.replace(tmp, cache)
+            n += 1
+    return n
+
+
+def cached_answers(work: Path) -> list[dict]:
+    """Every cached answer of a family on the scoreboard, in scoreboard order."""
+    out = [json.loads(p.read_text()) for p in sorted((work / "answers").glob("*.json"))]
+    out = [a for a in out if a["family"] in FAMILIES and a["seed"] < FAMILIES[a["family"]].seeds]
+    return sorted(out, key=lambda a: (list(FAMILIES).index(a["family"]), a["replicates"], a["mode"], a["seed"]))
 
 
 def _mean_pairwise_nmi(labels: list[list[int]]) -> float | None:
@@ -224,7 +252,11 @@ def main() -> int:
     Rs = [1] if args.quick else [int(r) for r in args.replicates.split(",")]
     work = args.work / (args.variant or "default")
     extra = shlex.split(args.extra)
-    t0, answers, stopped = time.monotonic(), [], False
+    name = "trust" + (f"_{args.variant}" if args.variant else "")
+    restored = restore_answers(work, RESULTS / f"{name}.json")
+    if restored:
+        print(f"{restored} answers taken from {RESULTS / (name + '.json')} (not in {work / 'answers'})", flush=True)
+    t0, stopped = time.monotonic(), False
     for R in Rs:
         for name in families:
             fam = FAMILIES[name]
@@ -241,11 +273,10 @@ def main() -> int:
                     except subprocess.CalledProcessError as exc:
                         print(f"{name} seed {seed} R {R} {mode}: failed ({exc.returncode}); skipped", flush=True)
                         continue
-                    answers.append(a)
                     print(f"{name} seed {seed} R {R} {mode}: k {a['k']} p {a['p']:.3f} nmi {a['nmi']} right {a.get('right')} "
                           f"cost {a['cost_seconds']} s", flush=True)
+    answers = cached_answers(work)
     rows = summarize(answers)
-    name = "trust" + (f"_{args.variant}" if args.variant else "")
     save(name, {"variant": args.variant, "extra": args.extra, "complete": not stopped,
                 "rows": rows, "answers": answers})
     print(table(rows))

@@ -122,7 +122,7 @@ def main() -> None:
         "timings_s": {k: v for k, v in r["timings_s"].items() if not isinstance(v, list)},
     }
     print(json.dumps({k: summary[k] for k in ("nmi", "ari", "random_nmi", "spearman", "speedup")}, indent=2))
-    name = "planted" if a.suite == "cartpole-planted" else a.suite.replace("-", "_")
+    name = "planted" if a.suite == "cartpole-planted" else Path(a.suite).stem.replace("-", "_")  # a suite file: its name
     print(save(f"validate_{name}", summary))
 
 

@@ -148,7 +148,7 @@ def render_makerun_row(res: dict) -> str:
             "`python benchmarks/bench_pipeline.py makerun` |")
 
 
-FAMILY_TITLES = {"planted": "`cartpole-planted`, 8 tasks in 2 planted clusters", "goalline": "GoalLine (own env module), 3 planted clusters",
+FAMILY_TITLES = {"planted": "`cartpole-planted`, 8 tasks in 2 planted clusters", "thrusters": "Thrusters (own env module), 9 tasks in 3 planted clusters",
                  "identical": "8 identical CartPole tasks", "cartpole": "`cartpole` (n = 10)", "lunarlander": "`lunarlander` (n = 10)"}
 
 
@@ -173,6 +173,8 @@ def render_trust(res: dict) -> str:
     lines += ["", prose(f"Right: the planted partition exactly (NMI 1) for the planted families; \"not distinguishable from "
                         f"noise\" for identical tasks; for a family without a known answer, how alike the seeds' groupings are "
                         f"(mean pairwise NMI) and how many seeds share the most common verdict. Cost: the stage seconds an answer rests on (serial). "
+                        f"The answers accumulate over calls of `python benchmarks/bench_trust.py` (it resumes from the "
+                        f"answers in the result file; each records where it was computed); the latest call: "
                         f"`{command}` at commit {prov.get('git_commit', '?')} "
                         f"on {machine(res)} (`benchmarks/results/trust.json`).{partial}")]
     return "\n".join(lines)
