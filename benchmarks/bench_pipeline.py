@@ -15,8 +15,9 @@
   python benchmarks/bench_pipeline.py replicates [--replicates 2,3]
       `policygradex run --suite cartpole --replicates R` from empty run dirs with --workers 1 and
       --workers 2: wall times, their ratio, and whether the outputs are byte-identical
-      (pipeline_replicates.json).  Three replicates on two workers take two rounds, so their
-      ratio is at most 1.5; two (or four) can reach 2.
+      (pipeline_replicates.json).  Each replicate's training is a unit and its estimates
+      (theta* and each theta-window member) follow as units of their own, so three replicates
+      on two workers overlap the third training with the first two's estimates.
 
 makerun and quickstart run the command in an empty temporary working directory (so the printed
 paths are the README's runs/default and runs/planted) with COLUMNS=100; `--extra` appends options

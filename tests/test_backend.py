@@ -102,6 +102,38 @@ def lambda_free_mix(ctx, payload):
     return _always_fails(ctx, payload) if payload[1] == "bad" else _flaky(ctx, payload)
 
 
+def _stamp(ctx, payload):
+    """Records when it ran (to check that follow-up units start before the map's other units end)."""
+    import time
+
+    key, seconds = payload
+    start = time.monotonic()
+    time.sleep(seconds)
+    return {"key": key, "start": start, "end": time.monotonic()}
+
+
+def _children(unit, result):
+    """Two follow-up units of every first-level unit, none of theirs."""
+    return [] if "." in unit.key else [Unit(f"{unit.key}.{j}", (f"{unit.key}.{j}", 0.05), unit.tasks) for j in range(2)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_follow_up_units_run_in_the_same_map_as_soon_as_their_parent_is_done(workers):
+    """``then``: a unit's follow-ups join the map when it finishes (a replicate's estimates after
+    its training) - every unit runs once, and with a pool a follow-up starts while a slow
+    first-level unit is still running."""
+    units = [Unit("slow", ("slow", 1.0), ("a",)), Unit("fast", ("fast", 0.05), ("b",))]
+    with LocalBackend(workers=workers) as be:
+        got = {u.key: r for u, r in be.map(_stamp, units, then=_children)}
+    assert sorted(got) == ["fast", "fast.0", "fast.1", "slow", "slow.0", "slow.1"]
+    for parent in ("fast", "slow"):
+        assert all(got[f"{parent}.{j}"]["start"] >= got[parent]["end"] for j in range(2))  # after their parent
+    if workers == 2:
+        assert got["fast.1"]["end"] <= got["slow"]["end"]  # not held back until the slow unit is done
+    with pytest.raises(ValueError, match="unique"):  # a follow-up may not reuse a key of the same map
+        list(LocalBackend().map(_stamp, units, then=lambda u, r: [Unit("fast", ("x", 0), ())]))
+
+
 def test_a_killed_pool_worker_is_retried(tmp_path):
     units = [Unit(f"k{i}", (str(tmp_path / "m"), f"k{i}", "kill" if i == 0 else "raise"), (f"t{i}",)) for i in range(3)]
     with LocalBackend(workers=2, retries=2) as be:
@@ -216,6 +248,14 @@ def test_ray_map_matches_local_and_prepares_shared_inputs_once_per_worker(ray_cl
     assert ray.is_initialized()
     assert {k: r["value"] for k, r in got.items()} == {f"u{i}": i * i + 3 for i in range(8)}
     assert len(list((tmp_path / "log").iterdir())) <= len({r["pid"] for r in got.values()}) <= 2
+
+
+@requires_ray
+def test_ray_runs_follow_up_units(ray_cluster):
+    units = [Unit("slow", ("slow", 1.0), ("a",)), Unit("fast", ("fast", 0.05), ("b",))]
+    got = {u.key: r for u, r in make_backend("ray").map(_stamp, units, then=_children)}
+    assert sorted(got) == ["fast", "fast.0", "fast.1", "slow", "slow.0", "slow.1"]
+    assert all(got[f"{p}.{j}"]["start"] >= got[p]["end"] for p in ("fast", "slow") for j in range(2))
 
 
 @requires_ray

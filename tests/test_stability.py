@@ -24,3 +24,14 @@ def test_planted_structure_is_stable_and_noise_is_not():
     noise = np.where(members, rng.standard_normal(members.shape), np.nan)
     shaky = bootstrap_stability(noise, members, clusters, k=2, n_boot=20, seed=1)
     assert shaky["mean_ari"] < 0.5 and np.mean(shaky["per_task"]) < np.mean(planted["per_task"])
+
+
+def test_side_agreement_counts_the_partners_a_task_keeps():
+    """The measure shared by the bootstrap and the replicates' leave-one-out stability."""
+    from policygradex.group.partitions import side_agreement
+
+    ref = [0, 0, 1, 1]
+    np.testing.assert_allclose(side_agreement(ref, [5, 5, 7, 7]), 1.0)  # same partition, other label names
+    # task 1 moves to the other group: it changes its relation to all 3 others; each other task to 1 of 3
+    np.testing.assert_allclose(side_agreement(ref, [0, 1, 1, 1]), [2 / 3, 0, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(side_agreement(ref, [0, 1, 2, 3]), [2 / 3] * 4)  # all apart: each loses its one partner

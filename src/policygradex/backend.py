@@ -141,13 +141,22 @@ def _format(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def _check_units(units: Iterable[Unit]) -> list[Unit]:
+def _check_units(units: Iterable[Unit], seen: set | None = None) -> list[Unit]:
+    """``units`` as a list, after checking that no key repeats (nor one of ``seen``, the keys of
+    the same map call so far, which it then adds)."""
     units = list(units)
-    keys = [u.key for u in units]
+    keys = [u.key for u in units] + list(seen or ())
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
         raise ValueError(f"unit keys must be unique within one map call; repeated: {dup[:5]}")
+    if seen is not None:
+        seen.update(u.key for u in units)
     return units
+
+
+def _follow(then, unit: Unit, result: Any, seen: set) -> list[Unit]:
+    """The units that ``then`` adds once ``unit`` finished with ``result`` (none without ``then``)."""
+    return [] if then is None else _check_units(then(unit, result) or (), seen)
 
 
 class Backend(ABC):
@@ -162,9 +171,13 @@ class Backend(ABC):
 
     @abstractmethod
     def map(self, fn: Callable[[Any, Any], Any], units: Iterable[Unit], *, shared: Any = None,
-            setup: Callable[[Any], Any] | None = None, resources: Resources = Resources()) -> Iterator[tuple[Unit, Any]]:
+            setup: Callable[[Any], Any] | None = None, resources: Resources = Resources(),
+            then: Callable[[Unit, Any], Iterable[Unit]] | None = None) -> Iterator[tuple[Unit, Any]]:
         """Yield ``(unit, fn(ctx, unit.payload))`` for every unit as it finishes, with
         ``ctx = setup(shared)`` computed once per worker process (``shared`` when no setup).
+        ``then(unit, result)``, called in this process as each unit finishes, returns the units
+        that may start now that it is done (e.g. a replicate's estimates once its training
+        finished); they join the same map, run with the same ``fn``, and are yielded as well.
         Raises :class:`UnitFailed` for a unit that failed ``retries + 1`` times (units still
         running are cancelled)."""
 
@@ -226,18 +239,21 @@ class LocalBackend(Backend):
     def describe(self) -> dict:
         return {**super().describe(), "workers": self.workers}
 
-    def map(self, fn, units, *, shared=None, setup=None, resources=Resources()):
-        units = _check_units(units)
+    def map(self, fn, units, *, shared=None, setup=None, resources=Resources(), then=None):
+        seen: set = set()
+        units = _check_units(units, seen)
         if not units:
             return
         if self.workers == 1:
-            yield from self._serial(fn, units, shared, setup)
+            yield from self._serial(fn, units, shared, setup, then, seen)
         else:
-            yield from self._pool(fn, units, shared, setup, resources)
+            yield from self._pool(fn, units, shared, setup, resources, then, seen)
 
-    def _serial(self, fn, units, shared, setup):
+    def _serial(self, fn, units, shared, setup, then, seen):
         ctx = setup(shared) if setup is not None else shared
-        for unit in units:
+        queue = list(units)
+        while queue:
+            unit = queue.pop(0)
             for attempt in range(1, self.retries + 2):
                 try:
                     result = fn(ctx, unit.payload)
@@ -245,14 +261,17 @@ class LocalBackend(Backend):
                 except Exception as exc:  # noqa: BLE001 - retried, then reported with the unit's tasks
                     if attempt > self.retries or not getattr(exc, "transient", True):  # a rerun would fail the same way
                         raise _failed(unit, attempt, exc, _format(exc), self.name) from exc
+            queue.extend(_follow(then, unit, result, seen))
             yield unit, result
 
-    def _pool(self, fn, units, shared, setup, resources):
+    def _pool(self, fn, units, shared, setup, resources, then, seen):
         attempts = {u.key: 0 for u in units}
         todo = list(units)
         ctx = _mp_context()
         while todo:
-            pool = cf.ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=ctx,
+            # with ``then`` more units may follow: every worker, not one per unit in hand
+            workers = self.workers if then is not None else min(self.workers, len(todo))
+            pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                           initializer=_pool_init, initargs=(setup, shared, resources.threads))
             broken = False
             try:
@@ -276,6 +295,15 @@ class LocalBackend(Backend):
                         except Exception as exc:  # noqa: BLE001
                             self._retry_or_raise(unit, attempts, exc, _format(exc), todo)
                             continue
+                        for u in _follow(then, unit, result, seen):  # start at once, before the caller's turn
+                            attempts[u.key] = 0
+                            if broken:
+                                todo.append(u)  # to the next pool, with the units lost here
+                                continue
+                            attempts[u.key] = 1
+                            f = pool.submit(_pool_call, fn, u.payload)
+                            futures[f] = u
+                            pending.add(f)
                         yield unit, result
                     if broken:
                         for fut in pending:
@@ -413,9 +441,10 @@ class RayBackend(Backend):
     def describe(self) -> dict:
         return {**super().describe(), "address": self.address or "local instance"}
 
-    def map(self, fn, units, *, shared=None, setup=None, resources=Resources()):
+    def map(self, fn, units, *, shared=None, setup=None, resources=Resources(), then=None):
         ray = self._ray
-        units = _check_units(units)
+        seen: set = set()
+        units = _check_units(units, seen)
         if not units:
             return
         box = None if shared is None else [ray.put(shared)]  # once, in the object store; never per unit
@@ -439,6 +468,10 @@ class RayBackend(Backend):
                                       self.name) from None
                     if isinstance(result, _Final):
                         raise _failed(unit, 1, result.exc, result.text, self.name) from None
+                    for u in _follow(then, unit, result, seen):
+                        ref = task.remote(fn, setup, box, resources.threads, u.payload)
+                        refs[ref] = u
+                        pending.append(ref)
                     yield unit, result
         finally:
             for ref in pending:  # interrupted or failed: stop what is still queued or running

@@ -25,7 +25,7 @@ from .estimate.subsets import default_subset_size
 from .report import write_report
 from .stage import Runner
 from . import replicates
-from .stages import COLLECT, EVALUATE, FEATURES, GROUP, SUBSETS, SURROGATE, TRAIN, Estimate, check_min_return
+from .stages import COLLECT, EVALUATE, FEATURES, GROUP, SUBSETS, SURROGATE, TRAIN, Estimate, ThetaStar, check_min_return
 from .tasks import TaskSuite
 from .ui import progress_bar
 
@@ -64,41 +64,58 @@ def run(suite: TaskSuite, cfg: RunConfig, out_dir: str | Path, tensorboard: str 
 
 
 def estimate(suite: TaskSuite, cfg: RunConfig, run_dir: Path, size: int, tensorboard: str | Path | None = None,
-             backend=None, shared: Estimate | None = None, own_theta: bool | None = None) -> Estimate:
+             backend=None, shared: Estimate | None = None, own_theta: bool | None = None, window: bool = True) -> Estimate:
     """Stages 1-6 of one replicate in ``run_dir``: the performance table f(S, i) of every subset,
-    then the same at the next checkpoints of its training (``theta_window``, :attr:`Estimate.window`).
+    then (``window``) the same at the next checkpoints of its training (``theta_window``,
+    :attr:`Estimate.window`).
 
     ``shared``: the first replicate, whose training (``replicate_over = checkpoints``) or whose
     theta* and rollouts (``projection``) this replicate reuses instead of computing its own;
     ``own_theta`` overrides which (a window member shares the training, with its own theta*)."""
-    est, learner, c = cfg.estimate, cfg.learner(), stage_configs(cfg, size)
+    learner, c = cfg.learner(), stage_configs(cfg, size)
     stage = Runner(run_dir, suite_digest(suite))
-    if shared is None:
-        checkpoints = stage(TRAIN, c["train"], suite=suite, tensorboard=tensorboard)      # 1. meta-policy
-    else:
-        checkpoints = stage.reuse("train", shared.digests, shared.checkpoints)
-    if own_theta is None:
-        own_theta = shared is None or cfg.group.replicate_over == "checkpoints"
-    if own_theta:
-        theta = stage(COLLECT, c["collect"], checkpoints=checkpoints)                      # 2. theta* and its rollouts
-    else:
-        theta = stage.reuse("collect", shared.digests, shared.theta)
-    if est.min_return is not None:
-        check_min_return(theta.meta, est.min_return)
+    checkpoints, theta = theta_star(stage, suite, cfg, tensorboard, shared, own_theta)     # 1-2. theta* and its rollouts
     store = stage(FEATURES, c["features"], theta=theta, suite=suite,                       # 3. projected gradients
                   threads=learner.threads, device=learner.device, backend=backend)
     subsets = stage(SUBSETS, c["subsets"], names=suite.names)                              # 4. task subsets
     fit = stage(SURROGATE, c["surrogate"], store=store, subsets=subsets)                   # 5. a surrogate per subset
     f = stage(EVALUATE, c["evaluate"], theta=theta, suite=suite, store=store, subsets=subsets, fit=fit,  # 6. f(S, i)
-              seed=est.seed)
+              seed=cfg.estimate.seed)
     e = Estimate(run_dir, checkpoints, theta, store, subsets, fit, f, dict(stage.digests), list(stage.computed))
-    w = cfg.group.theta_window
-    if w > 1 and cfg.group.replicate_over == "seeds" and run_dir.parent.name != "window":        # theta*'s neighbours
-        e.window = [estimate(suite, replicates.window_config(cfg, step), replicates.window_dir(run_dir, j), size,
-                             backend=backend, shared=e, own_theta=True)
-                    for j, step in enumerate(replicates.window_steps(e, w), 1)]
+    if window:                                                                             # theta*'s neighbours
+        e.window = [estimate(suite, c_j, d_j, size, backend=backend, shared=e, own_theta=True, window=False)
+                    for _, c_j, d_j in window_members(cfg, e)]
         e.computed += [f"window/c{j}/{name}" for j, m in enumerate(e.window, 1) for name in m.computed]
     return e
+
+
+def theta_star(stage: Runner, suite: TaskSuite, cfg: RunConfig, tensorboard=None, shared: Estimate | None = None,
+               own_theta: bool | None = None) -> tuple[list[Path], ThetaStar]:
+    """Stages 1-2 of one replicate (``stage``: its runner): the training's checkpoints and theta*
+    with its rollouts, computed or taken from ``shared`` (see :func:`estimate`)."""
+    if shared is None:
+        checkpoints = stage(TRAIN, cfg.learner(), suite=suite, tensorboard=tensorboard)   # 1. meta-policy
+    else:
+        checkpoints = stage.reuse("train", shared.digests, shared.checkpoints)
+    if own_theta is None:
+        own_theta = shared is None or cfg.group.replicate_over == "checkpoints"
+    if own_theta:
+        theta = stage(COLLECT, cfg.estimate.stage(CollectConfig), checkpoints=checkpoints)  # 2. theta* and its rollouts
+    else:
+        theta = stage.reuse("collect", shared.digests, shared.theta)
+    if cfg.estimate.min_return is not None:
+        check_min_return(theta.meta, cfg.estimate.min_return)
+    return checkpoints, theta
+
+
+def window_members(cfg: RunConfig, e: Estimate) -> list[tuple[int, RunConfig, Path]]:
+    """``(j, config, directory)`` of each member of replicate ``e``'s theta window (none unless
+    ``theta_window > 1`` with independent trainings): theta* pinned to the next checkpoints."""
+    w = cfg.group.theta_window
+    if w <= 1 or cfg.group.replicate_over != "seeds":
+        return []
+    steps = replicates.window_steps(e.checkpoints, e.theta.meta.step, w)
+    return [(j, replicates.window_config(cfg, step), replicates.window_dir(e.run_dir, j)) for j, step in enumerate(steps, 1)]
 
 
 # ============================================================================ replicates
@@ -106,8 +123,13 @@ def estimate(suite: TaskSuite, cfg: RunConfig, run_dir: Path, size: int, tensorb
 
 def estimate_all(suite: TaskSuite, cfg: RunConfig, run_dir: Path, size: int, tensorboard=None, backend=None) -> list[Estimate]:
     """Stages 1-6 of every replicate (``cfg.group.replicates`` of them, :mod:`policygradex.replicates`),
-    replicate 0 (the run directory itself) first.  Replicates are units of ``backend`` when it runs
-    more than one at a time; replicates that share replicate 0's training wait for it."""
+    replicate 0 (the run directory itself) first.
+
+    On a backend that runs several units at once: with independent trainings (``seeds``) each
+    replicate's training and theta* is a unit, and as soon as one is done its estimate and each
+    member of its theta window are units of their own (a worker that finished a training starts
+    another replicate's estimates while the last training runs); replicates that share replicate
+    0's training wait for it and are one unit each.  Results do not depend on the backend."""
     r, over = cfg.group.replicates, cfg.group.replicate_over
     parallel = r > 1 and backend is not None and backend.parallelism > 1
     first = None
@@ -129,29 +151,66 @@ def estimate_all(suite: TaskSuite, cfg: RunConfig, run_dir: Path, size: int, ten
 
 
 def _on_backend(suite: TaskSuite, size: int, todo: list[tuple], shared: Estimate | None, tensorboard, backend) -> dict[int, list[str]]:
-    """The replicates in ``todo`` as units of ``backend``: what each computed, by replicate."""
+    """The replicates in ``todo`` as units of ``backend`` (see :func:`estimate_all`): what each
+    computed, by replicate, in the order of a serial run."""
     ctx = {"suite": suite.to_dict(), "size": size, "tensorboard": None if tensorboard is None else str(tensorboard),
            "shared": None if shared is None else (str(shared.run_dir), shared.digests)}
-    units = [Unit(f"replicate-{i}", (i, c, str(d)), tuple(suite.names), f"replicate {i}", 1.0) for i, c, d in todo]
-    out = {}
-    with progress_bar(len(units), f"replicates ({backend.name}, {backend.parallelism} at a time)", unit="replicates") as bar:
-        for unit, computed in backend.map(_replicate_unit, units, shared=ctx, resources=Resources(cpus=1)):
-            out[unit.payload[0]] = computed
+    split = shared is None  # independent trainings: training, estimate and window members are separate units
+    units = [Unit(f"replicate-{i}", ("theta" if split else "replicate", i, c, str(d)), tuple(suite.names), f"replicate {i}", 1.0)
+             for i, c, d in todo]
+    computed: dict[tuple, list[str]] = {}
+    members = {i: max(0, c.group.theta_window - 1) if split and c.group.replicate_over == "seeds" else 0 for i, c, _ in todo}
+
+    def then(unit: Unit, result) -> list[Unit]:
+        kind, i, c, d = unit.payload[:4]
+        if kind != "theta":
+            return []
+        d = Path(d)
+        e = Estimate(d, TRAIN.load(d), COLLECT.load(d), None, None, None, None, result["digests"], [])
+        window = window_members(c, e)
+        members[i] = len(window)
+        return [Unit(f"replicate-{i}-estimate", ("estimate", i, c, str(d)), unit.tasks, f"replicate {i}: estimate", 1.0)] + [
+            Unit(f"replicate-{i}-window-{j}", ("window", i, c_j, str(d_j), str(d), result["digests"]), unit.tasks,
+                 f"replicate {i}: theta window checkpoint {j}", 1.0) for j, c_j, d_j in window]
+
+    total = sum(2 + members[i] if split else 1 for i, _, _ in todo)
+    with progress_bar(total, f"replicates ({backend.name}, {backend.parallelism} at a time)", unit="units") as bar:
+        for unit, result in backend.map(_replicate_unit, units, shared=ctx, resources=Resources(cpus=1), then=then):
+            kind, i = unit.payload[:2]
+            computed[(i, kind, unit.key)] = result["computed"]
             bar.advance(1, unit.label)
+    out = {}
+    for i, _, _ in todo:  # the order a serial run lists them in: training and theta*, estimate, window members
+        out[i] = [name for (r, kind, key), names in sorted(computed.items(), key=lambda kv: _unit_order(kv[0]))
+                  if r == i for name in ([f"window/c{key.rsplit('-', 1)[1]}/{n}" for n in names] if kind == "window" else names)]
     return out
 
 
-def _replicate_unit(ctx: dict, payload: tuple) -> list[str]:
-    """One replicate's stages 1-6 in a worker, progress bars silenced (several run at once)."""
-    i, cfg, run_dir = payload
+def _unit_order(k: tuple) -> tuple:
+    i, kind, key = k
+    return i, ("theta", "replicate", "estimate", "window").index(kind), int(key.rsplit("-", 1)[1]) if kind == "window" else 0
+
+
+def _replicate_unit(ctx: dict, payload: tuple) -> dict:
+    """One unit of a replicate in a worker, progress bars silenced (several run at once):
+    ``theta`` (its training and theta*), ``estimate`` (stages 3-6 at theta*), ``window`` (one
+    member of its theta window) or ``replicate`` (all of it, sharing replicate 0's training)."""
+    kind, i, cfg, run_dir = payload[:4]
     os.environ["POLICYGRADEX_QUIET"] = "1"
-    suite = TaskSuite.from_dict(ctx["suite"])
-    shared = None
-    if ctx["shared"] is not None:  # replicate 0's training and theta*, read back from its directory
-        d, digests = Path(ctx["shared"][0]), ctx["shared"][1]
-        shared = Estimate(d, TRAIN.load(d), COLLECT.load(d), None, None, None, None, digests, [])
-    tensorboard = ctx["tensorboard"] if i == 0 else None
-    return estimate(suite, cfg, Path(run_dir), ctx["size"], tensorboard, shared=shared).computed
+    suite, run_dir = TaskSuite.from_dict(ctx["suite"]), Path(run_dir)
+    if kind == "theta":
+        stage = Runner(run_dir, suite_digest(suite))
+        theta_star(stage, suite, cfg, ctx["tensorboard"] if i == 0 else None)
+        return {"computed": list(stage.computed), "digests": dict(stage.digests)}
+    if kind == "estimate":
+        return {"computed": estimate(suite, cfg, run_dir, ctx["size"], window=False).computed}
+    if kind == "window":
+        d, digests = Path(payload[4]), payload[5]
+        owner = Estimate(d, TRAIN.load(d), COLLECT.load(d), None, None, None, None, digests, [])
+        return {"computed": estimate(suite, cfg, run_dir, ctx["size"], shared=owner, own_theta=True, window=False).computed}
+    d, digests = Path(ctx["shared"][0]), ctx["shared"][1]  # replicate 0's training and theta*, read back from its directory
+    shared = Estimate(d, TRAIN.load(d), COLLECT.load(d), None, None, None, None, digests, [])
+    return {"computed": estimate(suite, cfg, run_dir, ctx["size"], shared=shared).computed}
 
 
 def stage_configs(cfg: RunConfig, subset_size: int) -> dict[str, StageConfig]:

@@ -17,9 +17,10 @@ between replicates (``--replicate-over``, :func:`replicate_config`):
     one theta* and one set of rollouts (replicate 0's); other projector and subset seeds.
     Captures the estimate's own noise (projection, subset sampling, surrogate fits) only.
 
-:func:`policygradex.pipeline.estimate_all` runs them: with ``seeds`` every replicate is a unit on
-the execution backend (a local process pool or Ray); with the other two, replicate 0 runs first
-(the others reuse its training) and the rest are units.  Each unit runs its stages serially with
+:func:`policygradex.pipeline.estimate_all` runs them: with ``seeds`` each replicate's training
+(with its theta*) is a unit on the execution backend (a local process pool or Ray), and once it is
+done its estimate and each member of its theta window are units of their own; with the other two,
+replicate 0 runs first (the others reuse its training) and the rest are one unit each.  Each unit runs its stages serially with
 its progress bars silenced; the results do not depend on the backend.
 """
 
@@ -78,12 +79,13 @@ def pinned_steps(first: Estimate, r: int) -> list[int]:
     return others[:r - 1]
 
 
-def window_steps(e: Estimate, w: int) -> list[int]:
-    """The steps of the ``w - 1`` checkpoints that join theta* in its training's estimate
-    (``theta_window``): the next ones after theta*, then the nearest before it when training ends
-    first; fewer when the training has fewer checkpoints (``groups.json`` lists those used)."""
-    steps = sorted(int(p.stem.split("_")[1]) for p in e.checkpoints)
-    own = int(e.theta.meta.step)
+def window_steps(checkpoints: list[Path], own: int, w: int) -> list[int]:
+    """The steps of the ``w - 1`` checkpoints (of ``checkpoints``) that join theta* (at step
+    ``own``) in its training's estimate (``theta_window``): the next ones after theta*, then the
+    nearest before it when training ends first; fewer when the training has fewer checkpoints
+    (``groups.json`` lists those used)."""
+    steps = sorted(int(p.stem.split("_")[1]) for p in checkpoints)
+    own = int(own)
     later, earlier = [s for s in steps if s > own], [s for s in reversed(steps) if s < own]
     return (later + earlier)[:w - 1]
 

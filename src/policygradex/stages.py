@@ -106,7 +106,7 @@ def _collect(run_dir: Path, cfg: CollectConfig, checkpoints: list[Path]) -> list
         raise UserError(f"--checkpoint {cfg.checkpoint}: no such checkpoint; available steps: {steps}")
     with console.status("choosing theta*: probing checkpoints' advantage signal"):
         sel = select_checkpoint(checkpoints, cfg.probe_transitions, cfg.min_adv_scale, cfg.min_label_frac,
-                                cfg.min_healthy_frac, cfg.seed, cfg.checkpoint, cfg.signal_keep)
+                                cfg.min_healthy_frac, cfg.seed, cfg.checkpoint, cfg.signal_keep, cfg.progress_cap)
     model, suite, learner_cfg, _ = load_checkpoint(sel.checkpoint)
     steps = math.ceil(cfg.transitions_per_task / cfg.collect_envs_per_task) * cfg.collect_envs_per_task * suite.n
     with progress_bar(steps, f"collect with theta* (step {sel.step:,})") as bar:

@@ -17,7 +17,12 @@ The signal is *collapsed* when ``adv_scale < min_adv_scale`` or the labels are o
 and takes the newest one that (a) is not collapsed on at least ``min_healthy_frac`` of the
 tasks and (b) keeps at least ``keep`` (default 1/2) of the first checkpoint's advantage scale
 (bisection: the scale falls as training proceeds); if none does, it takes the probed one with
-the largest signal and flags the run.  A user can pin a checkpoint instead.
+the largest signal and flags the run.  The search is limited to the checkpoints before the
+training's mean return has made more than ``progress`` (default 1/2) of its improvement from the
+first checkpoint to the best: on tasks without a return ceiling the advantage scale need not
+fall, yet a policy that has learned its tasks has resolved their conflicts all the same (the
+``thrusters`` family of the trust benchmark: docs/decisions.md).  A user can pin a checkpoint
+instead.
 
 Why so early: the affinity measures how tasks' gradients conflict at theta*.  A multi-task
 policy that has mastered its tasks has already resolved their conflicts through the task id,
@@ -45,6 +50,7 @@ from ..artifacts import read_json
 from ..errors import UserError
 from ..config import PPOConfig, SACConfig
 from ..rl.checkpoint import load_checkpoint
+from ..rl.checkpoint_io import read_checkpoint
 from ..rl.collected import Collected, SignalHealth, signal_health
 from ..rl.learners import learner_for
 from ..tasks import TaskSuite
@@ -139,10 +145,33 @@ def _probe(path: Path, probe_transitions: int, min_adv_scale: float, min_label_f
     return Selection(path, ckpt["global_step"], ckpt["returns"], probe, healthy, [])
 
 
+def progress_cap(returns: list[float | None], cap: float | None) -> int:
+    """How many of the checkpoints (oldest first; ``returns``: each one's mean training return, None
+    where no episode finished) theta* may be chosen from: those up to the newest whose return has
+    made at most ``cap`` of the training's improvement, from the first checkpoint's return to the
+    best.  All of them without a cap, without an improvement, or with fewer than two returns."""
+    known = [(i, r) for i, r in enumerate(returns) if r is not None and np.isfinite(r)]
+    if cap is None or len(known) < 2:
+        return len(returns)
+    first, best = known[0][1], max(r for _, r in known)
+    if not best > first:
+        return len(returns)
+    below = [i for i, r in known if r - first <= cap * (best - first)]
+    return max(below) + 1
+
+
+def mean_training_return(path: Path) -> float | None:
+    """A checkpoint's mean per-task training return (None when no task has one yet)."""
+    vals = [v for v in (read_checkpoint(path).get("returns") or {}).values() if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
 def select_checkpoint(checkpoints: list[Path], probe_transitions: int, min_adv_scale: float, min_label_frac: float,
-                      min_healthy_frac: float, seed: int, pinned: int | None = None, keep: float = 0.5) -> Selection:
+                      min_healthy_frac: float, seed: int, pinned: int | None = None, keep: float = 0.5,
+                      progress: float | None = None) -> Selection:
     """The newest checkpoint that keeps at least ``keep`` x the first checkpoint's advantage scale
-    and whose signal is not collapsed (see module docstring).
+    and whose signal is not collapsed (see module docstring), among the checkpoints before the
+    training's returns have made more than ``progress`` of their improvement (:func:`progress_cap`).
 
     The advantage scale falls as training proceeds, so that checkpoint is found by bisection
     (about log2(#checkpoints) probes); every probe is recorded.  Without an acceptable
@@ -150,6 +179,8 @@ def select_checkpoint(checkpoints: list[Path], probe_transitions: int, min_adv_s
     """
     if pinned is not None:
         checkpoints = [c for c in checkpoints if int(c.stem.split("_")[1]) == pinned]
+    elif progress is not None:
+        checkpoints = checkpoints[:progress_cap([mean_training_return(c) for c in checkpoints], progress)]
     probes: dict[int, Selection] = {}
 
     def probe(i: int) -> Selection:

@@ -46,6 +46,7 @@ import numpy as np
 
 from ..estimate.affinity import consensus_affinity, standardize_offdiagonal
 from .null import solve_null_affinities, within_between_contrast
+from .partitions import side_agreement
 from .sdp import DEFAULT_PENALTY_SCALE, Grouping, GroupingInputError, group_tasks
 
 __all__ = ["Consensus", "co_association", "consensus", "consensus_affinity", "standardize_offdiagonal"]
@@ -103,14 +104,12 @@ def _leave_one_out(Z: list[np.ndarray], labels: np.ndarray, k, penalty, penalty_
     n = labels.size
     if len(Z) < 2 or n < 2:
         return np.ones(n)
-    same = labels[:, None] == labels[None, :]
-    off = ~np.eye(n, dtype=bool)
     agree = []
     for r in range(len(Z)):
         U_r = np.mean([z for i, z in enumerate(Z) if i != r], axis=0)
         g_r = group_tasks(U_r, penalty=penalty, solver=solver) if penalty is not None and k is None else \
             group_tasks(U_r, k=k, penalty_scale=penalty_scale, solver=solver)
-        agree.append(((g_r.labels[:, None] == g_r.labels[None, :]) == same)[off].reshape(n, n - 1).mean(axis=1))
+        agree.append(side_agreement(labels, g_r.labels))
     return np.mean(agree, axis=0)
 
 

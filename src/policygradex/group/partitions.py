@@ -21,6 +21,7 @@ __all__ = [
     "partition_matrix",
     "partition_objective",
     "random_grouping",
+    "side_agreement",
 ]
 
 
@@ -48,6 +49,18 @@ def groups_from_labels(labels: Sequence[int] | np.ndarray) -> list[list[int]]:
     lab = canonical_labels(labels)
     k = int(lab.max()) + 1 if lab.size else 0
     return [np.nonzero(lab == c)[0].tolist() for c in range(k)]
+
+
+def side_agreement(reference: Sequence[int] | np.ndarray, other: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Per task i, the fraction of the other tasks j whose relation to i (same group or not) is
+    the same in ``other`` as in ``reference`` (1.0: i keeps exactly its partners).  The measure
+    of both the bootstrap stability and the replicates' leave-one-out stability."""
+    ref, oth = np.asarray(reference), np.asarray(other)
+    n = ref.size
+    if n < 2:
+        return np.ones(n)
+    same = (ref[:, None] == ref[None, :]) == (oth[:, None] == oth[None, :])
+    return same[~np.eye(n, dtype=bool)].reshape(n, n - 1).mean(axis=1)
 
 
 def partition_matrix(labels: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from ..estimate.affinity import as_tables, table_affinity
+from .partitions import side_agreement
 from .sdp import group_tasks
 
 
@@ -23,8 +24,6 @@ def bootstrap_stability(f: np.ndarray, members: np.ndarray, labels: np.ndarray, 
     tables = as_tables(f)  # several: one training's checkpoints
     labels = np.asarray(labels)
     n = labels.size
-    same = labels[:, None] == labels[None, :]
-    off = ~np.eye(n, dtype=bool)
     rng = np.random.default_rng(seed)
     agree = np.zeros(n)
     co = np.zeros((n, n))
@@ -32,9 +31,8 @@ def bootstrap_stability(f: np.ndarray, members: np.ndarray, labels: np.ndarray, 
     for _ in range(n_boot):
         rows = rng.integers(0, members.shape[0], members.shape[0])
         lab = group_tasks(table_affinity([t[rows] for t in tables], members[rows]), k=k, penalty_scale=penalty_scale, solver=solver).labels
-        same_b = lab[:, None] == lab[None, :]
-        co += same_b
-        agree += ((same_b == same) & off).sum(1) / max(n - 1, 1)
+        co += lab[:, None] == lab[None, :]
+        agree += side_agreement(labels, lab)
         aris.append(adjusted_rand_score(labels, lab))
     return {"per_task": (agree / n_boot).tolist(), "co_assignment": (co / n_boot).tolist(),
             "mean_ari": float(np.mean(aris)), "n_boot": n_boot}
