@@ -20,8 +20,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/policygradex run --suite cartpole --out $(OUT)
 
+# The test modules run on TEST_WORKERS processes (pytest-xdist), one module per process at a time
+# so that a module's fixtures are made once; most tests are single-threaded.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Rewrite the README's generated blocks (quick start, `make run`) from benchmarks/results/.
 figures: $(STAMP)

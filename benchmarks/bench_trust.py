@@ -252,10 +252,10 @@ def main() -> int:
     Rs = [1] if args.quick else [int(r) for r in args.replicates.split(",")]
     work = args.work / (args.variant or "default")
     extra = shlex.split(args.extra)
-    name = "trust" + (f"_{args.variant}" if args.variant else "")
-    restored = restore_answers(work, RESULTS / f"{name}.json")
+    result_name = "trust" + (f"_{args.variant}" if args.variant else "")
+    restored = restore_answers(work, RESULTS / f"{result_name}.json")
     if restored:
-        print(f"{restored} answers taken from {RESULTS / (name + '.json')} (not in {work / 'answers'})", flush=True)
+        print(f"{restored} answers taken from {RESULTS / (result_name + '.json')} (not in {work / 'answers'})", flush=True)
     t0, stopped = time.monotonic(), False
     for R in Rs:
         for name in families:
@@ -277,7 +277,7 @@ def main() -> int:
                           f"cost {a['cost_seconds']} s", flush=True)
     answers = cached_answers(work)
     rows = summarize(answers)
-    save(name, {"variant": args.variant, "extra": args.extra, "complete": not stopped,
+    save(result_name, {"variant": args.variant, "extra": args.extra, "complete": not stopped,
                 "rows": rows, "answers": answers})
     print(table(rows))
     return 0
