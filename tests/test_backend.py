@@ -122,7 +122,7 @@ def test_follow_up_units_run_in_the_same_map_as_soon_as_their_parent_is_done(wor
     """``then``: a unit's follow-ups join the map when it finishes (a replicate's estimates after
     its training) - every unit runs once, and with a pool a follow-up starts while a slow
     first-level unit is still running."""
-    units = [Unit("slow", ("slow", 1.0), ("a",)), Unit("fast", ("fast", 0.05), ("b",))]
+    units = [Unit("slow", ("slow", 3.0), ("a",)), Unit("fast", ("fast", 0.05), ("b",))]  # 3 s: room for a worker's start
     with LocalBackend(workers=workers) as be:
         got = {u.key: r for u, r in be.map(_stamp, units, then=_children)}
     assert sorted(got) == ["fast", "fast.0", "fast.1", "slow", "slow.0", "slow.1"]
