@@ -8,8 +8,9 @@ turns every thruster by ``wiring`` slots of 60 degrees.  The observation (positi
 wiring, so a multi-task policy tells tasks apart by their task id only.
 
 Why wiring and not the dock's position: tasks whose docks differ want a different *constant*
-push, which a task-conditioned policy absorbs in its task-specific input weights (GoalLine,
-``goalline.py``, plants that and its left and right goals do not conflict); tasks wired
+push, which a task-conditioned policy can absorb in its task-specific input weights (GoalLine,
+``goalline.py``, plants that; neither the estimate nor real fine-tuning separated its goals:
+docs/decisions.md); tasks wired
 differently want a different action *in every state*, so they pull the shared layers apart.
 The trust benchmark's planted family (``benchmarks/suites/thrusters.toml``) has three wirings
 (0, 2 and 4 slots: 0, 120 and 240 degrees, so that no two wirings share more structure than

@@ -159,36 +159,34 @@ def _on_backend(suite: TaskSuite, size: int, todo: list[tuple], shared: Estimate
     units = [Unit(f"replicate-{i}", ("theta" if split else "replicate", i, c, str(d)), tuple(suite.names), f"replicate {i}", 1.0)
              for i, c, d in todo]
     computed: dict[tuple, list[str]] = {}
-    members = {i: max(0, c.group.theta_window - 1) if split and c.group.replicate_over == "seeds" else 0 for i, c, _ in todo}
 
     def then(unit: Unit, result) -> list[Unit]:
         kind, i, c, d = unit.payload[:4]
         if kind != "theta":
             return []
-        d = Path(d)
-        e = Estimate(d, TRAIN.load(d), COLLECT.load(d), None, None, None, None, result["digests"], [])
-        window = window_members(c, e)
-        members[i] = len(window)
+        window = window_members(c, _trained(Path(d), result["digests"]))
         return [Unit(f"replicate-{i}-estimate", ("estimate", i, c, str(d)), unit.tasks, f"replicate {i}: estimate", 1.0)] + [
-            Unit(f"replicate-{i}-window-{j}", ("window", i, c_j, str(d_j), str(d), result["digests"]), unit.tasks,
+            Unit(f"replicate-{i}-window-{j}", ("window", i, c_j, str(d_j), str(d), result["digests"], j), unit.tasks,
                  f"replicate {i}: theta window checkpoint {j}", 1.0) for j, c_j, d_j in window]
 
-    total = sum(2 + members[i] if split else 1 for i, _, _ in todo)
+    # the bar's total counts every window member (a training with fewer checkpoints has fewer)
+    total = sum(2 + max(0, c.group.theta_window - 1) if split else 1 for _, c, _ in todo)
     with progress_bar(total, f"replicates ({backend.name}, {backend.parallelism} at a time)", unit="units") as bar:
         for unit, result in backend.map(_replicate_unit, units, shared=ctx, resources=Resources(cpus=1), then=then):
             kind, i = unit.payload[:2]
-            computed[(i, kind, unit.key)] = result["computed"]
+            j = unit.payload[6] if kind == "window" else 0
+            computed[(i, ("theta", "replicate", "estimate", "window").index(kind), j)] = (
+                [f"window/c{j}/{n}" for n in result["computed"]] if kind == "window" else result["computed"])
             bar.advance(1, unit.label)
-    out = {}
-    for i, _, _ in todo:  # the order a serial run lists them in: training and theta*, estimate, window members
-        out[i] = [name for (r, kind, key), names in sorted(computed.items(), key=lambda kv: _unit_order(kv[0]))
-                  if r == i for name in ([f"window/c{key.rsplit('-', 1)[1]}/{n}" for n in names] if kind == "window" else names)]
+    out = {i: [] for i, _, _ in todo}
+    for (i, _, _), names in sorted(computed.items()):  # the order a serial run lists them in: training and theta*, estimate, window
+        out[i] += names
     return out
 
 
-def _unit_order(k: tuple) -> tuple:
-    i, kind, key = k
-    return i, ("theta", "replicate", "estimate", "window").index(kind), int(key.rsplit("-", 1)[1]) if kind == "window" else 0
+def _trained(d: Path, digests: dict[str, str]) -> Estimate:
+    """A replicate's training and theta*, read back from its directory (``digests``: its stages')."""
+    return Estimate(d, TRAIN.load(d), COLLECT.load(d), None, None, None, None, digests, [])
 
 
 def _replicate_unit(ctx: dict, payload: tuple) -> dict:
@@ -205,11 +203,9 @@ def _replicate_unit(ctx: dict, payload: tuple) -> dict:
     if kind == "estimate":
         return {"computed": estimate(suite, cfg, run_dir, ctx["size"], window=False).computed}
     if kind == "window":
-        d, digests = Path(payload[4]), payload[5]
-        owner = Estimate(d, TRAIN.load(d), COLLECT.load(d), None, None, None, None, digests, [])
+        owner = _trained(Path(payload[4]), payload[5])
         return {"computed": estimate(suite, cfg, run_dir, ctx["size"], shared=owner, own_theta=True, window=False).computed}
-    d, digests = Path(ctx["shared"][0]), ctx["shared"][1]  # replicate 0's training and theta*, read back from its directory
-    shared = Estimate(d, TRAIN.load(d), COLLECT.load(d), None, None, None, None, digests, [])
+    shared = _trained(Path(ctx["shared"][0]), ctx["shared"][1])  # replicate 0's training and theta*
     return {"computed": estimate(suite, cfg, run_dir, ctx["size"], shared=shared).computed}
 
 
