@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policygradex.errors import UserError
-from policygradex.estimate.affinity import Affinity, build_affinity, standardize_per_task
+from policygradex.estimate.affinity import Affinity, build_affinity, min_pair_count, standardize_per_task
 
 
 def _table(members: np.ndarray, values: dict[tuple[int, int], float]) -> np.ndarray:
@@ -50,7 +50,7 @@ def test_hand_computed_tiny_example() -> None:
     assert aff.counts.dtype.kind == "i"
     assert aff.constant_tasks == (2,)
     assert aff.unseen_pairs == []
-    assert aff.min_pair_count == 2
+    assert aff.min_pair_count == min_pair_count(members) == 2
     np.testing.assert_allclose(aff.z[[0, 1, 3], 0], [z0[0], z0[1], z0[3]])
     assert np.isnan(aff.z[2, 0])
 
@@ -70,7 +70,7 @@ def test_unseen_pair_is_neutral_with_count_zero_and_no_warning() -> None:
     assert aff.U[1, 2] == 0.0
     assert aff.counts[3].sum() == 0 and np.all(aff.U[3] == 0.0)
     assert aff.unseen_pairs == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
-    assert aff.min_pair_count == 0
+    assert aff.min_pair_count == min_pair_count(members) == 0
     assert 3 in aff.constant_tasks
     assert np.all(np.isfinite(aff.U))
 

@@ -171,6 +171,47 @@ def test_module_sizes() -> None:
     assert not shrunk, f"smaller than their OVERSIZED limit, lower the limit to: {shrunk}"
 
 
+#: A function's body (its docstring left out) may have at most this many lines ...
+MAX_FUNCTION_LINES = 80
+#: ... unless its first statement after the docstring is a comment saying why it is long.
+WHY_LONG = "on purpose"
+
+
+def long_functions(src: Path = SRC, pkg: str = PKG) -> dict[str, int]:
+    """``module.function`` -> body lines, for every function longer than MAX_FUNCTION_LINES that does
+    not open with a comment saying why (one containing WHY_LONG)."""
+    out = {}
+    for name, path in _modules(src, pkg).items():
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            body = node.body
+            has_doc = isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str)
+            first = body[1] if has_doc and len(body) > 1 else body[0]
+            start = (body[0].end_lineno + 1) if has_doc else first.lineno
+            n = node.end_lineno - start + 1
+            opening = "\n".join(lines[start - 1:first.lineno - 1])  # comments between the docstring and the code
+            if n > MAX_FUNCTION_LINES and WHY_LONG not in opening:
+                out[f"{name.removeprefix(pkg + '.')}.{node.name}"] = n
+    return out
+
+
+def test_the_long_function_scanner(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES + 1))
+    (pkg / "m.py").write_text(f'def long():\n    """Doc."""\n{body}\n\n\ndef why():\n    """Doc."""\n'
+                              f'    # kept whole {WHY_LONG}\n{body}\n\n\ndef short():\n    """Doc."""\n    return 1\n')
+    assert long_functions(tmp_path, "pkg") == {"m.long": MAX_FUNCTION_LINES + 1}
+
+
+def test_no_long_functions_without_a_reason() -> None:
+    assert long_functions() == {}, f"split these, or open them with a comment saying why they are long ('{WHY_LONG}')"
+
+
 #: Modules that may import package modules inside functions, and why; everywhere else such an
 #: import only hides a cycle or a slow import and belongs at module level.  Counts may only shrink.
 LOCAL_IMPORTS_ALLOWED: dict[str, tuple[int, str]] = {

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
+from policygradex.estimate.affinity import build_affinity, table_affinity
 from policygradex.group.null import NullTest, null_test, within_between_contrast
+from policygradex.group.sdp import group_tasks
 
 
 def simulate_f(
@@ -41,6 +43,16 @@ def test_planted_structure_is_significant(k: int | None) -> None:
     assert res.observed > 0.3
     assert res.null_stats.shape == (60,) and res.null_k.shape == (60,)
     assert res.n_perm == 60 and res.statistic == "within_minus_between"
+    # the affinity the grouping was made on: the table's, and the grouping is the SDP's on it
+    np.testing.assert_array_equal(res.U, build_affinity(f, members).U)
+    assert res.grouping.labels.tolist() == group_tasks(res.U, k=k).labels.tolist()
+
+
+def test_affinity_of_a_window_is_the_mean_of_its_standardized_tables() -> None:
+    f, members, _ = simulate_f(seed=1, planted=True)
+    g = f + np.random.default_rng(2).normal(0, 0.1, f.shape)  # the next checkpoint's table: same subsets
+    res = null_test([f, g], members, n_perm=5, seed=0)
+    np.testing.assert_array_equal(res.U, table_affinity([f, g], members))
 
 
 def test_pure_noise_is_not_significant() -> None:

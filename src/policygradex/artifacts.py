@@ -15,6 +15,7 @@ import csv
 import errno
 import functools
 import hashlib
+import importlib.metadata
 import io
 import json
 import math
@@ -235,11 +236,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+#: The packages whose versions every artifact records: (key, distribution name).
+VERSIONED = (("policygradex", "policygradex"), ("torch", "torch"), ("numpy", "numpy"), ("gymnasium", "gymnasium"),
+             ("cvxpy", "cvxpy"), ("sklearn", "scikit-learn"))
+
+
 def versions() -> dict[str, str]:
+    """Python, platform, CPU model and the versions of :data:`VERSIONED`, read from the installed
+    distributions' metadata (importing cvxpy and scikit-learn for their ``__version__`` would cost a
+    training process seconds at its first checkpoint)."""
     out = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_model": cpu_model()}
-    for mod in ("policygradex", "torch", "numpy", "gymnasium", "cvxpy", "sklearn"):
-        with contextlib.suppress(Exception):
-            out[mod] = __import__(mod).__version__
+    for key, dist in VERSIONED:
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:  # imported from a source tree, not installed
+            version = getattr(sys.modules.get(key), "__version__", None)
+            if version is not None:
+                out[key] = str(version)
     return out
 
 

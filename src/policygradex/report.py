@@ -140,15 +140,11 @@ def _stability_line(stab: dict | None) -> str:
             f"replicates' own groupings): {per_task}.")
 
 
-def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit) -> None:
-    est = cfg.estimate
-    lines = [f"# PolicyGradEx run: `{suite.name}` ({suite.n} tasks)", ""]
+def _distrust(cfg, groups: dict, sentence: str | None) -> list[str]:
+    """The reasons not to trust the groups as they stand (the verdict's bullet list; empty: trust them)."""
     trust = []
-    signal = groups["signal"]  # written by the group stage (format version 2)
-    sentence = signal_sentence(signal)
-    if signal["run_level_collapsed"]:
+    if groups["signal"]["run_level_collapsed"]:
         trust.append(sentence)
-    verdict = verdict_of(groups)
     if not groups["distinguishable_from_noise"]:
         trust.append(f"the groups are NOT distinguishable from noise ({verdict_label(groups)}; p >= {cfg.group.alpha})")
         perms = groups["null_statistic"]["permutations"]
@@ -168,6 +164,18 @@ def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit)
     if ae is not None and ae["median"] > cfg.group.max_approx_error:
         trust.append(f"the first-order approximation is off by {ae['median']:.1%} (median) at the surrogate's delta "
                      f"(> {cfg.group.max_approx_error:.0%}): lower --target-delta")
+    return trust
+
+
+def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit) -> None:
+    est = cfg.estimate
+    lines = [f"# PolicyGradEx run: `{suite.name}` ({suite.n} tasks)", ""]
+    signal = groups["signal"]  # written by the group stage (format version 2)
+    sentence = signal_sentence(signal)
+    verdict = verdict_of(groups)
+    d, stab, ae = groups["delta"], groups.get("stability"), groups.get("approx_error_at_delta")
+    source = (stab or {}).get("source", "bootstrap over the subsets")
+    trust = _distrust(cfg, groups, sentence)
     lines += ["## Verdict", ""]
     if trust:
         lines += ["**Do not trust these groups as they stand:**", ""] + [f"- {t}" for t in trust]

@@ -28,7 +28,7 @@ import torch
 from . import artifacts as art
 from .config import CollectConfig, EvaluateConfig, FeaturesConfig, GroupConfig, PPOConfig, SACConfig, SubsetsConfig, SurrogateConfig
 from .errors import UserError
-from .estimate.affinity import Affinity, as_tables, build_affinity, table_affinity
+from .estimate.affinity import Affinity, as_tables, build_affinity, min_pair_count, table_affinity
 from .estimate.collect import collect as collect_rollouts
 from .estimate.collect import MetaPolicy, load_rollouts, select_checkpoint
 from .estimate.evaluators import EVALUATORS
@@ -314,13 +314,12 @@ def group_with_null(f: np.ndarray | list[np.ndarray], members: np.ndarray, cfg: 
     """Affinity (of the first table), grouping and null test of a performance table, or of one
     training's tables (theta* and its window: :func:`table_affinity`), as the group stage makes
     them (also used on validate's ground truth)."""
-    tables = as_tables(f)
-    aff = build_affinity(tables[0], members)
+    aff = build_affinity(as_tables(f)[0], members)
     nt = null_test(f, members, k=cfg.k, penalty_scale=cfg.penalty_scale, n_perm=cfg.null_permutations,
                    seed=cfg.null_seed, solver=cfg.solver, backend=backend)
     g = nt.grouping
     if cfg.penalty is not None and cfg.k is None:  # an explicit price per group overrides the rule
-        g = group_tasks(table_affinity(tables, members), penalty=cfg.penalty, solver=cfg.solver)
+        g = group_tasks(nt.U, penalty=cfg.penalty, solver=cfg.solver)
     return aff, g, nt
 
 
@@ -382,22 +381,21 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
             aff, g, nt = group_with_null(tables, members, cfg, backend)
         with console.status(f"self-check: bootstrap stability ({cfg.bootstrap} resamples)"):
             stab = bootstrap_stability(tables, members, g.labels, cfg.k, cfg.penalty_scale, cfg.solver, cfg.bootstrap, cfg.null_seed)
-        U = aff.U if len(tables) == 1 else table_affinity(tables, members)
+        U = nt.U  # theta*'s affinity, or its window's mean
         p, observed, null_stats = nt.p_value, nt.observed, nt.null_stats
         stability = {"per_task": dict(zip(names, stab["per_task"])), "mean_ari": stab["mean_ari"], "resamples": stab["n_boot"],
                      "source": "bootstrap over the subsets"}
         min_pairs = aff.min_pair_count
     else:
-        affs = [build_affinity(e.f, e.subsets.members) for e in estimates]
         Us = [table_affinity(e.tables(), e.subsets.members) for e in estimates]  # a training's window averaged first
         with console.status(f"grouping: consensus of {len(estimates)} replicates, SDP + {cfg.null_permutations} relabelled draws"):
             cons = consensus(Us, k=cfg.k, penalty=cfg.penalty, penalty_scale=cfg.penalty_scale,
                              n_perm=cfg.null_permutations, seed=cfg.null_seed, solver=cfg.solver, backend=backend)
         U, g, p, observed, null_stats = cons.U, cons.grouping, cons.p_value, cons.observed, cons.null_stats
         stability = {"per_task": dict(zip(names, map(float, cons.stability))), "source": "the consensus without each replicate in turn"}
-        min_pairs = min(a.min_pair_count for a in affs)
+        min_pairs = min(min_pair_count(e.subsets.members) for e in estimates)
         art.write_table(run_dir / "coassociation.csv", cons.co_association, names, index=names)
-        art.write_json(run_dir / "replicates.json", _replicates_summary(estimates, affs, cons, names))
+        art.write_json(run_dir / "replicates.json", _replicates_summary(estimates, cons, names))
     with console.status("self-check: first-order error at the surrogate's delta"):
         approx = _approx_error_at_surrogate(first.theta, first.store, members, first.fit.u)
     deltas = first.fit.deltas.numpy()
@@ -454,13 +452,13 @@ def verdict(cfg: GroupConfig, n_replicates: int, p: float) -> dict:
             "replicates": n_replicates, "replicate_over": cfg.replicate_over, "not_calibrated_because": why}
 
 
-def _replicates_summary(estimates: list[Estimate], affs: list[Affinity], cons: Consensus, names: list[str]) -> dict:
+def _replicates_summary(estimates: list[Estimate], cons: Consensus, names: list[str]) -> dict:
     """replicates.json: every replicate's own grouping and theta*, next to the consensus."""
     out = []
-    for i, (e, a, g) in enumerate(zip(estimates, affs, cons.replicate_groupings)):
+    for i, (e, g) in enumerate(zip(estimates, cons.replicate_groupings)):
         out.append({"replicate": i, "dir": "." if i == 0 else f"replicates/r{i}", "groups": [[names[j] for j in grp] for grp in g.groups],
                     "k": int(g.k), "labels": [int(x) for x in g.labels], "checkpoint": e.theta.meta.checkpoint,
-                    "step": e.theta.meta.step, "mean_return": e.theta.meta.mean_return, "min_pair_count": int(a.min_pair_count),
+                    "step": e.theta.meta.step, "mean_return": e.theta.meta.mean_return, "min_pair_count": min_pair_count(e.subsets.members),
                     "window_steps": [int(w.theta.meta.step) for w in e.window]})
     return {"tasks": names, "replicates": out, "consensus_labels": [int(x) for x in cons.grouping.labels],
             "null_k": [int(k) for k in cons.null_k]}

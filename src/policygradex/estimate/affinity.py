@@ -50,7 +50,7 @@ import numpy as np
 from ..errors import UserError
 
 __all__ = ["Affinity", "AffinityInputError", "build_affinity", "consensus_affinity", "standardize_offdiagonal", "standardize_per_task",
-           "table_affinity", "as_tables"]
+           "table_affinity", "as_tables", "min_pair_count"]
 
 
 class AffinityInputError(UserError, ValueError):
@@ -94,10 +94,7 @@ class Affinity:
     @property
     def min_pair_count(self) -> int:
         """Smallest number of subsets shared by two distinct tasks (0 if a pair is unseen)."""
-        n = self.n_tasks
-        if n < 2:
-            return 0
-        return int(self.counts[~np.eye(n, dtype=bool)].min())
+        return _min_off_diagonal(self.counts)
 
 
 def _validate(f: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +199,18 @@ def standardize_offdiagonal(U: np.ndarray) -> np.ndarray:
 def consensus_affinity(Us: Sequence[np.ndarray]) -> np.ndarray:
     """The mean of the replicates' off-diagonal-standardized affinities."""
     return np.mean([standardize_offdiagonal(U) for U in Us], axis=0)
+
+
+def min_pair_count(members: np.ndarray) -> int:
+    """Smallest number of subsets (rows of the ``[m, n]`` boolean ``members``) shared by two distinct
+    tasks: :attr:`Affinity.min_pair_count` without building the affinity."""
+    mi = np.asarray(members, dtype=np.int64)
+    return _min_off_diagonal(mi.T @ mi)
+
+
+def _min_off_diagonal(counts: np.ndarray) -> int:
+    n = counts.shape[0]
+    return 0 if n < 2 else int(counts[~np.eye(n, dtype=bool)].min())
 
 
 def as_tables(f: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -74,6 +74,7 @@ class NullTest:
         null_stats: ``[n_perm]`` the statistic on each permuted table.
         n_perm: number of permutations.
         grouping: the grouping of the observed data.
+        U: ``[n, n]`` the affinity that ``grouping`` was made on (:func:`table_affinity` of the tables).
         null_k: ``[n_perm]`` number of groups chosen on each permuted table.
         statistic: name of the statistic (``"within_minus_between"``).
     """
@@ -84,6 +85,7 @@ class NullTest:
     n_perm: int
     grouping: Grouping
     null_k: np.ndarray
+    U: np.ndarray
     statistic: str = "within_minus_between"
 
 
@@ -197,6 +199,7 @@ def null_test(
         n_perm=int(n_perm),
         grouping=observed_grouping,
         null_k=null_k,
+        U=U,
     )
 
 

@@ -282,6 +282,9 @@ def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> tuple[dict
 def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: str | Path | None = None,
           on_update: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Train (or resume) a multi-task PPO policy on ``suite``; checkpoints go to out_dir/checkpoints."""
+    # Longer than our usual function on purpose: like CleanRL's single-file PPO, set-up, resume,
+    # the update loop and checkpointing read top to bottom in one place (the update itself is
+    # ppo_iteration / ppo_update).
     out_dir = Path(out_dir)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -250,6 +250,8 @@ def train(suite: TaskSuite, cfg: SACConfig, out_dir: str | Path, tensorboard: st
     ``tasks``: train on these suite indices only (a group policy; the one-hot width and the
     per-task temperatures stay the suite's, so the policy is evaluated with the suite's task ids);
     ``init_state``: a :class:`SACModel` state dict to start from (warm start from theta*)."""
+    # One function on purpose, as CleanRL writes SAC: seeding, resume, the replay buffer, the
+    # act/store/update loop and checkpointing read top to bottom (the update is ``sac_update``).
     out_dir = Path(out_dir)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
