@@ -192,6 +192,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small budgets, to check the script (writes same_outputs_quick.json)")
     ap.add_argument("--keep", type=Path, help="copy both run directories of each case to DIR/<case>/{before,after}")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per CLI run (default 1800)")
+    ap.add_argument("--save-as", default=None, help="result name (default same_outputs, or same_outputs_quick with --quick)")
     opts = ap.parse_args()
     cases = [c.strip() for c in opts.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
@@ -216,7 +217,7 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     identical = all(r["identical"] for r in results.values())
-    path = save("same_outputs_quick" if opts.quick else "same_outputs", {
+    path = save(opts.save_as or ("same_outputs_quick" if opts.quick else "same_outputs"), {
         "before": revs["before"], "after": revs["after"], "quick": opts.quick,
         "environment": {"POLICYGRADEX_QUIET": "1", "PYTHONPATH": "<checkout>/src", "python": sys.executable},
         "required_files": list(REQUIRED), "extra_files": list(EXTRA), "cases": results,
