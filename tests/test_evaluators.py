@@ -132,7 +132,7 @@ def test_bad_inputs():
     no_heldout_task1 = torch.tensor([True, True, True, False, False, False])
     with pytest.raises(ValueError, match="'heldout'"):
         first_order_ppo(G, y, w, task, no_heldout_task1, members, U)
-    with pytest.raises(ValueError, match="'U'"):
+    with pytest.raises(ValueError, match="'u'"):
         surrogate_loss(G, y, w, task, heldout, members, U[:1])
     with pytest.raises(ValueError, match="'heldout'"):
         surrogate_loss(G, y, w, task, heldout[:3], members, U)

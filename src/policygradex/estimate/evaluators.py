@@ -1,13 +1,13 @@
 r"""Stage 4: evaluators ``f(S, i)`` - how well the surrogate of subset S does on task i.
 
-For every subset ``S`` (a row of ``members``) with surrogate solution ``u_S`` (a row of ``U``,
+For every subset ``S`` (a row of ``members``) with surrogate solution ``u_S`` (a row of ``u``,
 from :func:`policygradex.estimate.surrogate.fit_subsets`) and every task ``i in S``, an
 evaluator scores ``theta_S = theta* + P u_S`` on the **held-out** transitions of task ``i``.
 Because ``g~_t^T u = g_t^T (P u)`` exactly, every score below needs only the projected
 features: the inner product ``z_t = g~_t^T u_S`` is the first-order change of
 ``log pi(a_t | s_t)`` when the policy moves from ``theta*`` to ``theta_S``.
 
-Every evaluator has the signature ``(G, y, w, task, heldout, members, U) -> ndarray [m, n]``
+Every evaluator has the signature ``(G, y, w, task, heldout, members, u) -> ndarray [m, n]``
 (float64) with ``NaN`` exactly where task ``i`` is not in subset ``S``; **higher is better**
 for all of them.  The affinity (``U_ij`` = mean of the standardized ``f(S, i)`` over the
 subsets containing i and j) is built from this matrix elsewhere.
@@ -61,19 +61,19 @@ def _per_task(
     task: Tensor,
     heldout: Tensor,
     members: Tensor,
-    U: Tensor,
+    u: Tensor,
     score: Callable[[Tensor, Tensor, Tensor], Tensor],
 ) -> np.ndarray:
     """Apply ``score(z [m_i, h_i], y_i [h_i], w_i [h_i]) -> [m_i]`` task by task."""
     G, y, w, task, members, heldout = validate_data(G, y, w, task, members, heldout, mask_name="heldout")
     m, n = members.shape
     d = G.shape[1]
-    U = as_tensor("U", U)
-    if U.shape != (m, d) or not U.is_floating_point() or not torch.isfinite(U).all():
+    u = as_tensor("u", u)
+    if u.shape != (m, d) or not u.is_floating_point() or not torch.isfinite(u).all():
         raise ValueError(
-            f"The 'U' parameter must be a finite float tensor of shape (m, d) = ({m}, {d}). Got shape {tuple(U.shape)}."
+            f"The 'u' parameter must be a finite float tensor of shape (m, d) = ({m}, {d}). Got shape {tuple(u.shape)}."
         )
-    U = U.to(device=G.device, dtype=_DTYPE)
+    u = u.to(device=G.device, dtype=_DTYPE)
     out = torch.full((m, n), float("nan"), dtype=_DTYPE, device=G.device)
     for i in range(n):
         sub = torch.nonzero(members[:, i]).flatten()
@@ -85,13 +85,13 @@ def _per_task(
                 f"The 'heldout' parameter selects no rows of task {i}, which is in {sub.numel()} subset(s): "
                 "every task in a subset needs held-out rows to be evaluated."
             )
-        z = U.index_select(0, sub) @ G.index_select(0, rows).T  # [m_i, h_i]
+        z = u.index_select(0, sub) @ G.index_select(0, rows).T  # [m_i, h_i]
         out[sub, i] = score(z, y[rows], w[rows])
     return out.cpu().numpy()
 
 
 def first_order_ppo(
-    G: Tensor, y: Tensor, w: Tensor, task: Tensor, heldout: Tensor, members: Tensor, U: Tensor
+    G: Tensor, y: Tensor, w: Tensor, task: Tensor, heldout: Tensor, members: Tensor, u: Tensor
 ) -> np.ndarray:
     """``f(S, i) = mean_t A_t (exp(g_t^T u_S) - 1)`` over task i's held-out rows, ``A_t = y_t w_t``.
 
@@ -102,11 +102,11 @@ def first_order_ppo(
     def score(z: Tensor, yi: Tensor, wi: Tensor) -> Tensor:
         return torch.expm1(z) @ (yi * wi) / z.shape[1]
 
-    return _per_task(G, y, w, task, heldout, members, U, score)
+    return _per_task(G, y, w, task, heldout, members, u, score)
 
 
 def surrogate_loss(
-    G: Tensor, y: Tensor, w: Tensor, task: Tensor, heldout: Tensor, members: Tensor, U: Tensor
+    G: Tensor, y: Tensor, w: Tensor, task: Tensor, heldout: Tensor, members: Tensor, u: Tensor
 ) -> np.ndarray:
     """``f(S, i) = -mean_t w_t log(1 + exp(-y_t g_t^T u_S))`` over task i's held-out rows.
 
@@ -117,14 +117,14 @@ def surrogate_loss(
     def score(z: Tensor, yi: Tensor, wi: Tensor) -> Tensor:
         return -(torch.nn.functional.softplus(-yi * z) @ wi) / z.shape[1]
 
-    return _per_task(G, y, w, task, heldout, members, U, score)
+    return _per_task(G, y, w, task, heldout, members, u, score)
 
 
 EVALUATORS: dict[str, Evaluator] = {
     "first_order_ppo": first_order_ppo,
     "surrogate_loss": surrogate_loss,
 }
-"""Evaluator name -> function ``(G, y, w, task, heldout, members, U) -> ndarray [m, n]``."""
+"""Evaluator name -> function ``(G, y, w, task, heldout, members, u) -> ndarray [m, n]``."""
 
 DEFAULT_EVALUATOR = "first_order_ppo"
 

@@ -91,14 +91,14 @@ def _unreachable_message(target_delta: float, med: float, lam: float, up: bool, 
             f"too little advantage signal for this step size: lower --target-delta, or {_SIGNAL_ADVICE}")
 
 
-def relative_distance(U: Tensor, gram: Tensor, theta_norm: float) -> Tensor:
-    """``delta(u) = sqrt(u^T gram u) / theta_norm`` for every row of ``U`` (float64, ``[m]``).
+def relative_distance(u: Tensor, gram: Tensor, theta_norm: float) -> Tensor:
+    """``delta(u) = sqrt(u^T gram u) / theta_norm`` for every row of ``u`` (float64, ``[m]``).
 
     With ``gram = P^T P`` this is ``||P u|| / ||theta*||``, the relative parameter distance of
     ``theta_S = theta* + P u``.
     """
-    U = U.to(DTYPE)
-    q = ((U @ gram.to(device=U.device, dtype=DTYPE)) * U).sum(dim=1).clamp_min(0.0)
+    u = u.to(DTYPE)
+    q = ((u @ gram.to(device=u.device, dtype=DTYPE)) * u).sum(dim=1).clamp_min(0.0)
     return torch.sqrt(q) / theta_norm
 
 

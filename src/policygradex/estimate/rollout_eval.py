@@ -23,7 +23,7 @@ from .persample import flat_params, unflatten
 from .projection import Projector
 
 
-def rollout_return(model, suite: TaskSuite, projector: Projector, U: torch.Tensor, members: np.ndarray,
+def rollout_return(model, suite: TaskSuite, projector: Projector, u: torch.Tensor, members: np.ndarray,
                    episodes: int, seed: int) -> np.ndarray:
     """``f[s, i]`` = mean return of theta_S on task i (NaN where i is not in subset s)."""
     theta = flat_params(model.actor)
@@ -31,7 +31,7 @@ def rollout_return(model, suite: TaskSuite, projector: Projector, U: torch.Tenso
     probe = copy.deepcopy(model)
     with progress_bar(members.shape[0], "rollout evaluator", unit="subsets") as bar:
         for s in range(members.shape[0]):
-            delta = projector.map_back(U[s].to(projector.dtype)).to(theta.dtype)
+            delta = projector.map_back(u[s].to(projector.dtype)).to(theta.dtype)
             params = unflatten(theta + delta, model.actor)
             with torch.no_grad():
                 for name, p in probe.actor.named_parameters():

@@ -78,14 +78,14 @@ class Chunk:
             out[i] = Z
         return out
 
-    def gradient(self, A: dict[int, Tensor], U: Tensor, sel: _Sel) -> Tensor:
+    def gradient(self, A: dict[int, Tensor], u: Tensor, sel: _Sel) -> Tensor:
         """Gradient ``[m, d]`` (float64) on the selected subsets (other rows: ``g0 + lam u``).
 
         ``grad = g0 + lam u + G^T (w y (sigmoid(a) - 1/2)) / |D_S|``: only the last term, whose
         coefficients are ``w |a| / 4`` at most, needs a pass over the data.  Also records the
         curvature ``s (1 - s)`` of the selected subsets' rows in :attr:`curv`.
         """
-        grad = self.grad0 + self.lam * U
+        grad = self.grad0 + self.lam * u
         for i, (keep, sub) in sel.items():
             a = A[i] if keep is None else A[i].index_select(0, keep)
             s = torch.sigmoid(a)
@@ -128,10 +128,10 @@ class Chunk:
             out.append((sub, a.to(DTYPE), z.to(DTYPE), self.data.w[self.data.rows[i]]))
         return out
 
-    def loss_at(self, blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]], t: Tensor, U: Tensor, P: Tensor) -> Tensor:
-        """Objective (float64) at ``U + t P`` on the subsets of ``blocks`` (other rows: penalty only)."""
-        Ut = U + t[:, None] * P
-        out = 0.5 * self.lam * (Ut * Ut).sum(dim=1)
+    def loss_at(self, blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]], t: Tensor, u: Tensor, P: Tensor) -> Tensor:
+        """Objective (float64) at ``u + t P`` on the subsets of ``blocks`` (other rows: penalty only)."""
+        ut = u + t[:, None] * P
+        out = 0.5 * self.lam * (ut * ut).sum(dim=1)
         for sub, a, z, w in blocks:
             ts = t.index_select(0, sub)[:, None]
             li = torch.nn.functional.softplus(-(a + ts * z)) @ w

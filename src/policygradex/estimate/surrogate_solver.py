@@ -92,7 +92,7 @@ class SurrogateFit:
 
 
 class _ChunkSolve:
-    """The solve of one chunk of subsets: iterate ``U``, margins ``A``, gradient and flags.
+    """The solve of one chunk of subsets: iterate ``u``, margins ``A``, gradient and flags.
 
     One iteration (:meth:`step`) takes a direction per active subset (:meth:`direction`: a
     majorization step ``-H0^{-1} g`` or a Newton-CG step), the direction's margins, a step
@@ -110,16 +110,16 @@ class _ChunkSolve:
         self.g0norm = chunk.grad0.norm(dim=1)
         chunk.reset_curvature()
         if u0 is None or not bool((u0 != 0).any()):
-            self.U = torch.zeros(m, d, dtype=DTYPE, device=dev)
+            self.u = torch.zeros(m, d, dtype=DTYPE, device=dev)
             self.A = chunk.zeros()
             self.grad = chunk.grad0.clone()
             self.at_zero = True
         else:
-            self.U = u0.to(device=dev, dtype=DTYPE).clone()
-            self.U[self.g0norm == 0] = 0.0  # no signal: u = 0 is the exact solution
+            self.u = u0.to(device=dev, dtype=DTYPE).clone()
+            self.u[self.g0norm == 0] = 0.0  # no signal: u = 0 is the exact solution
             every = chunk.select(torch.ones(m, dtype=torch.bool, device=dev))
-            self.A = chunk.margins(self.U, every)
-            self.grad = chunk.gradient(self.A, self.U, every)
+            self.A = chunk.margins(self.u, every)
+            self.grad = chunk.gradient(self.A, self.u, every)
             self.at_zero = False
         self.gnorm = self.grad.norm(dim=1)
         self.iterations = torch.zeros(m, dtype=torch.int64, device=dev)
@@ -141,19 +141,19 @@ class _ChunkSolve:
     def step(self, active: Tensor) -> None:
         """One iteration of the active subsets."""
         self.iterations += active.to(torch.int64)
-        mm, nt = active & ~self.newton, active & self.newton
-        P, GP = self.direction(mm, nt)
+        mm, nw = active & ~self.newton, active & self.newton
+        P, GP = self.direction(mm, nw)
         # margins of the direction: a pass over the data, except for Newton steps in fast mode
         # (accumulated from CG's products)
         Zp = self.chunk.margins(P, self.chunk.select(mm if self.fast else active))
         if GP is not None:
             for i in self.chunk.tasks:
                 Zp[i].add_(GP[i])
-        t = self.step_lengths(P, Zp, active, mm, nt)
-        self.advance(P, Zp, t, active, mm, nt)
+        t = self.step_lengths(P, Zp, active, mm, nw)
+        self.advance(P, Zp, t, active, mm, nw)
 
-    def direction(self, mm: Tensor, nt: Tensor) -> tuple[Tensor, dict[int, Tensor] | None]:
-        """The step direction ``P`` of the majorization (``mm``) and Newton (``nt``) subsets, with
+    def direction(self, mm: Tensor, nw: Tensor) -> tuple[Tensor, dict[int, Tensor] | None]:
+        """The step direction ``P`` of the majorization (``mm``) and Newton (``nw``) subsets, with
         the Newton directions' margins accumulated by CG in fast mode (else ``None``)."""
         chunk, grad, g0norm = self.chunk, self.grad, self.g0norm
         rel = torch.where(g0norm > 0, self.gnorm / torch.where(g0norm > 0, g0norm, 1.0), 0.0)
@@ -170,27 +170,27 @@ class _ChunkSolve:
             Pm, _, k = pcg(chunk, self.precond, chunk.hvp_gram, -grad, mm, eta, self.max_cg)
             P.add_(Pm)
             self.cg_total += k
-        if bool(nt.any()):
+        if bool(nw.any()):
             self.precond.exact()
             S = chunk.weighted_curvature()  # w s (1 - s) at the current iterate
             eta = torch.clamp(rel, max=_ETA_MAX)  # forcing term: quadratic convergence near the optimum
             Pn, GP, k = pcg(
-                chunk, self.precond, lambda V, live: chunk.hvp_data(S, V, live), -grad, nt, eta, self.max_cg,
+                chunk, self.precond, lambda V, live: chunk.hvp_data(S, V, live), -grad, nw, eta, self.max_cg,
                 products=self.fast,
             )
             P.add_(Pn)
             self.cg_total += k
         return P, GP
 
-    def step_lengths(self, P: Tensor, Zp: dict[int, Tensor], active: Tensor, mm: Tensor, nt: Tensor) -> Tensor:
+    def step_lengths(self, P: Tensor, Zp: dict[int, Tensor], active: Tensor, mm: Tensor, nw: Tensor) -> Tensor:
         """Per subset: 1 for the first step from 0, :meth:`majorization_lengths` for the later
         majorization steps, Armijo backtracking (:meth:`backtrack`) for the Newton steps, 0 for
         the inactive subsets."""
         t = active.to(DTYPE)
         if bool(mm.any()) and not self.at_zero:
             t = torch.where(mm, self.majorization_lengths(P, Zp, mm), t)
-        if bool(nt.any()):
-            t = self.backtrack(P, Zp, nt, t)
+        if bool(nw.any()):
+            t = self.backtrack(P, Zp, nw, t)
         return t
 
     def majorization_lengths(self, P: Tensor, Zp: dict[int, Tensor], mm: Tensor) -> Tensor:
@@ -205,17 +205,17 @@ class _ChunkSolve:
         curv = self.chunk.curvature_along(Zp, self.chunk.select(mm)) + self.lam * (P * P).sum(dim=1)
         return torch.where(curv > 0, -slope / torch.where(curv > 0, curv, 1.0), 1.0).clamp(1.0, _T_MAX)
 
-    def backtrack(self, P: Tensor, Zp: dict[int, Tensor], nt: Tensor, t: Tensor) -> Tensor:
+    def backtrack(self, P: Tensor, Zp: dict[int, Tensor], nw: Tensor, t: Tensor) -> Tensor:
         """Per-subset Armijo backtracking for the Newton steps (elementwise work only, the
         direction's margins being known); a subset that finds no step stalls (``t = 0``)."""
         chunk = self.chunk
-        blocks = chunk.line_blocks(self.A, Zp, chunk.select(nt))
-        f0 = chunk.loss_at(blocks, torch.zeros_like(t), self.U, P)
+        blocks = chunk.line_blocks(self.A, Zp, chunk.select(nw))
+        f0 = chunk.loss_at(blocks, torch.zeros_like(t), self.u, P)
         slope = (self.grad * P).sum(dim=1)
-        accepted = ~nt
+        accepted = ~nw
         slack = 16 * torch.finfo(DTYPE).eps * f0.abs()  # round-off allowance near the optimum
         for _ in range(_MAX_BACKTRACK):
-            ft = chunk.loss_at(blocks, t, self.U, P)
+            ft = chunk.loss_at(blocks, t, self.u, P)
             accepted = accepted | (ft <= f0 + _ARMIJO_C * t * slope + slack)
             if bool(accepted.all()):
                 break
@@ -225,13 +225,13 @@ class _ChunkSolve:
         self.stalled |= failed
         return t
 
-    def advance(self, P: Tensor, Zp: dict[int, Tensor], t: Tensor, active: Tensor, mm: Tensor, nt: Tensor) -> None:
-        """Move to ``U + t P``; the new margins and gradient; switch or stop slow subsets."""
+    def advance(self, P: Tensor, Zp: dict[int, Tensor], t: Tensor, active: Tensor, mm: Tensor, nw: Tensor) -> None:
+        """Move to ``u + t P``; the new margins and gradient; switch or stop slow subsets."""
         chunk = self.chunk
-        self.U = self.U + t[:, None] * P
+        self.u = self.u + t[:, None] * P
         for i in chunk.tasks:  # Zp is zero on the rows of inactive subsets
             self.A[i].addcmul_(t.index_select(0, chunk.subs[i]).to(chunk.dt)[:, None], Zp[i])
-        self.grad = torch.where(active[:, None], chunk.gradient(self.A, self.U, chunk.select(active)), self.grad)
+        self.grad = torch.where(active[:, None], chunk.gradient(self.A, self.u, chunk.select(active)), self.grad)
         gnorm_new = self.grad.norm(dim=1)
         ratio = gnorm_new / torch.where(self.gnorm > 0, self.gnorm, 1.0)
         self.last_ratio = torch.where(active, ratio, self.last_ratio)
@@ -243,13 +243,13 @@ class _ChunkSolve:
         if self.fast:
             # a Newton step close to the optimum that does not halve the gradient: the float32
             # products have hit their rounding floor; such subsets are finished in float64
-            self.stalled |= nt & unconverged & (ratio > 0.5) & (gnorm_new < _FLOOR_REL * self.g0norm)
+            self.stalled |= nw & unconverged & (ratio > 0.5) & (gnorm_new < _FLOOR_REL * self.g0norm)
         self.gnorm = gnorm_new
         self.at_zero = False
 
     def result(self, converged: Tensor) -> SurrogateFit:
         return SurrogateFit(
-            u=self.U,
+            u=self.u,
             lam=self.lam,
             iterations=self.iterations,
             cg_iterations=self.cg_total,
