@@ -49,6 +49,8 @@ def policygradex(*args: str, **kwargs) -> tuple[float, subprocess.CompletedProce
     opts = {"check": True, **({} if kwargs.get("capture_output") else {"stdout": subprocess.DEVNULL}), **kwargs}
     t0 = time.perf_counter()
     env = {**os.environ, "POLICYGRADEX_QUIET": "1", **opts.pop("env", {})}  # env: variables added to this process's
+    if "PYTHONPATH" in kwargs.get("env", {}) and os.environ.get("PYTHONPATH"):  # added to the caller's, not replacing it
+        env["PYTHONPATH"] = os.pathsep.join([kwargs["env"]["PYTHONPATH"], os.environ["PYTHONPATH"]])
     proc = subprocess.run([sys.executable, "-m", "policygradex.cli", *args], env=env, **opts)
     return time.perf_counter() - t0, proc
 
