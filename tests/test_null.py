@@ -45,6 +45,7 @@ def test_planted_structure_is_significant(k: int | None) -> None:
     assert res.n_perm == 60 and res.statistic == "within_minus_between"
     # the affinity the grouping was made on: the table's, and the grouping is the SDP's on it
     np.testing.assert_array_equal(res.U, build_affinity(f, members).U)
+    np.testing.assert_array_equal(res.affinity.counts, build_affinity(f, members).counts)  # theta*'s, for the pair counts
     assert res.grouping.labels.tolist() == group_tasks(res.U, k=k).labels.tolist()
 
 

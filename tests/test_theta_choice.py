@@ -55,3 +55,46 @@ def test_theta_star_is_chosen_within_the_cap_and_a_pin_overrides_it(tmp_path):
     assert select_checkpoint(ckpts, **common, progress=1.0).checkpoint in ckpts
     last = int(ckpts[-1].stem.split("_")[1])
     assert select_checkpoint(ckpts, **common, pinned=last, progress=0.0).checkpoint == ckpts[-1]
+
+
+def _fake_probes(monkeypatch, table):
+    """``_probe`` replaced by a table: checkpoint index -> (healthy, overall advantage scale)."""
+    import policygradex.estimate.collect as collect_mod
+
+    seen = []
+
+    def probe(path, *args):
+        i = int(path.stem.split("_")[1])
+        seen.append(i)
+        healthy, scale = table[i]
+        return collect_mod.Selection(path, i, {}, {"checkpoint": path.name, "overall": {"adv_scale": scale}}, healthy, [])
+
+    monkeypatch.setattr(collect_mod, "_probe", probe)
+    return seen
+
+
+# Thrusters on a fine grid: the untrained policy's signal is collapsed but its scale is the largest
+COLLAPSED_FIRST = {0: (False, 0.32), 1: (False, 0.18), 2: (True, 0.08), 3: (True, 0.13), 4: (True, 0.12), 5: (True, 0.02)}
+
+
+def _ckpts(tmp_path, n):
+    return [tmp_path / f"step_{i:09d}.pt" for i in range(n)]
+
+
+def test_reference_first_takes_the_collapsed_first_checkpoint_by_the_fallback(monkeypatch, tmp_path):
+    _fake_probes(monkeypatch, COLLAPSED_FIRST)
+    sel = select_checkpoint(_ckpts(tmp_path, 6), 16, 1e-3, 0.02, 0.8, 0)
+    assert sel.step == 0 and not sel.healthy  # nothing keeps half of 0.32: the largest scale probed is taken
+
+
+def test_reference_first_healthy_searches_from_the_first_healthy_checkpoint(monkeypatch, tmp_path):
+    seen = _fake_probes(monkeypatch, COLLAPSED_FIRST)
+    sel = select_checkpoint(_ckpts(tmp_path, 6), 16, 1e-3, 0.02, 0.8, 0, reference="first_healthy")
+    # reference: checkpoint 2 (0.08, floor 0.04); the newest acceptable is 4 (5 has 0.02)
+    assert sel.step == 4 and sel.healthy
+    assert seen[:3] == [0, 1, 2]  # found oldest first
+    # with every checkpoint collapsed, both references fall back to the largest scale probed
+    _fake_probes(monkeypatch, {i: (False, s) for i, (_, s) in COLLAPSED_FIRST.items()})
+    for reference in ("first", "first_healthy"):
+        sel = select_checkpoint(_ckpts(tmp_path, 6), 16, 1e-3, 0.02, 0.8, 0, reference=reference)
+        assert sel.step == 0 and not sel.healthy

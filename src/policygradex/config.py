@@ -207,6 +207,9 @@ class CollectConfig(StageConfig):
     probe_transitions: int = Field(1024, ge=16, le=MAX_ROWS, description="transitions per task when probing a checkpoint's advantage signal")
     min_adv_scale: float = Field(1e-3, ge=0, description="advantage signal collapsed below this mean|A| / mean|value target|")
     signal_keep: float = Field(0.5, ge=0, le=1, description="theta* keeps at least this fraction of the first checkpoint's advantage scale")
+    signal_reference: Literal["first", "first_healthy"] = Field(
+        "first", description="whose advantage scale signal_keep is a fraction of: the first checkpoint's, or the first "
+        "checkpoint with a healthy signal's (screened, not the default: docs/decisions.md)")
     progress_cap: float = Field(0.5, ge=0, le=1, description="theta* no later than the newest checkpoint whose mean training "
                                 "return has made at most this fraction of the training's improvement (first checkpoint to best; "
                                 "1: no limit)")

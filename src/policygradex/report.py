@@ -140,6 +140,11 @@ def _stability_line(stab: dict | None) -> str:
             f"replicates' own groupings): {per_task}.")
 
 
+def _stability_source(stab: dict | None) -> str:
+    """What the stability numbers come from (runs written before it was recorded: the bootstrap)."""
+    return (stab or {}).get("source", "bootstrap over the subsets")
+
+
 def _distrust(cfg, groups: dict, sentence: str | None) -> list[str]:
     """The reasons not to trust the groups as they stand (the verdict's bullet list; empty: trust them)."""
     trust = []
@@ -155,11 +160,10 @@ def _distrust(cfg, groups: dict, sentence: str | None) -> list[str]:
     if d["median"] > 0.05:
         trust.append(f"median relative distance {d['median']:.2%} is beyond the first-order regime (~1%)")
     stab = groups.get("stability")
-    source = (stab or {}).get("source", "bootstrap over the subsets")
     if stab is not None:
         shaky = [t for t, v in stab["per_task"].items() if v < cfg.group.min_stability]
         if shaky:
-            trust.append(f"unstable ({source}: stability < {cfg.group.min_stability}): {', '.join(shaky)}")
+            trust.append(f"unstable ({_stability_source(stab)}: stability < {cfg.group.min_stability}): {', '.join(shaky)}")
     ae = groups.get("approx_error_at_delta")
     if ae is not None and ae["median"] > cfg.group.max_approx_error:
         trust.append(f"the first-order approximation is off by {ae['median']:.1%} (median) at the surrogate's delta "
@@ -174,7 +178,7 @@ def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit)
     sentence = signal_sentence(signal)
     verdict = verdict_of(groups)
     d, stab, ae = groups["delta"], groups.get("stability"), groups.get("approx_error_at_delta")
-    source = (stab or {}).get("source", "bootstrap over the subsets")
+    source = _stability_source(stab)
     trust = _distrust(cfg, groups, sentence)
     lines += ["## Verdict", ""]
     if trust:

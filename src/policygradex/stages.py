@@ -28,7 +28,7 @@ import torch
 from . import artifacts as art
 from .config import CollectConfig, EvaluateConfig, FeaturesConfig, GroupConfig, PPOConfig, SACConfig, SubsetsConfig, SurrogateConfig
 from .errors import UserError
-from .estimate.affinity import Affinity, as_tables, build_affinity, min_pair_count, table_affinity
+from .estimate.affinity import Affinity, min_pair_count, table_affinity
 from .estimate.collect import collect as collect_rollouts
 from .estimate.collect import MetaPolicy, load_rollouts, select_checkpoint
 from .estimate.evaluators import EVALUATORS
@@ -106,7 +106,8 @@ def _collect(run_dir: Path, cfg: CollectConfig, checkpoints: list[Path]) -> list
         raise UserError(f"--checkpoint {cfg.checkpoint}: no such checkpoint; available steps: {steps}")
     with console.status("choosing theta*: probing checkpoints' advantage signal"):
         sel = select_checkpoint(checkpoints, cfg.probe_transitions, cfg.min_adv_scale, cfg.min_label_frac,
-                                cfg.min_healthy_frac, cfg.seed, cfg.checkpoint, cfg.signal_keep, cfg.progress_cap)
+                                cfg.min_healthy_frac, cfg.seed, cfg.checkpoint, cfg.signal_keep, cfg.progress_cap,
+                                cfg.signal_reference)
     model, suite, learner_cfg, _ = load_checkpoint(sel.checkpoint)
     steps = math.ceil(cfg.transitions_per_task / cfg.collect_envs_per_task) * cfg.collect_envs_per_task * suite.n
     with progress_bar(steps, f"collect with theta* (step {sel.step:,})") as bar:
@@ -314,13 +315,12 @@ def group_with_null(f: np.ndarray | list[np.ndarray], members: np.ndarray, cfg: 
     """Affinity (of the first table), grouping and null test of a performance table, or of one
     training's tables (theta* and its window: :func:`table_affinity`), as the group stage makes
     them (also used on validate's ground truth)."""
-    aff = build_affinity(as_tables(f)[0], members)
     nt = null_test(f, members, k=cfg.k, penalty_scale=cfg.penalty_scale, n_perm=cfg.null_permutations,
                    seed=cfg.null_seed, solver=cfg.solver, backend=backend)
     g = nt.grouping
     if cfg.penalty is not None and cfg.k is None:  # an explicit price per group overrides the rule
         g = group_tasks(nt.U, penalty=cfg.penalty, solver=cfg.solver)
-    return aff, g, nt
+    return nt.affinity, g, nt
 
 
 @dataclass

@@ -168,10 +168,13 @@ def mean_training_return(path: Path) -> float | None:
 
 def select_checkpoint(checkpoints: list[Path], probe_transitions: int, min_adv_scale: float, min_label_frac: float,
                       min_healthy_frac: float, seed: int, pinned: int | None = None, keep: float = 0.5,
-                      progress: float | None = None) -> Selection:
+                      progress: float | None = None, reference: str = "first") -> Selection:
     """The newest checkpoint that keeps at least ``keep`` x the first checkpoint's advantage scale
     and whose signal is not collapsed (see module docstring), among the checkpoints before the
     training's returns have made more than ``progress`` of their improvement (:func:`progress_cap`).
+
+    ``reference = "first_healthy"`` takes the scale from the first checkpoint whose probe is healthy
+    instead (found by probing from the oldest) and searches only from there.
 
     The advantage scale falls as training proceeds, so that checkpoint is found by bisection
     (about log2(#checkpoints) probes); every probe is recorded.  Without an acceptable
@@ -188,16 +191,19 @@ def select_checkpoint(checkpoints: list[Path], probe_transitions: int, min_adv_s
             probes[i] = _probe(checkpoints[i], probe_transitions, min_adv_scale, min_label_frac, min_healthy_frac, seed)
         return probes[i]
 
-    floor = keep * probe(0).health["overall"]["adv_scale"]
+    last = len(checkpoints) - 1
+    # reference "first_healthy": the first checkpoint whose probe is healthy (found oldest first) sets
+    # the scale and theta* is not older than it; "first": the first checkpoint, healthy or not
+    ref = 0 if reference == "first" else next((i for i in range(last + 1) if probe(i).healthy), None)
+    floor = keep * probe(ref or 0).health["overall"]["adv_scale"]
 
     def ok(i: int) -> bool:
         sel = probe(i)
-        return sel.healthy and sel.health["overall"]["adv_scale"] >= floor
+        return ref is not None and i >= ref and sel.healthy and sel.health["overall"]["adv_scale"] >= floor
 
-    last = len(checkpoints) - 1
     best = probes[last] if ok(last) else None
     if best is None:
-        lo, hi = 0, last - 1
+        lo, hi = (last, last - 1) if ref is None else (ref, last - 1)
         while lo <= hi:  # bisection for the newest acceptable index in [lo, hi]
             mid = (lo + hi) // 2
             if ok(mid):

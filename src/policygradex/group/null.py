@@ -58,7 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import Resources, Unit
-from ..estimate.affinity import as_tables, build_affinity, table_affinity
+from ..estimate.affinity import Affinity, as_tables, build_affinity, table_affinity
 from .sdp import DEFAULT_PENALTY_SCALE, Grouping, GroupingInputError, canonical_labels, group_tasks
 
 __all__ = ["NullTest", "null_test", "solve_null_affinities", "within_between_contrast"]
@@ -75,6 +75,7 @@ class NullTest:
         n_perm: number of permutations.
         grouping: the grouping of the observed data.
         U: ``[n, n]`` the affinity that ``grouping`` was made on (:func:`table_affinity` of the tables).
+        affinity: the :class:`Affinity` of the first table (theta*'s), built once to check the inputs.
         null_k: ``[n_perm]`` number of groups chosen on each permuted table.
         statistic: name of the statistic (``"within_minus_between"``).
     """
@@ -86,6 +87,7 @@ class NullTest:
     grouping: Grouping
     null_k: np.ndarray
     U: np.ndarray
+    affinity: Affinity
     statistic: str = "within_minus_between"
 
 
@@ -172,7 +174,7 @@ def null_test(
     tables = as_tables(f)
     aff = build_affinity(tables[0], members)  # validates f and members
     m_arr = ~np.isnan(aff.z)
-    U = table_affinity(tables, m_arr)  # validates the other tables
+    U = aff.U if len(tables) == 1 else table_affinity(tables, m_arr)  # validates the other tables
 
     observed_grouping = group_tasks(U, k=k, penalty_scale=penalty_scale, solver=solver)
     observed = within_between_contrast(U, observed_grouping.labels)
@@ -200,6 +202,7 @@ def null_test(
         grouping=observed_grouping,
         null_k=null_k,
         U=U,
+        affinity=aff,
     )
 
 
