@@ -25,13 +25,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Which RL tasks to train together: PolicyGradEx task grouping from projected policy gradients.")
 out = Console()
 
-SUITE_HELP = ("built-in suite (cartpole, cartpole-planted, lunarlander, highway, metaworld-mt10, metaworld-mt50), "
-              "metaworld:<task>,<task>,... (Meta-World v3 names), a suite .toml file, or env:<gymnasium id>")
+SUITE_HELP = ("built-in suite (cartpole, cartpole-planted, lunarlander, highway, metaworld-mt10, metaworld-mt50, mo-fruit-tree, "
+              "mo-deep-sea-treasure, mo-lunar-lander), metaworld:<task>,<task>,... (Meta-World v3 names), mo:<MO-Gymnasium id> "
+              "(preference tasks; mo:<id>:objectives for one per objective), a suite .toml file, or env:<gymnasium id>")
 
 
 # Options shared by `run` and `validate` (validate must be able to name the same run).
 TasksOpt = Annotated[Optional[int], typer.Option("--tasks", help="number of tasks for a built-in suite")]
 SuiteSeedOpt = Annotated[int, typer.Option("--suite-seed", help="seed of the built-in suite's task generator")]
+AnchorsOpt = Annotated[Optional[int], typer.Option("--anchors", help="mo:<id> suites: preferences are drawn around this many "
+                                                  "directions (default 3; --tasks defaults to 3 per anchor)")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="budget profile of the highway and Meta-World suites: "
                                                   "quick (the default: a smoke run of minutes) or paper (long runs; docs/suites.md)")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="meta-training environment steps over all tasks")]
@@ -68,6 +71,7 @@ class RunOptions:
 
     tasks: Optional[int] = None
     suite_seed: int = 0
+    anchors: Optional[int] = None
     profile: Optional[str] = None
     steps: Optional[int] = None
     config: Optional[Path] = None
@@ -94,7 +98,7 @@ class RunOptions:
     workers: Optional[int] = None
 
 
-_RUN_OPTIONS = {"tasks": TasksOpt, "suite_seed": SuiteSeedOpt, "profile": ProfileOpt, "steps": StepsOpt, "config": ConfigOpt,
+_RUN_OPTIONS = {"tasks": TasksOpt, "suite_seed": SuiteSeedOpt, "anchors": AnchorsOpt, "profile": ProfileOpt, "steps": StepsOpt, "config": ConfigOpt,
                 "algo": AlgoOpt, "k": KOpt, "penalty_scale": PenaltyScaleOpt, "d": DOpt, "projector": ProjectorOpt,
                 "transitions": TransitionsOpt, "subset_size": SubsetSizeOpt, "coverage": CoverageOpt, "subsets": SubsetsOpt,
                 "target_delta": TargetDeltaOpt, "evaluator": EvaluatorOpt, "checkpoint": CheckpointOpt, "min_return": MinReturnOpt,
@@ -203,6 +207,7 @@ def train(
     suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
     tasks: Optional[int] = typer.Option(None, "--tasks", help="number of tasks for a built-in suite"),
     suite_seed: int = typer.Option(0, "--suite-seed", help="seed of the built-in suite's task generator"),
+    anchors: AnchorsOpt = None,
     profile: ProfileOpt = None,
     steps: Optional[int] = typer.Option(None, "--steps", help="total environment steps over all tasks"),
     seed: int = typer.Option(0, "--seed", help="training seed"),
@@ -223,7 +228,7 @@ def train(
     _check_algo(algo)
     if algo == "sac" and norm_adv is not None:
         raise UserError("--norm-adv applies to --algo ppo only")
-    s = load_suite(suite, tasks, suite_seed, profile)
+    s = load_suite(suite, tasks, suite_seed, profile, anchors)
     if algo == "sac":
         cfg = _sac_config(s, steps, seed, threads, envs_per_task, _hidden(hidden), checkpoint_every, config)
     else:
@@ -279,7 +284,7 @@ def run(
     """Train theta*, estimate task affinities with PolicyGradEx, and group the tasks."""
     from .tasks import load_suite
 
-    s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile)
+    s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile, opts.anchors)
     cfg = _run_config(s, seed, opts)
     from .pipeline import run as run_pipeline  # torch: imported once the options are known to be valid
 
@@ -387,7 +392,7 @@ def validate(
     from .tasks import load_suite
     from .validate import validate as run_validation
 
-    s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile)
+    s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile, opts.anchors)
     cfg = _run_config(s, seed, opts)
     if cfg.algo != "ppo":  # the ground truth is PPO fine-tuning of theta*
         raise UserError(f"--algo {cfg.algo}: validate fine-tunes theta* with PPO and supports PPO runs only; "
@@ -477,7 +482,7 @@ def compare(
     from .config import CompareConfig, parse
     from .tasks import load_suite
 
-    s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile)
+    s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile, opts.anchors)
     cfg = _run_config(s, seed, opts)
     cdata = dict(seeds=seeds, steps_per_task=steps_per_task, episodes=episodes, arch=arch, n_test=n_test, adapt_steps=adapt_steps,
                  probe_episodes=probe_episodes, inner_steps=inner_steps, inner_lr=inner_lr,

@@ -426,9 +426,7 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
         "approx_error_at_delta": approx,
     }
     if suite.true_labels() is not None:
-        from sklearn.metrics import normalized_mutual_info_score
-
-        groups["nmi_vs_true_partition"] = float(normalized_mutual_info_score(suite.true_labels(), g.labels))
+        groups["nmi_vs_true_partition"] = suite.nmi_vs_truth(g.labels)
     art.write_table(run_dir / "affinity.csv", U, names, index=names)
     affinity_heatmap(U, names, g.labels, run_dir / "affinity.png")
     art.write_json(run_dir / "groups.json", groups)

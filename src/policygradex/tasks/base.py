@@ -39,8 +39,15 @@ def _cartpole_derived(env: Any) -> None:
 
 DERIVED: dict[str, Callable[[Any], None]] = {"CartPoleEnv": _cartpole_derived}
 
+def _float_observation(env: gym.Env) -> gym.Env:
+    from .mo import FloatObservation
+
+    return FloatObservation(env)
+
+
 WRAPPERS: dict[str, Callable[[gym.Env], gym.Env]] = {
     "flatten_observation": gym.wrappers.FlattenObservation,
+    "float_observation": _float_observation,  # float32, a bounded Box rescaled to [-1, 1] (integer grid observations)
     "clip_action": gym.wrappers.ClipAction,
     "rescale_action": lambda env: gym.wrappers.RescaleAction(env, -1.0, 1.0),
 }
@@ -55,6 +62,15 @@ class Task(Strict):
     overrides: dict[str, float | int | bool] = Field(default_factory=dict, description="attributes set on env.unwrapped after construction")
     wrappers: list[str] = Field(default_factory=list, description=f"named wrappers applied in order: {', '.join(WRAPPERS)}")
     max_episode_steps: int | None = Field(None, ge=1, description="episode time limit (default: the env's own)")
+    weights: list[float] | None = Field(None, description="preference over a multi-objective env's objectives: reward w·r "
+                                        "(MO-Gymnasium, the mo extra; tasks/mo.py)")
+
+    @field_validator("weights")
+    @classmethod
+    def _preference(cls, v: list[float] | None) -> list[float] | None:
+        from .mo import check_weights
+
+        return None if v is None else check_weights(v)
 
     @field_validator("wrappers")
     @classmethod
@@ -71,6 +87,10 @@ class Task(Strict):
         if render_mode is not None:
             kwargs["render_mode"] = render_mode
         kwargs.setdefault("disable_env_checker", True)  # TaskEnv checks the same things, in one line
+        if self.weights is not None:
+            from .mo import import_mo
+
+            import_mo(f"task {self.name!r} (preference weights)")  # registers the MO-Gymnasium environments
         try:
             env = gym.make(self.env_id, **kwargs)
         except gym.error.Error as exc:
@@ -85,6 +105,14 @@ class Task(Strict):
         if getattr(env.spec, "max_episode_steps", None) is None:  # no time limit of its own: the default cap
             env = gym.wrappers.TimeLimit(env, DEFAULT_MAX_EPISODE_STEPS)
         self._apply_overrides(env.unwrapped)
+        if self.weights is not None:
+            from .mo import scalarize
+
+            try:
+                env = scalarize(env, self.weights, self.name, self.env_id)
+            except UserError:
+                close_quietly(env)
+                raise
         for w in self.wrappers:
             try:
                 env = WRAPPERS[w](env)
@@ -137,17 +165,19 @@ class TaskSuite:
     def __init__(self, name: str, tasks: list[Task], true_partition: list[list[str]] | None = None,
                  description: str = "", ppo_preset: dict | None = None, params: list[dict] | None = None,
                  success_key: str | None = None, profile: str | None = None, run_preset: dict | None = None,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, truth_excluded: list[str] | None = None):
         if not tasks:
             raise UserError(f"suite {name!r}: has no tasks")
         names = [t.name for t in tasks]
         dup = sorted({x for x in names if names.count(x) > 1})
         if dup:
             raise UserError(f"suite {name!r}: task names must be unique, repeated: {', '.join(dup)}")
+        excluded = list(truth_excluded or [])
         if true_partition is not None:
             flat = [x for g in true_partition for x in g]
-            if sorted(flat) != sorted(names):
-                raise UserError(f"suite {name!r}: true_partition must list every task exactly once")
+            if sorted(flat + excluded) != sorted(names):
+                raise UserError(f"suite {name!r}: true_partition must list every task exactly once"
+                                + (" (besides the near-ties left out of it)" if excluded else ""))
         self.name = name
         self.tasks = tasks
         self.true_partition = true_partition
@@ -158,6 +188,7 @@ class TaskSuite:
         self.profile = profile
         self.run_preset = dict(run_preset or {})
         self.metadata = dict(metadata or {})
+        self.truth_excluded = excluded
         self.observation_space, self.action_space = self._check_spaces()
 
     @property
@@ -169,10 +200,23 @@ class TaskSuite:
         return [t.name for t in self.tasks]
 
     def true_labels(self) -> list[int] | None:
+        """Each task's group in ``true_partition``, -1 for a task left out of it (a near-tie of
+        a preference family), or None without a known partition."""
         if self.true_partition is None:
             return None
         where = {name: g for g, grp in enumerate(self.true_partition) for name in grp}
-        return [where[n] for n in self.names]
+        return [where.get(n, -1) for n in self.names]
+
+    def nmi_vs_truth(self, labels) -> float | None:
+        """NMI of ``labels`` (one per task) against ``true_partition`` over the tasks it covers,
+        or None without one."""
+        truth = self.true_labels()
+        if truth is None:
+            return None
+        from sklearn.metrics import normalized_mutual_info_score
+
+        keep = [i for i, t in enumerate(truth) if t >= 0]
+        return float(normalized_mutual_info_score([truth[i] for i in keep], [int(labels[i]) for i in keep]))
 
     def _check_spaces(self) -> tuple[gym.Space, gym.Space]:
         first = None
@@ -202,13 +246,13 @@ class TaskSuite:
     def to_dict(self) -> dict:
         d = {
             "name": self.name,
-            "tasks": [t.model_dump() for t in self.tasks],
+            "tasks": [_task_dict(t) for t in self.tasks],
             "true_partition": self.true_partition,
             "description": self.description,
             "ppo_preset": self.ppo_preset,
         }
         optional = {"success_key": self.success_key, "profile": self.profile, "run_preset": self.run_preset,
-                    "metadata": self.metadata}
+                    "metadata": self.metadata, "truth_excluded": self.truth_excluded}
         d.update({k: v for k, v in optional.items() if v})
         return d
 
@@ -216,4 +260,13 @@ class TaskSuite:
     def from_dict(cls, d: dict) -> "TaskSuite":
         return cls(d["name"], [Task.model_validate(t) for t in d["tasks"]], d.get("true_partition"), d.get("description", ""), d.get("ppo_preset"),
                    success_key=d.get("success_key"), profile=d.get("profile"), run_preset=d.get("run_preset"),
-                   metadata=d.get("metadata"))
+                   metadata=d.get("metadata"), truth_excluded=d.get("truth_excluded"))
+
+
+def _task_dict(task: Task) -> dict:
+    """A task's fields; ``weights`` only when set, so suites without preferences serialize (and
+    hash) as before."""
+    d = task.model_dump()
+    if d.get("weights") is None:
+        d.pop("weights", None)
+    return d

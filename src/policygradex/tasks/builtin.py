@@ -14,6 +14,12 @@
                      U[5, 20] and turbulence power U[0.5, 2.0] (recommended ranges).
 ``highway``          highway-env highway-fast-v0, n tasks (default 10): lanes, vehicles, density
                      and reward weights vary (tasks/highway.py); profiles quick (default), paper.
+``mo-fruit-tree``    MO-Gymnasium fruit-tree-v0 (6 objectives, depth 6): n preference tasks
+                     (default 9) around 3 anchors, truth from the published Pareto front
+                     (tasks/mo.py); needs the mo extra.
+``mo-deep-sea-treasure`` deep-sea-treasure-v0 (treasure, time): the same, 3 anchors.
+``mo-lunar-lander``  mo-lunar-lander-v3 (4 objectives: landing, shaping, main and side engine
+                     fuel): n tasks (default 8) around 4 directions; no published front, no truth.
 ``metaworld-mt10``   the ten Meta-World MT10 tasks (``--tasks k``: the first k), 50 goals each,
 ``metaworld-mt50``   and the fifty MT50 tasks (tasks/metaworld.py); profiles quick (default),
                      paper.  ``metaworld:<task>,<task>,...`` (loader) lists tasks by name.
@@ -125,6 +131,34 @@ def metaworld_mt50(n: int | None = None, seed: int = 0, profile: str = "quick") 
     return mt50(n, seed, profile)
 
 
+# The preference families' PPO presets (docs/suites.md): episodes of a few to a hundred steps
+# whose rewards come late, so checkpoints come often (theta* before the tasks converge).
+MO_PPO = dict(checkpoint_every=2)
+MO_LUNAR_PPO = dict(LUNAR_PPO, checkpoint_every=2)
+
+
+def mo_fruit_tree(n: int = 9, seed: int = 0) -> TaskSuite:
+    """MO-Gymnasium fruit-tree-v0: preferences over its 6 fruits around 3 anchors (tasks/mo.py)."""
+    from .mo import preference_suite
+
+    return preference_suite("fruit-tree-v0", n, 3, seed, name="mo-fruit-tree", ppo_preset=MO_PPO)
+
+
+def mo_deep_sea_treasure(n: int = 9, seed: int = 0) -> TaskSuite:
+    """MO-Gymnasium deep-sea-treasure-v0: preferences over (treasure, time) around 3 anchors."""
+    from .mo import preference_suite
+
+    return preference_suite("deep-sea-treasure-v0", n, 3, seed, name="mo-deep-sea-treasure", ppo_preset=MO_PPO)
+
+
+def mo_lunar_lander(n: int = 8, seed: int = 0) -> TaskSuite:
+    """MO-Gymnasium mo-lunar-lander-v3: preferences over its 4 objectives around 4 directions."""
+    from .mo import preference_suite
+
+    return preference_suite("mo-lunar-lander-v3", n, 4, seed, name="mo-lunar-lander", gamma=LUNAR_PPO["gamma"],
+                            ppo_preset=_scaled(MO_LUNAR_PPO, n, 2))
+
+
 SUITES: dict[str, Callable[..., TaskSuite]] = {
     "cartpole": cartpole,
     "cartpole-planted": cartpole_planted,
@@ -132,6 +166,9 @@ SUITES: dict[str, Callable[..., TaskSuite]] = {
     "highway": highway,
     "metaworld-mt10": metaworld_mt10,
     "metaworld-mt50": metaworld_mt50,
+    "mo-fruit-tree": mo_fruit_tree,
+    "mo-deep-sea-treasure": mo_deep_sea_treasure,
+    "mo-lunar-lander": mo_lunar_lander,
 }
 
 

@@ -12,7 +12,16 @@ A suite file is TOML::
     env_id = "CartPole-v1"
     kwargs = {}                            # gymnasium.make keyword arguments
     overrides = { length = 0.25 }          # attributes set on env.unwrapped
-    wrappers = []                          # flatten_observation, clip_action, rescale_action
+    wrappers = []                          # flatten_observation, float_observation, clip_action, rescale_action
+    weights = [0.7, 0.3]                   # optional: a preference over an MO-Gymnasium env's objectives
+
+A preference family can instead be listed in two lines (one task per row, named pref-00, ...)::
+
+    env_id = "deep-sea-treasure-v0"
+    weights = [[0.9, 0.1], [0.2, 0.8]]
+
+Preference tasks of one environment that publishes a Pareto front get ``true_partition`` from
+it unless the file gives one (tasks/mo.py).
 """
 
 from __future__ import annotations
@@ -39,15 +48,22 @@ class SuiteFile(Strict):
     success_key: str | None = None
     true_partition: list[list[str]] | None = None
     ppo: dict = Field(default_factory=dict)
-    tasks: list[Task] = Field(..., min_length=1)
+    tasks: list[Task] = Field(default_factory=list)
+    env_id: str | None = Field(None, min_length=1, description="with weights: the MO-Gymnasium env of a listed preference family")
+    weights: list[list[float]] | None = Field(None, min_length=1, description="with env_id: one preference per task")
 
 
-def load_suite(spec: str, n_tasks: int | None = None, seed: int = 0, profile: str | None = None) -> TaskSuite:
+def load_suite(spec: str, n_tasks: int | None = None, seed: int = 0, profile: str | None = None,
+               anchors: int | None = None) -> TaskSuite:
     """A built-in suite by name (``n_tasks``, ``seed`` and ``profile`` feed its generator),
     ``metaworld:<task>,<task>,...``, a TOML file, or ``env:ID`` for a single gymnasium task.
 
     ``profile`` (``quick`` or ``paper``) picks the budget presets of the suites that have them
-    (highway, Meta-World; default quick); the other suites have none and refuse it."""
+    (highway, Meta-World; default quick); the other suites have none and refuse it.
+    ``mo:<MO-Gymnasium id>`` draws ``n_tasks`` preferences around ``anchors`` directions
+    (tasks/mo.py); ``mo:<id>:objectives`` is one task per objective."""
+    if anchors is not None and not spec.startswith("mo:"):
+        raise UserError(f"--anchors applies to mo:<MO-Gymnasium id> suites, not --suite {spec}")
     if profile is not None and not (spec.startswith("metaworld:") or
                                     (spec in SUITES and "profile" in inspect.signature(SUITES[spec]).parameters)):
         with_profiles = [s for s, f in SUITES.items() if "profile" in inspect.signature(f).parameters]
@@ -72,7 +88,10 @@ def load_suite(spec: str, n_tasks: int | None = None, seed: int = 0, profile: st
         suite = custom(spec[len("metaworld:"):], seed, profile or "quick")
         suite.source = {"suite": spec, "tasks": None, "suite_seed": seed, "profile": profile}  # recorded in config.json
         return suite
-    allowed = f"allowed: {', '.join(SUITES)}, metaworld:<task>,<task>,..., a .toml suite file, or env:<gymnasium id>"
+    if spec.startswith("mo:"):
+        return _mo_suite(spec, n_tasks, seed, anchors)
+    allowed = (f"allowed: {', '.join(SUITES)}, metaworld:<task>,<task>,..., mo:<MO-Gymnasium id>, a .toml suite file, "
+               "or env:<gymnasium id>")
     if spec.startswith("env:"):
         if not spec[4:].strip():
             raise UserError(f"--suite {spec!r}: env: needs a gymnasium id, e.g. env:CartPole-v1")
@@ -96,6 +115,24 @@ def load_suite(spec: str, n_tasks: int | None = None, seed: int = 0, profile: st
     raise UserError(f"--suite {spec!r}: unknown suite; {allowed}")
 
 
+def _mo_suite(spec: str, n_tasks: int | None, seed: int, anchors: int | None) -> TaskSuite:
+    from .mo import preference_suite
+
+    env_id, _, mode = spec[len("mo:"):].partition(":")
+    if not env_id.strip():
+        raise UserError(f"--suite {spec!r}: mo: needs an MO-Gymnasium id, e.g. mo:fruit-tree-v0")
+    if mode not in ("", "objectives"):
+        raise UserError(f"--suite {spec!r}: unknown preference mode {mode!r}; allowed: mo:<id> (drawn around --anchors) "
+                        "or mo:<id>:objectives (one task per objective)")
+    if mode == "objectives" and (n_tasks is not None or anchors is not None):
+        raise UserError(f"--suite {spec}: one task per objective; leave --tasks and --anchors out")
+    if n_tasks is not None and not 1 <= n_tasks <= MAX_TASKS:
+        raise UserError(f"--tasks must be between 1 and {MAX_TASKS}, got {n_tasks}")
+    suite = preference_suite(env_id, n_tasks, anchors, seed, per_objective=mode == "objectives")
+    suite.source = {"suite": spec, "tasks": n_tasks, "suite_seed": seed, "profile": None, "anchors": anchors}
+    return suite
+
+
 def _control_char(text: str) -> str | None:
     """The first control character of ``text`` (newline, tab, NUL, DEL, ...) as U+XXXX, or None."""
     for ch in text:
@@ -115,5 +152,22 @@ def load_suite_file(path: Path) -> TaskSuite:
         if bad is not None:
             raise UserError(f"suite file {path}: {where}: {text!r} contains the control character {bad}; "
                             "names must be printable text (no newline, tab, NUL or other control characters)")
-    parse(PPOConfig, sf.ppo, f"suite file {path}: [ppo]")
+    ppo = parse(PPOConfig, sf.ppo, f"suite file {path}: [ppo]")
+    if (sf.env_id is None) != (sf.weights is None):
+        raise UserError(f"suite file {path}: env_id and weights go together (a listed preference family); give both or neither")
+    if sf.weights is not None and sf.tasks:
+        raise UserError(f"suite file {path}: give either [[tasks]] or env_id and weights, not both")
+    if sf.weights is None and not sf.tasks:
+        raise UserError(f"suite file {path}: tasks: at least one [[tasks]] entry is required (or env_id and weights)")
+    prefs = [t for t in sf.tasks if t.weights is not None]
+    if sf.weights is not None or (prefs and len(prefs) == len(sf.tasks) and len({t.env_id for t in prefs}) == 1):
+        from .mo import preference_suite
+
+        suite = preference_suite(sf.env_id or prefs[0].env_id, name=sf.name or path.stem, gamma=ppo.gamma,
+                                 weights=sf.weights, tasks=None if sf.weights is not None else sf.tasks,
+                                 ppo_preset=sf.ppo, description=sf.description)
+        if sf.true_partition is not None:  # the file's own partition wins over the front's
+            suite = TaskSuite(suite.name, suite.tasks, sf.true_partition, suite.description, suite.ppo_preset,
+                              params=suite.params, metadata=suite.metadata, success_key=sf.success_key)
+        return suite
     return TaskSuite(sf.name or path.stem, sf.tasks, sf.true_partition, sf.description, sf.ppo, success_key=sf.success_key)

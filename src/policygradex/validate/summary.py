@@ -62,6 +62,13 @@ def agreement(labels_a: Sequence[int], labels_b: Sequence[int]) -> dict[str, flo
     return {"nmi": float(normalized_mutual_info_score(a, b)), "ari": float(adjusted_rand_score(a, b))}
 
 
+def truth_nmi(true_labels: Sequence[int], labels: Sequence[int]) -> float:
+    """NMI against a suite's known partition over the tasks it covers (label -1: a near-tie left
+    out of it, ``TaskSuite.true_labels``)."""
+    keep = [i for i, t in enumerate(true_labels) if t >= 0]
+    return agreement([true_labels[i] for i in keep], [labels[i] for i in keep])["nmi"]
+
+
 def speedup_breakdown(policygradex_s: dict[str, float], finetune_s: Sequence[float], eval_s: Sequence[float],
                       shared_s: dict[str, float | None] | None = None) -> tuple[float | None, dict]:
     """``(speedup, breakdown)``: the real route (fine-tuning + evaluation of every subset) over the
@@ -224,7 +231,7 @@ def ground_truth_section(truth: Truth, names: Sequence[str], alpha: float, true_
     out = {**_grouping_summary(g, truth.null, names, alpha), "penalty": g.penalty,
            "constant_tasks": [names[i] for i in truth.affinity.constant_tasks]}
     if true_labels is not None:
-        out["nmi_vs_true_partition"] = agreement(true_labels, g.labels)["nmi"]
+        out["nmi_vs_true_partition"] = truth_nmi(true_labels, g.labels)
     return out
 
 
@@ -244,7 +251,7 @@ def surrogate_section(sur: Truth, sur_repeats: np.ndarray, est: RunEstimate, mem
            "spearman_between_seeds": pair, "mean_between_seeds": _mean(pair),
            **_grouping_summary(g, sur.null, names, alpha)}
     if true_labels is not None:
-        out["nmi_vs_true_partition"] = agreement(true_labels, g.labels)["nmi"]
+        out["nmi_vs_true_partition"] = truth_nmi(true_labels, g.labels)
     return out
 
 
@@ -253,7 +260,7 @@ def estimated_section(est: RunEstimate, true_labels: Sequence[int] | None) -> di
     out = {"groups": est.groups["groups"], "labels": est.groups["labels"], "k": est.groups["k"],
            "null_p": est.groups["null_p"]}
     if true_labels is not None:
-        out["nmi_vs_true_partition"] = agreement(true_labels, est.labels)["nmi"]
+        out["nmi_vs_true_partition"] = truth_nmi(true_labels, est.labels)
     return out
 
 
