@@ -197,8 +197,12 @@ def _returns_table(title: str, rows: dict[str, dict]) -> Table:
     success = all("success_rate" in r for r in rows.values())  # suites with a success_key (Meta-World)
     if success:
         t.add_column("success", justify="right")
+    vector = all("discounted_vector_mean" in r for r in rows.values())  # MO-Gymnasium preference suites
+    if vector:
+        t.add_column(f"discounted vector return (gamma {next(iter(rows.values()))['vector_gamma']})")
     for name, r in rows.items():
-        t.add_row(name, f"{r['mean']:.1f}", f"{r['std']:.1f}", *([f"{r['success_rate']:.0%}"] if success else []))
+        t.add_row(name, f"{r['mean']:.1f}", f"{r['std']:.1f}", *([f"{r['success_rate']:.0%}"] if success else []),
+                  *(["(" + ", ".join(f"{x:.2f}" for x in r["discounted_vector_mean"]) + ")"] if vector else []))
     return t
 
 
@@ -255,8 +259,11 @@ def evaluate(
     stochastic: bool = typer.Option(False, "--stochastic", help="sample actions instead of the greedy action"),
     seed: int = typer.Option(12345, "--seed", help="evaluation seed"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="preference suites: write a PNG of the policies' vector returns "
+                                       "against the published Pareto front here"),
 ):
-    """Per-task mean ± std return of a checkpoint (and success rate, for suites that define one)."""
+    """Per-task mean ± std return of a checkpoint (and success rate, for suites that define one; vector
+    returns, hypervolume and expected utility for MO-Gymnasium preference suites, docs/morl.md)."""
     from .rl.checkpoint import load_checkpoint
     from .rl.evaluate import evaluate_policy
 
@@ -265,11 +272,42 @@ def evaluate(
     if not 0 <= seed <= MAX_SEED:  # before anything runs: a bad seed is the option's fault, not a task's
         raise UserError(f"--seed: must be a seed between 0 and {MAX_SEED}, got {seed}")
     model, s, _, ckpt = load_checkpoint(checkpoint)
+    mo = "mo_env" in s.metadata
+    if plot is not None and not mo:
+        raise UserError(f"--plot: {checkpoint} is a checkpoint of suite {s.name!r}, which has no vector rewards; "
+                        "--plot applies to MO-Gymnasium preference suites")
     ev = evaluate_policy(model, s, episodes=episodes, deterministic=not stochastic, seed=seed)
+    keys = ("mean", "std", "success_rate", "vector_mean", "discounted_vector_mean", "vector_gamma")
+    ind = None
+    if mo:
+        from .morl import front_plot, indicators
+
+        vecs = {k: v["discounted_vector_mean"] for k, v in ev.items()}
+        ind = indicators(s, vecs)
+        if plot is not None:
+            front_plot(s, vecs, plot)
     if as_json:
-        print(json.dumps({k: {key: v[key] for key in ("mean", "std", "success_rate") if key in v} for k, v in ev.items()}, indent=2))
+        res = {k: {key: v[key] for key in keys if key in v} for k, v in ev.items()}
+        print(json.dumps(res if ind is None else {"tasks": res, "indicators": ind}, indent=2))
     else:
         out.print(_returns_table(f"{checkpoint} (step {ckpt['global_step']:,})", ev))
+        if ind is not None:
+            out.print(_indicator_line(ind), soft_wrap=True)
+            if plot is not None:
+                out.print(f"plot: {plot}")
+
+
+def _indicator_line(ind: dict) -> str:
+    """One line of the MORL indicators (morl.indicators) of a set of policies."""
+    eu = f"expected utility over the suite's preferences {ind['expected_utility']:.3f}"
+    if "front_expected_utility" in ind:
+        eu += f" (published front: {ind['front_expected_utility']:.3f})"
+    if "hypervolume" not in ind:
+        return eu
+    hv = f"hypervolume {ind['hypervolume']:.4g} at reference {tuple(ind['ref_point'])}"
+    if "front_hypervolume" in ind:
+        hv += f" (published front: {ind['front_hypervolume']:.4g})"
+    return f"{hv}; {eu}"
 
 
 @app.command()

@@ -8,6 +8,11 @@ the per-episode ``successes``.
 Every episode ends: each environment has a step cap (its own ``max_episode_steps``, else
 ``tasks.base.DEFAULT_MAX_EPISODE_STEPS``), and an episode cut there counts as truncated, its
 return being the sum of the rewards up to the cap.
+
+For a multi-objective preference task (``info["vector_reward"]``, tasks/mo.py) the result also
+holds the vector return of each episode: ``vector_mean`` (undiscounted) and
+``discounted_vector_mean`` (discounted by ``gamma``, the discount the published Pareto fronts
+use; ``morl`` computes hypervolume and expected utility from them).
 """
 
 from __future__ import annotations
@@ -23,14 +28,15 @@ from .rollout import MultiTaskEnv, policy_input
 
 
 def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, deterministic: bool = True, seed: int = 12345,
-                    tasks: list[int] | None = None) -> dict[str, dict]:
+                    tasks: list[int] | None = None, gamma: float | None = None) -> dict[str, dict]:
     """Run ``episodes`` episodes of every task (or of ``tasks``), all in parallel; returns
     {task: {mean, std, returns}} (plus ``success_rate`` and ``successes`` when the suite has a
     ``success_key``).  The same seed gives the same environment seeds and action noise (common
     random numbers across policies).  The model may live on any device; actions are sampled
     from CPU noise streams either way.  A ``rl.sac.SACModel`` works too: its actor's ``mode`` is
     the deterministic ``tanh(mu)`` (rescaled to the Box) and its ``sample_with_noise`` squashes
-    the same Gaussian noise."""
+    the same Gaussian noise.  ``gamma``: the discount of the vector returns (default: the
+    suite's ``front_gamma``, else its PPO preset's ``gamma``, else 0.99)."""
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"evaluation seed must be between 0 and {MAX_SEED}, got {seed}")
     if episodes < 1:
@@ -46,6 +52,10 @@ def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, de
     final = np.full(E, np.nan)
     key = suite.success_key
     success = np.zeros(E, dtype=bool)
+    vec: np.ndarray | None = None  # (E, objectives) vector returns, discounted and not
+    dvec: np.ndarray | None = None
+    disc = np.ones(E)
+    g = gamma if gamma is not None else (suite.metadata.get("front_gamma") or suite.ppo_preset.get("gamma") or 0.99)
     space = env.envs.single_action_space
     dev = next(model.parameters()).device
     model.eval()
@@ -66,6 +76,13 @@ def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, de
         done = np.logical_or(term, trunc) & live
         if key is not None:
             success[live] |= step_flags(info, key, np.logical_or(term, trunc))[live]
+        v = step_vectors(info, np.logical_or(term, trunc))
+        if v is not None:
+            if vec is None:
+                vec, dvec = np.zeros((E, v.shape[1])), np.zeros((E, v.shape[1]))
+            vec[live] += v[live]
+            dvec[live] += disc[live, None] * v[live]
+            disc[live] *= g
         final[done] = ret[done]
     env.close()
     out = {}
@@ -76,6 +93,28 @@ def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, de
         if key is not None:
             ok = success[env.task_ids == i]
             out[name].update(success_rate=float(ok.mean()), successes=[bool(v) for v in ok])
+        if vec is not None:
+            sel = env.task_ids == i
+            out[name].update(vector_mean=vec[sel].mean(axis=0).tolist(), discounted_vector_mean=dvec[sel].mean(axis=0).tolist(),
+                             vector_returns=vec[sel].tolist(), vector_gamma=float(g))
+    return out
+
+
+def step_vectors(info: dict, done: np.ndarray, key: str = "vector_reward") -> np.ndarray | None:
+    """This step's ``info[key]`` vectors of every env of a vector env, (envs, objectives), the
+    final step's for envs whose episode just ended (``final_info``, as in :func:`step_flags`);
+    None when no env reports one."""
+    final = info.get("final_info", {})
+    if key not in info and key not in final:
+        return None
+    src = info[key] if key in info else final[key]
+    out = np.zeros((len(done), np.asarray(src).shape[-1]))
+    if key in info:
+        has = np.asarray(info.get("_" + key, np.ones(len(done), dtype=bool)), dtype=bool)
+        out[has] = np.asarray(info[key], dtype=np.float64)[has]
+    if key in final:
+        has = np.asarray(final.get("_" + key, np.ones(len(done), dtype=bool)), dtype=bool) & done
+        out[has] = np.asarray(final[key], dtype=np.float64)[has]
     return out
 
 
