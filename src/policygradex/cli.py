@@ -277,37 +277,23 @@ def evaluate(
         raise UserError(f"--plot: {checkpoint} is a checkpoint of suite {s.name!r}, which has no vector rewards; "
                         "--plot applies to MO-Gymnasium preference suites")
     ev = evaluate_policy(model, s, episodes=episodes, deterministic=not stochastic, seed=seed)
-    keys = ("mean", "std", "success_rate", "vector_mean", "discounted_vector_mean", "vector_gamma")
     ind = None
     if mo:
-        from .morl import front_plot, indicators
+        from .morl import front_plot, indicator_line, indicators
 
         vecs = {k: v["discounted_vector_mean"] for k, v in ev.items()}
         ind = indicators(s, vecs)
         if plot is not None:
             front_plot(s, vecs, plot)
     if as_json:
+        keys = ("mean", "std", "success_rate", "vector_mean", "discounted_vector_mean", "vector_gamma")
         res = {k: {key: v[key] for key in keys if key in v} for k, v in ev.items()}
         print(json.dumps(res if ind is None else {"tasks": res, "indicators": ind}, indent=2))
     else:
         out.print(_returns_table(f"{checkpoint} (step {ckpt['global_step']:,})", ev))
         if ind is not None:
-            out.print(_indicator_line(ind), soft_wrap=True)
-            if plot is not None:
-                out.print(f"plot: {plot}")
+            out.print(indicator_line(ind) + ("" if plot is None else f"\nplot: {plot}"), soft_wrap=True)
 
-
-def _indicator_line(ind: dict) -> str:
-    """One line of the MORL indicators (morl.indicators) of a set of policies."""
-    eu = f"expected utility over the suite's preferences {ind['expected_utility']:.3f}"
-    if "front_expected_utility" in ind:
-        eu += f" (published front: {ind['front_expected_utility']:.3f})"
-    if "hypervolume" not in ind:
-        return eu
-    hv = f"hypervolume {ind['hypervolume']:.4g} at reference {tuple(ind['ref_point'])}"
-    if "front_hypervolume" in ind:
-        hv += f" (published front: {ind['front_hypervolume']:.4g})"
-    return f"{hv}; {eu}"
 
 
 @app.command()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .report import save_png
 
 #: Hypervolume reference points per MO-Gymnasium id (docs/morl.md).
 REF_POINTS: dict[str, tuple[float, ...]] = {
@@ -86,12 +87,23 @@ def indicators(suite, vector_returns: dict[str, list[float]]) -> dict:
     return out
 
 
+def indicator_line(ind: dict) -> str:
+    """One line of :func:`indicators` for the console."""
+    eu = f"expected utility over the suite's preferences {ind['expected_utility']:.3f}"
+    if "front_expected_utility" in ind:
+        eu += f" (published front: {ind['front_expected_utility']:.3f})"
+    if "hypervolume" not in ind:
+        return eu
+    hv = f"hypervolume {ind['hypervolume']:.4g} at reference {tuple(ind['ref_point'])}"
+    if "front_hypervolume" in ind:
+        hv += f" (published front: {ind['front_hypervolume']:.4g})"
+    return f"{hv}; {eu}"
+
+
 def front_plot(suite, vector_returns: dict[str, list[float]], path: Path) -> Path:
     """A PNG of the policies' discounted vector returns against the published front: a scatter
     for two objectives, parallel coordinates for more."""
     import matplotlib.pyplot as plt
-
-    from .report import save_png
 
     pts = np.asarray(list(vector_returns.values()), dtype=np.float64)
     front = suite.metadata.get("front")

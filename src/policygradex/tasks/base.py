@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 
 from ..config import Strict
 from ..errors import UserError
+from .mo_env import FloatObservation, check_weights, import_mo, scalarize
 
 #: The step cap of an environment that has none of its own (no ``max_episode_steps`` in its
 #: registration or its task): an episode that reaches it is truncated, as by a time limit.
@@ -40,8 +41,6 @@ def _cartpole_derived(env: Any) -> None:
 DERIVED: dict[str, Callable[[Any], None]] = {"CartPoleEnv": _cartpole_derived}
 
 def _float_observation(env: gym.Env) -> gym.Env:
-    from .mo import FloatObservation
-
     return FloatObservation(env)
 
 
@@ -68,8 +67,6 @@ class Task(Strict):
     @field_validator("weights")
     @classmethod
     def _preference(cls, v: list[float] | None) -> list[float] | None:
-        from .mo import check_weights
-
         return None if v is None else check_weights(v)
 
     @field_validator("wrappers")
@@ -88,8 +85,6 @@ class Task(Strict):
             kwargs["render_mode"] = render_mode
         kwargs.setdefault("disable_env_checker", True)  # TaskEnv checks the same things, in one line
         if self.weights is not None:
-            from .mo import import_mo
-
             import_mo(f"task {self.name!r} (preference weights)")  # registers the MO-Gymnasium environments
         try:
             env = gym.make(self.env_id, **kwargs)
@@ -106,8 +101,6 @@ class Task(Strict):
             env = gym.wrappers.TimeLimit(env, DEFAULT_MAX_EPISODE_STEPS)
         self._apply_overrides(env.unwrapped)
         if self.weights is not None:
-            from .mo import scalarize
-
             try:
                 env = scalarize(env, self.weights, self.name, self.env_id)
             except UserError:

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import UserError
 from .base import Task, TaskSuite
+from .mo import preference_suite
 
 # The environments of the highway and Meta-World suites; the entry points (and highway-env,
 # metaworld) are imported only when such an environment is made.
@@ -139,22 +140,16 @@ MO_LUNAR_PPO = dict(LUNAR_PPO, checkpoint_every=2)
 
 def mo_fruit_tree(n: int = 9, seed: int = 0) -> TaskSuite:
     """MO-Gymnasium fruit-tree-v0: preferences over its 6 fruits around 3 anchors (tasks/mo.py)."""
-    from .mo import preference_suite
-
     return preference_suite("fruit-tree-v0", n, 3, seed, name="mo-fruit-tree", ppo_preset=MO_PPO)
 
 
 def mo_deep_sea_treasure(n: int = 9, seed: int = 0) -> TaskSuite:
     """MO-Gymnasium deep-sea-treasure-v0: preferences over (treasure, time) around 3 anchors."""
-    from .mo import preference_suite
-
     return preference_suite("deep-sea-treasure-v0", n, 3, seed, name="mo-deep-sea-treasure", ppo_preset=MO_PPO)
 
 
 def mo_lunar_lander(n: int = 8, seed: int = 0) -> TaskSuite:
     """MO-Gymnasium mo-lunar-lander-v3: preferences over its 4 objectives around 4 directions."""
-    from .mo import preference_suite
-
     return preference_suite("mo-lunar-lander-v3", n, 4, seed, name="mo-lunar-lander", gamma=LUNAR_PPO["gamma"],
                             ppo_preset=_scaled(MO_LUNAR_PPO, n, 2))
 

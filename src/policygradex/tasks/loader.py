@@ -37,6 +37,7 @@ from ..errors import UserError
 from ..runfile import load_toml
 from .base import Task, TaskSuite
 from .builtin import SUITES, single_task
+from .mo import preference_suite
 
 
 MAX_TASKS = 1000  # a built-in suite's --tasks; each task is an environment made at load time
@@ -116,8 +117,6 @@ def load_suite(spec: str, n_tasks: int | None = None, seed: int = 0, profile: st
 
 
 def _mo_suite(spec: str, n_tasks: int | None, seed: int, anchors: int | None) -> TaskSuite:
-    from .mo import preference_suite
-
     env_id, _, mode = spec[len("mo:"):].partition(":")
     if not env_id.strip():
         raise UserError(f"--suite {spec!r}: mo: needs an MO-Gymnasium id, e.g. mo:fruit-tree-v0")
@@ -161,8 +160,6 @@ def load_suite_file(path: Path) -> TaskSuite:
         raise UserError(f"suite file {path}: tasks: at least one [[tasks]] entry is required (or env_id and weights)")
     prefs = [t for t in sf.tasks if t.weights is not None]
     if sf.weights is not None or (prefs and len(prefs) == len(sf.tasks) and len({t.env_id for t in prefs}) == 1):
-        from .mo import preference_suite
-
         suite = preference_suite(sf.env_id or prefs[0].env_id, name=sf.name or path.stem, gamma=ppo.gamma,
                                  weights=sf.weights, tasks=None if sf.weights is not None else sf.tasks,
                                  ppo_preset=sf.ppo, description=sf.description)
