@@ -502,7 +502,7 @@ def compare(
     opts: RunOptions = None,
 ):
     """Train one policy per group for every method under the same per-task budget; compare per-task returns."""
-    from .compare import compare as run_compare
+    from .compare import compare as run_compare, comparison_lines
     from .config import CompareConfig, parse
     from .tasks import load_suite
 
@@ -522,22 +522,8 @@ def compare(
         r = run_compare(s, cfg, ccfg, out_dir, run_dir, backend=be)
     finally:
         be.close()
-    b = r["budget"]
-    budget = (f"{b['steps_per_task']:,} env steps per task for every method" if b["steps_per_task"] is not None else
-              f"{b['steps_per_task_requested']:,} env steps per task requested (unequal across methods)")
-    t = Table(title=f"{s.name} (n = {s.n}): {budget}, "
-                    f"{ccfg.seeds} seed{'s' if ccfg.seeds > 1 else ''}, mean return over tasks ± 95% CI")
-    success = any("success_rate" in e for e in r["methods"].values())  # suites with a success flag (Meta-World)
-    for col in ("method", "mean return", "± 95% CI", "vs multitask", *(["success"] if success else []), "groups (seed 0)", "wall s / seed"):
-        t.add_column(col, justify="left" if col in ("method", "groups (seed 0)") else "right")
-    for name in r["methods_order"]:
-        e = r["methods"][name]
-        rel = e.get("vs_multitask", {}).get("relative")
-        sr = [f"{e['success_rate']['mean']:.0%}" if "success_rate" in e else "-"] if success else []
-        t.add_row(name, f"{e['mean']:.1f}", "-" if e["ci95_halfwidth"] is None else f"{e['ci95_halfwidth']:.1f}",
-                  "-" if rel is None else f"{rel:+.1%}", *sr, " | ".join(str(len(g)) for g in e["groups"][0]) + " tasks",
-                  f"{e['wall_s']['mean']:.0f}")
-    out.print(t)
+    for line in comparison_lines(r, s, ccfg.seeds):
+        out.print(line, soft_wrap=True)
     out.print(f"outputs: {out_dir}/comparison.json, comparison.csv, comparison.png; trained policies in {out_dir}/compare/<method>/seed_<s>/")
 
 

@@ -19,6 +19,9 @@ pcgrad         one policy on all tasks, PCGrad gradient surgery on the per-task 
 tag            one policy per group of the SDP grouping (same k) of TAG-style lookahead
                affinities measured along the run's meta-training
 policygradex   one policy per group of the PolicyGradEx run's groups
+recommended    what a user following the run would train: its groups when its verdict is
+               "distinguishable from noise", else one policy for all tasks
+pertask        one policy per task
 =============  ==============================================================================
 
 Meta-RL methods (``compare/meta.py``; scored on held-out tasks after adaptation):
@@ -162,6 +165,20 @@ def _policygradex(ctx: CompareContext, seed: int) -> tuple[list[list[int]], dict
                     "run_dir": str(ctx.run_dir)}
 
 
+def _recommended(ctx: CompareContext, seed: int) -> tuple[list[list[int]], dict]:
+    g = ctx._groups()
+    if g.get("distinguishable_from_noise"):
+        groups, info = _policygradex(ctx, seed)
+        return groups, {**info, "followed": "the run's groups (distinguishable from noise)"}
+    return [list(range(ctx.suite.n))], {"k": 1, "null_p": g.get("null_p"), "distinguishable_from_noise": False,
+                                        "followed": "one policy for all tasks (the run's groups are not distinguishable from noise)",
+                                        "run_k": g["k"], "run_dir": str(ctx.run_dir)}
+
+
+def _per_task(ctx: CompareContext, seed: int) -> tuple[list[list[int]], dict]:
+    return [[i] for i in range(ctx.suite.n)], {}
+
+
 def _random(ctx: CompareContext, seed: int) -> tuple[list[list[int]], dict]:
     return random_groups(ctx.sizes, ctx.suite.n, seed=seed), {"draw_seed": seed, "sizes": ctx.sizes}
 
@@ -196,6 +213,9 @@ register(Method("pcgrad", "one policy on all tasks with PCGrad gradient surgery 
 register(Method("tag", "one policy per group: SDP (same k) on TAG-style lookahead affinities along meta-training", _tag,
                 needs_run=True, learners=PPO_ONLY))
 register(Method("policygradex", "one policy per group of the PolicyGradEx grouping", _policygradex, needs_run=True))
+register(Method("recommended", "what following the run means: its groups when they are distinguishable from noise, else one "
+                "policy for all tasks", _recommended, needs_run=True))
+register(Method("pertask", "one policy per task", _per_task))
 
 
 # ----------------------------------------------------------------------------- meta-RL (compare/meta.py)

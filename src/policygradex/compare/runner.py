@@ -49,6 +49,7 @@ from ..tasks import TaskSuite
 from ..ui import console, progress_bar
 from .methods import METHODS, CompareContext, Method, get_method
 from ..estimate.collect import load_meta_policy
+from ..morl import indicators
 from ..pipeline import run as run_pipeline
 from ..rl.evaluate import evaluate_policy
 from .pcgrad import PCGrad
@@ -59,6 +60,8 @@ __all__ = ["compare", "ci95", "summarize", "UNIT_KEYS", "BASELINE"]
 UNIT_KEYS = ("method", "seed", "per_task", "mean", "env_steps_per_task", "env_steps", "wall_s", "groups")
 #: The method that relative improvements are measured against.
 BASELINE = "multitask"
+#: The method that follows the tool's own answer (compare.methods), compared with every other.
+RECOMMENDED = "recommended"
 
 
 def ci95(values) -> tuple[float, float | None, float | None]:
@@ -140,6 +143,8 @@ def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[lis
             per_task[name] = {"mean": ev[name]["mean"], "std": ev[name]["std"], "returns": ev[name]["returns"]}
             if "success_rate" in ev[name]:
                 per_task[name]["success_rate"] = ev[name]["success_rate"]
+            if "discounted_vector_mean" in ev[name]:  # a preference task (tasks/mo.py): its vector return
+                per_task[name]["discounted_vector_mean"] = ev[name]["discounted_vector_mean"]
             steps[name] = res.env_steps[t]
             train_ret[name] = res.train_returns[t]
         if surgery is not None:
@@ -168,6 +173,8 @@ def _train_unit(ctx: CompareContext, method: Method, seed: int, groups: list[lis
     rates = [v["success_rate"] for v in per_task.values() if "success_rate" in v]
     if rates:
         result["success_rate"] = float(np.mean(rates))
+    if "mo_env" in suite.metadata and all("discounted_vector_mean" in v for v in per_task.values()):
+        result["morl"] = indicators(suite, {k: v["discounted_vector_mean"] for k, v in per_task.items()})
     if surgery_stats:
         tot = sum(s["pairs"] for s in surgery_stats)
         result["pcgrad"] = {"conflict_fraction": (sum(s["conflicting_pairs"] for s in surgery_stats) / tot) if tot else None}
@@ -360,6 +367,11 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
         if all("success_rate" in r for r in rs):
             sm, sh, _ = ci95([r["success_rate"] for r in rs])
             entry["success_rate"] = {"mean": sm, "ci95_halfwidth": sh, "per_seed": [r["success_rate"] for r in rs]}
+        if all("morl" in r for r in rs):  # preference suites: the indicators of the method's policies, per seed
+            entry["morl"] = {key: dict(zip(("mean", "ci95_halfwidth"), ci95([r["morl"][key] for r in rs])[:2]),
+                                       per_seed=[r["morl"][key] for r in rs])
+                             for key in ("expected_utility", "hypervolume") if key in rs[0]["morl"]}
+            entry["morl"].update({k: v for k, v in rs[0]["morl"].items() if k.startswith("front_") or k == "ref_point"})
         if "pcgrad" in rs[0]:
             entry["pcgrad"] = {"conflict_fraction_per_seed": [r["pcgrad"]["conflict_fraction"] for r in rs]}
         out_methods[m.name] = entry
@@ -370,6 +382,8 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
             dm, dh, _ = ci95(diffs)
             e["vs_multitask"] = {"relative": (e["mean"] - base["mean"]) / abs(base["mean"]) if base["mean"] else None,
                                  "paired_diff_mean": dm, "paired_diff_ci95_halfwidth": dh}
+    if RECOMMENDED in out_methods:
+        out_recommended = _recommended_vs_others(out_methods)
     all_steps = [e["env_steps_per_task"] for e in out_methods.values()]
     equal = all(isinstance(s, dict) and s == all_steps[0] for s in all_steps)
     learner = run_cfg.learner()
@@ -389,6 +403,7 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
         "seeds": cfg.seeds,
         "ci": "t-based 95% interval over seeds of the mean return over tasks",
         "methods": out_methods,
+        **({"recommended": out_recommended} if RECOMMENDED in out_methods else {}),
         "config": {"compare": cfg.model_dump(mode="json"), "run": run_cfg.model_dump(mode="json")},
         "versions": art.versions(),
     }
@@ -399,6 +414,25 @@ def summarize(suite: TaskSuite, run_cfg: RunConfig, cfg: CompareConfig, methods:
                                    "meta_policy": g.get("meta_policy"), "k_rule": "fixed by --k" if run_cfg.group.k else "auto (trace penalty)",
                                    "wall_s_this_call": run_s}
     return res
+
+
+def _recommended_vs_others(out_methods: dict) -> dict:
+    """``recommended`` against every other multi-task method (comparison.json ``recommended``):
+    the paired difference of the per-seed mean returns with its 95% CI (``significant``: the CI
+    excludes 0), and the regret against the best method in hindsight (the largest mean)."""
+    rec = out_methods[RECOMMENDED]
+    others = {n: e for n, e in out_methods.items() if n != RECOMMENDED and e["kind"] == "multi_task"}
+    vs = {}
+    for name, e in others.items():
+        diffs = [a - b for a, b in zip(rec["per_seed_mean"], e["per_seed_mean"])]
+        dm, dh, _ = ci95(diffs)
+        sig = None if dh is None else ("above" if dm - dh > 0 else "below" if dm + dh < 0 else "no")
+        vs[name] = {"paired_diff_mean": dm, "paired_diff_ci95_halfwidth": dh, "significant": sig}
+    pool = {**others, RECOMMENDED: rec}
+    best = max(pool, key=lambda n: pool[n]["mean"])
+    return {"followed": rec["grouping"].get("followed"), "vs": vs, "best_in_hindsight": best,
+            "regret": pool[best]["mean"] - rec["mean"],
+            "regret_relative": (pool[best]["mean"] - rec["mean"]) / abs(pool[best]["mean"]) if pool[best]["mean"] else None}
 
 
 def _grouping_seconds(rs: list[dict]) -> float | None:
