@@ -209,3 +209,26 @@ def test_small_mo_suite_end_to_end(tmp_path):
     conf = json.loads((out / "config.json").read_text())
     assert all(len(t["weights"]) == 2 for t in conf["suite"]["tasks"])
     assert "NMI vs the suite's known partition" in proc.stdout
+
+
+@pytest.mark.trains
+def test_training_logs_vector_returns_consistent_with_the_scalar_ones(tmp_path):
+    """train_history.json holds each preference task's mean vector return next to its mean return
+    (the same episodes, so return = w . vector return), also when rebuilt on a rerun."""
+    from conftest import run_cli
+
+    out = tmp_path / "t"
+    args = ("train", "--suite", "mo:deep-sea-treasure-v0", "--tasks", "2", "--anchors", "2", "--steps", "4096",
+            "--checkpoint-every", "4", "--seed", str(seeded(0)), "--eval-episodes", "1", "--out", str(out))
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hist = json.loads((out / "train_history.json").read_text())
+    weights = {t.name: t.weights for t in load_suite("mo:deep-sea-treasure-v0", n_tasks=2, anchors=2).tasks}
+    assert len(hist) == 2
+    for h in hist:
+        for name, r in h["returns"].items():
+            v = h["vector_returns"][name]
+            assert len(v) == 2 and r == pytest.approx(float(np.dot(weights[name], v)), rel=1e-5, abs=1e-5)
+    proc = run_cli(*args)  # a rerun finds the training done and rebuilds the history from the checkpoints
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "train_history.json").read_text()) == hist

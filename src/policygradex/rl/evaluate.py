@@ -24,7 +24,7 @@ from ..config import MAX_SEED
 from ..errors import UserError
 from ..tasks import TaskSuite
 from .networks import ActorCritic, env_action, sample_with_noise
-from .rollout import MultiTaskEnv, policy_input
+from .rollout import MultiTaskEnv, policy_input, step_vectors
 
 
 def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, deterministic: bool = True, seed: int = 12345,
@@ -97,24 +97,6 @@ def evaluate_policy(model: ActorCritic, suite: TaskSuite, episodes: int = 10, de
             sel = env.task_ids == i
             out[name].update(vector_mean=vec[sel].mean(axis=0).tolist(), discounted_vector_mean=dvec[sel].mean(axis=0).tolist(),
                              vector_returns=vec[sel].tolist(), vector_gamma=float(g))
-    return out
-
-
-def step_vectors(info: dict, done: np.ndarray, key: str = "vector_reward") -> np.ndarray | None:
-    """This step's ``info[key]`` vectors of every env of a vector env, (envs, objectives), the
-    final step's for envs whose episode just ended (``final_info``, as in :func:`step_flags`);
-    None when no env reports one."""
-    final = info.get("final_info", {})
-    if key not in info and key not in final:
-        return None
-    src = info[key] if key in info else final[key]
-    out = np.zeros((len(done), np.asarray(src).shape[-1]))
-    if key in info:
-        has = np.asarray(info.get("_" + key, np.ones(len(done), dtype=bool)), dtype=bool)
-        out[has] = np.asarray(info[key], dtype=np.float64)[has]
-    if key in final:
-        has = np.asarray(final.get("_" + key, np.ones(len(done), dtype=bool)), dtype=bool) & done
-        out[has] = np.asarray(final[key], dtype=np.float64)[has]
     return out
 
 

@@ -258,6 +258,15 @@ def _finite_state(state) -> bool:
     return not ts or bool(torch.isfinite(max_abs(ts)))
 
 
+def _vector_entry(ckpt: dict, suite: TaskSuite) -> dict:
+    """A preference suite's history entry part: the mean vector returns of the checkpoint's last
+    20 episodes per task (its resume state), as the training wrote them."""
+    recent = ((ckpt.get("rng") or {}).get("resume") or {}).get("recent_vec")
+    if not recent or not any(recent):
+        return {}
+    return {"vector_returns": {name: (np.mean(r, axis=0).tolist() if r else None) for name, r in zip(suite.names, recent)}}
+
+
 def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> tuple[dict | None, list[dict]]:
     """The newest checkpoint that every earlier checkpoint checks out up to (None: start afresh),
     and the training history rebuilt from those checkpoints.  A truncated or corrupted checkpoint
@@ -275,7 +284,7 @@ def _resume_point(out_dir: Path, cfg: PPOConfig, suite: TaskSuite) -> tuple[dict
             raise UserError(f"--out {out_dir} holds checkpoints of a different config or suite; choose another --out or delete it")
         good = ckpt
         history.append({"step": ckpt["global_step"], "update": ckpt["update"], "checkpoint": str(path.relative_to(out_dir)),
-                        "returns": ckpt["returns"]})
+                        "returns": ckpt["returns"], **_vector_entry(ckpt, suite)})
     return good, history
 
 
@@ -318,14 +327,18 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
     collector = RolloutCollector(env, gen)
     if resume is not None:
         collector.ep_ret = np.array(resume["ep_ret"], dtype=np.float64)
+        if resume.get("ep_vec") is not None:  # preference tasks' running vector returns (absent in older checkpoints)
+            collector.ep_vec = np.array(resume["ep_vec"], dtype=np.float64)
     writer = None
     if tensorboard is not None:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(tensorboard))
     recent = [deque(maxlen=20) for _ in range(suite.n)]
+    recent_vec = [deque(maxlen=20) for _ in range(suite.n)]  # preference tasks: the last 20 episodes' vector returns
     if resume is not None:
         recent = [deque(r, maxlen=20) for r in resume["recent"]]
+        recent_vec = [deque(r, maxlen=20) for r in resume.get("recent_vec", [[] for _ in range(suite.n)])]
     else:
         for h in history[-1:]:
             for i, name in enumerate(suite.names):
@@ -342,7 +355,11 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
             global_step += batch
             for i, rets in enumerate(ro.episode_returns):
                 recent[i].extend(rets)
+            for i, vecs in enumerate(ro.episode_vector_returns):
+                recent_vec[i].extend(vecs)
             returns = {name: (float(np.mean(recent[i])) if recent[i] else None) for i, name in enumerate(suite.names)}
+            vector_returns = ({name: (np.mean(recent_vec[i], axis=0).tolist() if recent_vec[i] else None)
+                               for i, name in enumerate(suite.names)} if any(recent_vec) else None)
             sps = (global_step - steps0) / max(time.perf_counter() - t0, 1e-9)
             if writer is not None:
                 finite = [r for r in returns.values() if r is not None]
@@ -351,6 +368,9 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
                 for name, r in returns.items():
                     if r is not None:
                         writer.add_scalar(f"charts/episodic_return/{name}", r, global_step)
+                for name, v in (vector_returns or {}).items():
+                    for j, x in enumerate(v or []):
+                        writer.add_scalar(f"charts/vector_return/{name}/{j}", x, global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/learning_rate", lr, global_step)
                 for k, v in stats.items():
@@ -361,9 +381,12 @@ def train(suite: TaskSuite, cfg: PPOConfig, out_dir: str | Path, tensorboard: st
                 path = out_dir / "checkpoints" / f"step_{global_step:09d}.pt"
                 state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(), "env": env.state(),
                          "ep_ret": collector.ep_ret.copy(), "recent": [list(d) for d in recent]}
+                if collector.ep_vec is not None:
+                    state.update(ep_vec=collector.ep_vec.copy(), recent_vec=[list(d) for d in recent_vec])
                 save_checkpoint(path, model, optimizer, cfg, suite, global_step, update, returns,
                                 {"generator": gen.get_state(), "resume": state})
-                history.append({"step": global_step, "update": update, "checkpoint": str(path.relative_to(out_dir)), "returns": returns})
+                history.append({"step": global_step, "update": update, "checkpoint": str(path.relative_to(out_dir)), "returns": returns,
+                                **({"vector_returns": vector_returns} if vector_returns is not None else {})})
                 write_json(out_dir / "train_history.json", history)
             crash_point(f"train:update:{update}")
         write_json(out_dir / "train_history.json", history)  # also when resumed after the last checkpoint

@@ -281,6 +281,24 @@ def _cpu_model(model: ActorCritic, mirror: ActorCritic | None) -> ActorCritic:
     return mirror.eval()
 
 
+def step_vectors(info: dict, done: np.ndarray, key: str = "vector_reward") -> np.ndarray | None:
+    """This step's ``info[key]`` vectors of every env of a vector env, (envs, objectives), the
+    final step's for envs whose episode just ended (``final_info``, as in :func:`step_flags`);
+    None when no env reports one."""
+    final = info.get("final_info", {})
+    if key not in info and key not in final:
+        return None
+    src = info[key] if key in info else final[key]
+    out = np.zeros((len(done), np.asarray(src).shape[-1]))
+    if key in info:
+        has = np.asarray(info.get("_" + key, np.ones(len(done), dtype=bool)), dtype=bool)
+        out[has] = np.asarray(info[key], dtype=np.float64)[has]
+    if key in final:
+        has = np.asarray(final.get("_" + key, np.ones(len(done), dtype=bool)), dtype=bool) & done
+        out[has] = np.asarray(final[key], dtype=np.float64)[has]
+    return out
+
+
 @dataclass
 class Rollout:
     """One rollout, tensors shaped [T, E] (x: [T, E, in], actions: [T, E] or [T, E, act])."""
@@ -295,6 +313,7 @@ class Rollout:
     dones: torch.Tensor
     task_ids: torch.Tensor  # [E]
     episode_returns: list[list[float]] = field(default_factory=list)  # per task, finished episodes
+    episode_vector_returns: list[list[list[float]]] = field(default_factory=list)  # per task: preference tasks' vector returns
 
     def advantages(self, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
         return gae(self.rewards, self.values, self.next_values, self.terminated, self.dones, gamma, lam)
@@ -307,6 +326,7 @@ class RolloutCollector:
         self.env = env
         self.gen = generator
         self.ep_ret = np.zeros(env.num_envs)
+        self.ep_vec: np.ndarray | None = None  # running vector returns of preference tasks (info["vector_reward"])
         self._mirror: ActorCritic | None = None  # CPU copy of a model that lives on another device
         if env.obs is None:
             env.reset()
@@ -335,6 +355,7 @@ class RolloutCollector:
         space = env.envs.single_action_space
         xs, acts, logps, vals, rews, nvals, terms, dones = [], [], [], [], [], [], [], []
         finished: list[list[float]] = [[] for _ in range(n)]
+        finished_vec: list[list[list[float]]] = [[] for _ in range(n)]
         for _ in range(num_steps):
             x = policy_input(env.obs, env.task_ids, n)
             a, logp, v = self._act(model, x, label, advice)
@@ -347,9 +368,17 @@ class RolloutCollector:
                 with torch.no_grad():
                     nv[idx] = model.value(policy_input(final, env.task_ids[idx], n))
             self.ep_ret += r
+            vec = step_vectors(info, done)
+            if vec is not None:
+                if self.ep_vec is None:
+                    self.ep_vec = np.zeros((E, vec.shape[1]))
+                self.ep_vec += vec
             for e in np.where(done)[0]:
                 finished[env.task_ids[e]].append(float(self.ep_ret[e]))
                 self.ep_ret[e] = 0.0
+                if self.ep_vec is not None:
+                    finished_vec[env.task_ids[e]].append(self.ep_vec[e].tolist())
+                    self.ep_vec[e] = 0.0
             xs.append(x); acts.append(a); logps.append(logp); vals.append(v)
             rews.append(torch.as_tensor(r, dtype=torch.float32)); nvals.append(nv)
             terms.append(torch.as_tensor(term)); dones.append(torch.as_tensor(done))
@@ -363,4 +392,4 @@ class RolloutCollector:
         following = torch.cat([values[1:], last_v.unsqueeze(0)])
         next_values = torch.where(done_t, torch.stack(nvals), following)
         return Rollout(torch.stack(xs), torch.stack(acts), torch.stack(logps), values, torch.stack(rews),
-                       next_values, torch.stack(terms), done_t, torch.as_tensor(env.task_ids), finished)
+                       next_values, torch.stack(terms), done_t, torch.as_tensor(env.task_ids), finished, finished_vec)
