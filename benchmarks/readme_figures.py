@@ -12,10 +12,12 @@ from ``benchmarks/results/``:
   makerun           the `make run` paragraph: output, k, p, verdict  pipeline_makerun.json
   row `make run`    the benchmark table's `make run` row             pipeline_makerun.json
   trust             the trust scoreboard's table                      trust.json
+  decision          does following the tool pay (compare per family)  decision.json
 
 Regenerate those files with ``python benchmarks/bench_pipeline.py quickstart`` and
-``python benchmarks/bench_pipeline.py makerun`` (and ``trust.json`` with
-``python benchmarks/bench_trust.py``), then run this script.  tests/test_readme.py
+``python benchmarks/bench_pipeline.py makerun`` (``trust.json`` with
+``python benchmarks/bench_trust.py``, ``decision.json`` with ``python
+benchmarks/bench_decision.py``), then run this script.  tests/test_readme.py
 fails when README.md and the rendering differ.
 """
 
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 
-BLOCKS = ("quickstart", "quickstart-notes", "makerun", "trust")
+BLOCKS = ("quickstart", "quickstart-notes", "makerun", "trust", "decision")
 MAKERUN_ROW = "| `make run` (pipeline on `cartpole`, after install) |"
 
 
@@ -182,11 +184,27 @@ def render_trust(res: dict) -> str:
     return "\n".join(lines)
 
 
+def render_decision(res: dict) -> str:
+    """bench_decision's table and where it was measured."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_decision import table
+
+    done = [r for r in res["families"] if "pending" not in r]
+    where = "; ".join(f"{r['family']}: `{r['command']}` at commit {r['computed']['git_commit']}, "
+                      f"{r['computed']['nproc']} cores, {r['computed']['cpu_model']}, {r['computed']['date'][:10]}" for r in done)
+    pending = [r["family"] for r in res["families"] if "pending" in r]
+    return "\n".join([table(res["families"]), "", prose(
+        "Mean return over tasks ± 95% CI over 5 training seeds, the same environment steps per task for every method; "
+        "the last two columns: the paired difference of `recommended` from the best method in hindsight (above, below: "
+        "its 95% CI excludes 0; no: it does not) and the regret (best mean minus `recommended`'s). Measured with "
+        f"{where} (`benchmarks/results/decision.json`)." + (f" Not measured yet: {', '.join(pending)}." if pending else ""))])
+
+
 def render(results: Path = RESULTS) -> tuple[dict[str, str], dict[str, str]]:
     """(blocks by name, table rows by key) rendered from the result files."""
     qs, mk = load("pipeline_quickstart", results), load("pipeline_makerun", results)
     blocks = {"quickstart": render_quickstart(qs), "quickstart-notes": render_quickstart_notes(qs), "makerun": render_makerun(mk),
-              "trust": render_trust(load("trust", results))}
+              "trust": render_trust(load("trust", results)), "decision": render_decision(load("decision", results))}
     rows = {MAKERUN_ROW: render_makerun_row(mk)}
     return blocks, rows
 
