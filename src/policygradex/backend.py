@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import UserError
+from .ui import quiet_gymnasium
 
 __all__ = ["Resources", "Unit", "UnitFailed", "Backend", "LocalBackend", "RayBackend", "BACKENDS", "make_backend"]
 
@@ -212,6 +213,7 @@ def _set_threads(threads: int) -> None:
 
 
 def _pool_init(setup, shared, threads: int) -> None:
+    quiet_gymnasium()  # as the CLI does in the main process
     _set_threads(threads)
     _CTX["ctx"] = setup(shared) if setup is not None else shared
 
@@ -366,6 +368,7 @@ def _ray_call(fn, setup, box, threads, payload):
     if key not in _RAY_CTX:
         import ray
 
+        quiet_gymnasium()
         _set_threads(threads)
         value = None if box is None else ray.get(box[0])
         _RAY_CTX.clear()  # keep one shared input per worker process

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .ui import quiet_gymnasium
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Which RL tasks to train together: PolicyGradEx task grouping from projected policy gradients.")
@@ -528,18 +529,10 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> None:
-    import warnings
-
     from . import artifacts as art
     from . import outdir
 
-    # gymnasium warns (several lines: its passive env checker, Box bound precision, async worker
-    # errors) before an environment's bad output is reported; rl.rollout.TaskEnv checks the same
-    # things and names the task and the call.  gymnasium installs a warning filter of its own when
-    # imported, so import it first, then silence it.
-    import gymnasium.logger  # noqa: F401
-
-    warnings.filterwarnings("ignore", module=r"gymnasium(\.|$)")
+    quiet_gymnasium()  # its multi-line warnings: TaskEnv reports the same problems in one line
     args = list(sys.argv[1:] if argv is None else argv)
     code = 0
     # SIGTERM (batch schedulers, docker stop) stops a command as Ctrl-C does, then exits 143

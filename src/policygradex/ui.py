@@ -48,3 +48,16 @@ class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:,.0f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
+
+
+def quiet_gymnasium() -> None:
+    """Silence gymnasium's warnings (several lines each: its passive env checker, Box bound
+    precision, async worker errors) in this process: ``rl.rollout.TaskEnv`` checks the same things
+    and names the task and the call.  gymnasium installs a warning filter of its own when imported,
+    so it is imported first.  The CLI calls this at start, and every worker process of a backend."""
+    import warnings
+
+    import gymnasium.logger  # noqa: F401
+
+    warnings.filterwarnings("ignore", module=r"gymnasium(\.|$)")
+
