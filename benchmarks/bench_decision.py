@@ -91,25 +91,39 @@ def summarize(name: str, cmp: dict) -> dict:
     return row
 
 
+def _num(x: float, scale: float, sign: str = "") -> str:
+    """Two decimals for a family whose returns are small (|mean| < 10), else one."""
+    return format(x, f"{sign}.{2 if abs(scale) < 10 else 1}f")
+
+
+def _paired(v: dict, scale: float) -> str:
+    half = "" if v["paired_diff_ci95_halfwidth"] is None else f" ± {_num(v['paired_diff_ci95_halfwidth'], scale)}"
+    return f"{_num(v['paired_diff_mean'], scale, '+')}{half} ({v['significant']})"
+
+
 def table(rows: list[dict]) -> str:
-    out = ["| family | verdict of the run | recommended trains | " + " | ".join(m for m in METHODS.split(",")) +
-           " | recommended vs best (paired) | regret |", "|---|---|---|" + "---:|" * (len(METHODS.split(",")) + 2)]
+    """The markdown table of the result file's families (README block ``decision``)."""
+    methods = METHODS.split(",")
+    head = ["family", "the run's verdict", "recommended trains", *methods, "recommended − multitask (paired)",
+            "recommended − best other (paired)", "regret"]
+    out = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
     for r in rows:
         if "pending" in r:
-            out.append(f"| {r['family']} | pending | | " + " | " * len(METHODS.split(",")) + " |")
+            out.append(f"| {r['family']} | not measured yet |" + " |" * (len(head) - 2))
             continue
         run = r["run"]
-        verdict = f"k = {run['k']}, p = {run['null_p']:.3f}" + ("" if run["distinguishable_from_noise"] else " (noise)")
-        cells = []
-        for m in METHODS.split(","):
+        verdict = f"k = {run['k']}, p = {run['null_p']:.3f}" + ("" if run["distinguishable_from_noise"] else ": noise")
+        cells, scale = [], max(abs(r["methods"][m]["mean"]) for m in methods)
+        for m in methods:
             e = r["methods"][m]
-            cells.append(f"{e['mean']:.1f} ± {e['ci95_halfwidth']:.1f}" if e["ci95_halfwidth"] is not None else f"{e['mean']:.1f}")
+            cells.append(_num(e["mean"], scale) + ("" if e["ci95_halfwidth"] is None else f" ± {_num(e['ci95_halfwidth'], scale)}"))
         rec = r["recommended"]
-        best = rec["best_in_hindsight"]
-        vs = "—" if best == "recommended" else (lambda v: f"{v['paired_diff_mean']:+.1f} ± {v['paired_diff_ci95_halfwidth']:.1f}"
-                                                 f" ({v['significant']})")(rec["vs"][best])
-        trains = f"{r['methods']['recommended']['k_seed0']} group(s)"
-        out.append(f"| {r['family']} | {verdict} | {trains} | " + " | ".join(cells) + f" | {vs} vs {best} | {rec['regret']:.2f} |")
+        others = {n: v for n, v in rec["vs"].items()}
+        best_other = max(others, key=lambda n: r["methods"][n]["mean"])
+        k = r["methods"]["recommended"]["k_seed0"]
+        out.append(f"| {r['family']} | {verdict} | {k} group{'s' if k > 1 else ''} | " + " | ".join(cells) +
+                   f" | {_paired(others['multitask'], scale)} | {_paired(others[best_other], scale)} vs {best_other} | "
+                   f"{_num(rec['regret'], scale)} |")
     return "\n".join(out)
 
 

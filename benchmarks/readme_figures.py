@@ -190,13 +190,17 @@ def render_decision(res: dict) -> str:
     from bench_decision import table
 
     done = [r for r in res["families"] if "pending" not in r]
-    where = "; ".join(f"{r['family']}: `{r['command']}` at commit {r['computed']['git_commit']}, "
-                      f"{r['computed']['nproc']} cores, {r['computed']['cpu_model']}, {r['computed']['date'][:10]}" for r in done)
+    calls: dict[tuple, list[str]] = {}  # families measured by the same call share one mention
+    for r in done:
+        c = r["computed"]
+        calls.setdefault((r["command"], c["git_commit"], c["nproc"], c["cpu_model"], c["date"][:10]), []).append(r["family"])
+    where = "; ".join(f"{', '.join(fams)}: `{cmd}` at commit {commit}, {nproc} cores, {cpu}, {date}"
+                      for (cmd, commit, nproc, cpu, date), fams in calls.items())
     pending = [r["family"] for r in res["families"] if "pending" in r]
     return "\n".join([table(res["families"]), "", prose(
         "Mean return over tasks ± 95% CI over 5 training seeds, the same environment steps per task for every method; "
-        "the last two columns: the paired difference of `recommended` from the best method in hindsight (above, below: "
-        "its 95% CI excludes 0; no: it does not) and the regret (best mean minus `recommended`'s). Measured with "
+        "paired differences of the per-seed means with their 95% CI (above, below: the CI excludes 0; no: it does not); "
+        "regret: the best method's mean minus `recommended`'s (0 when `recommended` is the best). Measured, per family: "
         f"{where} (`benchmarks/results/decision.json`)." + (f" Not measured yet: {', '.join(pending)}." if pending else ""))])
 
 
