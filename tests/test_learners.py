@@ -69,7 +69,8 @@ def test_sac_cannot_act_in_a_discrete_suite_and_ppo_can():
 
 
 def test_ppo_only_methods_follow_the_learner_names():
-    assert [n for n, m in METHODS.items() if m.trains_with("sac")] == ["multitask", "softmod", "random", "policygradex"]
+    assert [n for n, m in METHODS.items() if m.trains_with("sac")] == ["multitask", "softmod", "random", "policygradex",
+                                                                      "recommended", "pertask"]
     assert all(m.trains_with("ppo") for m in METHODS.values())
 
 
