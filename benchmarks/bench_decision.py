@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -68,7 +69,7 @@ def run_family(work: Path, name: str, seeds: int, steps_per_task: int, workers: 
     left = deadline - time.time()
     if left < 60:
         return None
-    env = {**__import__("os").environ, "POLICYGRADEX_QUIET": "1"}
+    env = {**os.environ, "POLICYGRADEX_QUIET": "1"}
     try:
         subprocess.run(args, cwd=ROOT, env=env, check=True, timeout=left, stdout=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:

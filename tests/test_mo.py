@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("mo_gymnasium")
 
-from conftest import assert_user_error, run_main, seeded
+from conftest import assert_one_line, run_main, seeded
 from policygradex.errors import UserError
 from policygradex.tasks import Task, load_suite
 from policygradex.tasks.mo import FloatObservation, best_points, draw_preferences, truth
@@ -141,7 +141,12 @@ def test_tasks_form_of_a_suite_file_gets_the_front_truth(tmp_path):
         weights = [0.0, 1.0]
     """))
     s = load_suite(str(path))
-    assert s.name == "dst-mine" and s.true_partition == [["hurry"], ["treasure"]] or s.true_partition == [["treasure"], ["hurry"]]
+    assert s.name == "dst-mine"
+    assert sorted(s.true_partition) == [["hurry"], ["treasure"]]  # two front points, one task each
+    own = tmp_path / "own.toml"  # a file's own partition wins over the front's
+    own.write_text('true_partition = [["treasure", "hurry"]]\nsuccess_key = "done"\n' + path.read_text())
+    s = load_suite(str(own))
+    assert s.true_partition == [["treasure", "hurry"]] and s.success_key == "done" and "true_partition" in s.description
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -155,7 +160,7 @@ def test_tasks_form_of_a_suite_file_gets_the_front_truth(tmp_path):
 ])
 def test_bad_mo_suites(tmp_path, args, needles):
     code, err = run_main("run", *args, "--out", str(tmp_path / "o"))
-    assert_user_error_parts(code, err, needles)
+    assert_one_line(code, err, *needles)
 
 
 @pytest.mark.parametrize("body,needles", [
@@ -172,7 +177,7 @@ def test_bad_preferences_in_suite_files(tmp_path, body, needles):
     path = tmp_path / "s.toml"
     path.write_text(body + "\n")
     code, err = run_main("run", "--suite", str(path), "--out", str(tmp_path / "o"))
-    assert_user_error_parts(code, err, needles)
+    assert_one_line(code, err, *needles)
 
 
 def test_without_the_mo_extra_one_line(tmp_path, monkeypatch):
@@ -180,13 +185,7 @@ def test_without_the_mo_extra_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "mo_gymnasium", None)  # import fails as when it is not installed
     code, err = run_main("run", "--suite", "mo:fruit-tree-v0", "--out", str(tmp_path / "o"))
-    assert_user_error_parts(code, err, ["needs MO-Gymnasium", "pip install 'policygradex[mo]'"])
-
-
-def assert_user_error_parts(code, err, needles):
-    from conftest import assert_one_line
-
-    assert_one_line(code, err, *needles)
+    assert_one_line(code, err, "needs MO-Gymnasium", "pip install 'policygradex[mo]'")
 
 
 @pytest.mark.trains

@@ -62,6 +62,13 @@ def test_evaluate_reports_vector_returns_and_indicators(tmp_path):
     assert ind["ref_point"] == [0.0, -25.0] and 0 <= ind["hypervolume"] <= ind["front_hypervolume"] + 1e-9
     assert ind["expected_utility"] <= ind["front_expected_utility"] + 1e-9
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # an existing file is the user's: refused before anything runs, left as it was
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"user data")
+    assert_user_error(run_cli("evaluate", str(ckpt), "--plot", str(mine)), "--plot", "already exists")
+    assert mine.read_bytes() == b"user data"
+    assert_user_error(run_cli("evaluate", str(ckpt), "--plot", str(tmp_path / "no" / "dir.png")), "--plot",
+                      "directory does not exist")
 
 
 def test_plot_of_a_suite_without_vector_rewards_is_a_user_error(tmp_path):

@@ -277,6 +277,9 @@ def evaluate(
     if plot is not None and not mo:
         raise UserError(f"--plot: {checkpoint} is a checkpoint of suite {s.name!r}, which has no vector rewards; "
                         "--plot applies to MO-Gymnasium preference suites")
+    if plot is not None and (plot.exists() or not plot.parent.is_dir()):  # never overwrite a file the user has
+        raise UserError(f"--plot {plot}: " + ("already exists; choose a new path (a file policygradex did not write is never "
+                                              "overwritten)" if plot.exists() else "its directory does not exist"))
     ev = evaluate_policy(model, s, episodes=episodes, deterministic=not stochastic, seed=seed)
     ind = None
     if mo:

@@ -135,6 +135,15 @@ class Task(Strict):
             fix(raw)
 
 
+def truth_nmi(true_labels, labels) -> float:
+    """NMI of ``labels`` against a known partition's labels (``TaskSuite.true_labels``) over the
+    tasks it covers: label -1, a near-tie left out of it, does not count."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    keep = [i for i, t in enumerate(true_labels) if t >= 0]
+    return float(normalized_mutual_info_score([true_labels[i] for i in keep], [int(labels[i]) for i in keep]))
+
+
 def close_quietly(env: gym.Env) -> None:
     """``env.close()``, ignoring whatever it raises (``sys.exit`` included): a finished result
     must not turn into an error because an environment fails to clean up after itself."""
@@ -204,12 +213,7 @@ class TaskSuite:
         """NMI of ``labels`` (one per task) against ``true_partition`` over the tasks it covers,
         or None without one."""
         truth = self.true_labels()
-        if truth is None:
-            return None
-        from sklearn.metrics import normalized_mutual_info_score
-
-        keep = [i for i, t in enumerate(truth) if t >= 0]
-        return float(normalized_mutual_info_score([truth[i] for i in keep], [int(labels[i]) for i in keep]))
+        return None if truth is None else truth_nmi(truth, labels)
 
     def _check_spaces(self) -> tuple[gym.Space, gym.Space]:
         first = None

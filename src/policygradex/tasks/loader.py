@@ -162,9 +162,7 @@ def load_suite_file(path: Path) -> TaskSuite:
     if sf.weights is not None or (prefs and len(prefs) == len(sf.tasks) and len({t.env_id for t in prefs}) == 1):
         suite = preference_suite(sf.env_id or prefs[0].env_id, name=sf.name or path.stem, gamma=ppo.gamma,
                                  weights=sf.weights, tasks=None if sf.weights is not None else sf.tasks,
-                                 ppo_preset=sf.ppo, description=sf.description)
-        if sf.true_partition is not None:  # the file's own partition wins over the front's
-            suite = TaskSuite(suite.name, suite.tasks, sf.true_partition, suite.description, suite.ppo_preset,
-                              params=suite.params, metadata=suite.metadata, success_key=sf.success_key)
+                                 ppo_preset=sf.ppo, description=sf.description, true_partition=sf.true_partition,
+                                 success_key=sf.success_key)
         return suite
     return TaskSuite(sf.name or path.stem, sf.tasks, sf.true_partition, sf.description, sf.ppo, success_key=sf.success_key)

@@ -172,11 +172,13 @@ def preference_suite(env_id: str, n: int | None = None, anchors: int | None = No
                      weights: list[list[float]] | None = None, per_objective: bool = False, name: str | None = None,
                      gamma: float = GAMMA, margin: float = MARGIN, tie_tolerance: float = TIE_TOLERANCE,
                      ppo_preset: dict | None = None, description: str = "", kwargs: dict[str, Any] | None = None,
-                     tasks: list | None = None):
+                     tasks: list | None = None, true_partition: list[list[str]] | None = None,
+                     success_key: str | None = None):
     """A :class:`TaskSuite` of preference tasks on ``env_id``: the given ``tasks`` (a suite file's
     ``[[tasks]]``, each with weights), the listed ``weights``, one task per objective
     (``per_objective``), or ``n`` drawn around ``anchors`` (default 3 anchors and 3 tasks per
-    anchor); ``true_partition`` from the front where one is published."""
+    anchor); ``true_partition`` from the front where one is published, unless one is given (a
+    suite file's own)."""
     what = f"--suite mo:{env_id}" if name is None else f"suite {name!r}"
     m, front = env_facts(env_id, gamma, what)
     anchor_of, points = None, []
@@ -213,8 +215,12 @@ def preference_suite(env_id: str, n: int | None = None, anchors: int | None = No
     partition, ties, point = None, [], [-1] * len(w)
     if front is not None:
         partition, ties, point = truth(np.asarray([t.weights for t in tasks]), front, names, tie_tolerance)
+    if true_partition is not None:  # the suite file's own partition wins over the front's
+        partition, ties = true_partition, []
     lines = [description or f"{env_id}: one task per preference w over its {m} objectives, reward w·r"]
-    if front is not None:
+    if true_partition is not None:
+        lines.append(f"truth: the suite file's true_partition ({len(partition)} groups)")
+    elif front is not None:
         lines.append(f"truth: tasks grouped by the point of the published Pareto front (gamma {gamma}) maximizing w·v "
                      f"({len(partition)} groups)")
         if ties:
@@ -234,4 +240,4 @@ def preference_suite(env_id: str, n: int | None = None, anchors: int | None = No
                 "mo_gymnasium": md.version("mo-gymnasium")}
     preset = {"gamma": gamma, **(ppo_preset or {})}
     return TaskSuite(name or f"mo:{env_id}", tasks, true_partition=partition, description="; ".join(lines),
-                     ppo_preset=preset, params=params, metadata=metadata, truth_excluded=ties)
+                     ppo_preset=preset, params=params, metadata=metadata, truth_excluded=ties, success_key=success_key)

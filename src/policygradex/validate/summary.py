@@ -21,6 +21,7 @@ from scipy.stats import ConstantInputWarning, spearmanr
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from .. import artifacts as art
+from ..tasks.base import truth_nmi
 from ..estimate.affinity import Affinity, standardize_per_task
 from ..group.null import NullTest
 from ..group.sdp import Grouping, random_grouping
@@ -60,13 +61,6 @@ def agreement(labels_a: Sequence[int], labels_b: Sequence[int]) -> dict[str, flo
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"label vectors must have the same length, got {a.shape} and {b.shape}")
     return {"nmi": float(normalized_mutual_info_score(a, b)), "ari": float(adjusted_rand_score(a, b))}
-
-
-def truth_nmi(true_labels: Sequence[int], labels: Sequence[int]) -> float:
-    """NMI against a suite's known partition over the tasks it covers (label -1: a near-tie left
-    out of it, ``TaskSuite.true_labels``)."""
-    keep = [i for i, t in enumerate(true_labels) if t >= 0]
-    return agreement([true_labels[i] for i in keep], [labels[i] for i in keep])["nmi"]
 
 
 def speedup_breakdown(policygradex_s: dict[str, float], finetune_s: Sequence[float], eval_s: Sequence[float],
