@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
@@ -53,6 +53,9 @@ TargetDeltaOpt = Annotated[Optional[float], typer.Option("--target-delta", help=
 EvaluatorOpt = Annotated[Optional[str], typer.Option("--evaluator", help="first_order_ppo, surrogate_loss or rollout_return")]
 CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="pin theta* to the checkpoint of this step")]
 MinReturnOpt = Annotated[Optional[float], typer.Option("--min-return", help="refuse a meta-policy whose mean return is below this")]
+PolicyOpt = Annotated[Optional[List[str]], typer.Option("--policy", help="use a policy trained elsewhere as theta* instead of training one: module:PKG.MOD:FACTORY[:STATE_DICT] or sb3:PATH.zip; repeat it with independently trained policies for a calibrated verdict (one replicate each; docs/policies.md)")]
+PolicyTaskInputOpt = Annotated[Optional[str], typer.Option("--policy-task-input", help="with --policy sb3:...: how the policy sees the task: onehot (appended to the observation, the default) or none")]
+PolicyTasksOpt = Annotated[Optional[str], typer.Option("--policy-tasks", help="with --policy: the policy's task order, comma-separated names (default: the suite's)")]
 ReplicatesOpt = Annotated[Optional[int], typer.Option("--replicates", help="independent estimates of the affinity; their consensus gives the groups and, with 2 or more, a calibrated verdict (default 3; 1 is today's single-theta* test, not calibrated)")]
 ReplicateOverOpt = Annotated[Optional[str], typer.Option("--replicate-over", help="what differs between replicates: seeds (independent trainings: calibrated), checkpoints or projection (cheaper, one training: not calibrated)")]
 ThetaWindowOpt = Annotated[Optional[int], typer.Option("--theta-window", help="checkpoints of each training whose affinities are averaged: theta* and the next ones (default 2; 1: theta* alone)")]
@@ -97,6 +100,9 @@ class RunOptions:
     backend: str = "local"
     ray_address: Optional[str] = None
     workers: Optional[int] = None
+    policy: Optional[List[str]] = None
+    policy_task_input: Optional[str] = None
+    policy_tasks: Optional[str] = None
 
 
 _RUN_OPTIONS = {"tasks": TasksOpt, "suite_seed": SuiteSeedOpt, "anchors": AnchorsOpt, "profile": ProfileOpt, "steps": StepsOpt, "config": ConfigOpt,
@@ -104,7 +110,8 @@ _RUN_OPTIONS = {"tasks": TasksOpt, "suite_seed": SuiteSeedOpt, "anchors": Anchor
                 "transitions": TransitionsOpt, "subset_size": SubsetSizeOpt, "coverage": CoverageOpt, "subsets": SubsetsOpt,
                 "target_delta": TargetDeltaOpt, "evaluator": EvaluatorOpt, "checkpoint": CheckpointOpt, "min_return": MinReturnOpt,
                 "null_permutations": NullPermutationsOpt, "replicates": ReplicatesOpt, "replicate_over": ReplicateOverOpt,
-                "theta_window": ThetaWindowOpt, "threads": ThreadsOpt, "backend": BackendOpt, "ray_address": RayAddressOpt, "workers": WorkersOpt}
+                "theta_window": ThetaWindowOpt, "threads": ThreadsOpt, "backend": BackendOpt, "ray_address": RayAddressOpt, "workers": WorkersOpt,
+                "policy": PolicyOpt, "policy_task_input": PolicyTaskInputOpt, "policy_tasks": PolicyTasksOpt}
 
 
 def with_run_options(command):
@@ -385,6 +392,14 @@ def _run_config(s, seed: int, opts: RunOptions):
     data = {"ppo": ppo.model_dump(), "estimate": est, "group": grp}
     if sac is not None:
         data.update(algo="sac", sac=sac.model_dump())
+    if o.policy:
+        from .rl.imported import imported_run_update
+
+        data.update(imported_run_update(o.policy, o.policy_task_input, o.policy_tasks, seed, o.threads,
+                                        read_section(config, "imported") if config else {}, grp,
+                                        {"--algo": o.algo, "--steps": o.steps, "--checkpoint": o.checkpoint}))
+    elif o.policy_task_input is not None or o.policy_tasks is not None:
+        raise UserError(f"{'--policy-task-input' if o.policy_task_input is not None else '--policy-tasks'} needs --policy SPEC")
     cfg = parse(RunConfig, data, "options", flags)
     from .estimate.subsets import default_subset_size
 

@@ -144,6 +144,22 @@ class PPOConfig(LearnerConfig):
         return max(1, self.total_steps // self.batch_size(n_tasks))
 
 
+class ImportedConfig(LearnerConfig):
+    """``run --policy SPEC``: where theta* comes from and how its advantages are computed."""
+
+    spec: str = Field("", description="the policy (set by --policy): module:PKG.MOD:FACTORY[:STATE_DICT] or sb3:PATH.zip[:STATS.pkl]")
+    sha256: str = Field("", description="sha256 of the policy's files (recorded at import; a changed file is refused when the run is reused)")
+    task_input: Literal["onehot", "none"] = Field("onehot", description="sb3: how the policy sees the task (one-hot appended to the observation, or not at all)")
+    task_order: tuple[str, ...] | None = Field(None, description="the policy's task order by name (default: the suite's)")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount factor of the advantages")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda (policies with a value function)")
+    seed: int = Field(0, description="seed of the import's gradient check")
+    more: tuple[str, ...] = Field((), description="the other replicates' policies (run --policy A --policy B ...): replicate i imports more[i - 1]")
+    more_sha256: tuple[str, ...] = Field((), description="sha256 of each of `more`")
+    threads: int = not_keyed("execution", 1, ge=1, le=MAX_THREADS, description="torch threads")
+    device: Literal["auto", "cpu", "cuda"] = not_keyed("execution", "cpu", description="device of the per-sample gradients")
+
+
 class SACConfig(LearnerConfig):
     """Multi-task SAC hyperparameters (``--algo sac``, ``[sac]`` table; rl/sac.py, docs/sac.md)."""
 
@@ -299,8 +315,9 @@ class RunConfig(Strict):
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     group: GroupConfig = Field(default_factory=GroupConfig)
-    algo: Literal["ppo", "sac"] = Field("ppo", description="meta-trainer: ppo (multi-task PPO) or sac (multi-task SAC, continuous actions)")
+    algo: Literal["ppo", "sac", "imported"] = Field("ppo", description="meta-trainer: ppo (multi-task PPO), sac (multi-task SAC, continuous actions) or imported (a policy trained elsewhere: run --policy)")
     sac: SACConfig = Field(default_factory=SACConfig)
+    imported: ImportedConfig | None = Field(None, description="algo = imported: the policy and its advantages (rl.imported)")
 
     @model_serializer(mode="wrap")
     def _omit_ppo_algo(self, handler):
@@ -309,10 +326,20 @@ class RunConfig(Strict):
         if self.algo == "ppo" and isinstance(data, dict):
             data.pop("algo", None)
             data.pop("sac", None)
+        if isinstance(data, dict) and data.get("imported", 0) is None:
+            data.pop("imported")  # runs without --policy dump as before the field existed
         return data
 
-    def learner(self) -> "PPOConfig | SACConfig":
-        """The meta-trainer's config: ``sac`` for ``algo = "sac"``, else ``ppo``."""
+    @model_validator(mode="after")
+    def _imported_needs_policy(self):
+        if self.algo == "imported" and self.imported is None:
+            raise ValueError("algo = imported needs the imported policy's config (run --policy SPEC)")
+        return self
+
+    def learner(self) -> "PPOConfig | SACConfig | ImportedConfig":
+        """The meta-trainer's config: ``sac`` for ``algo = "sac"``, ``imported`` for an imported policy, else ``ppo``."""
+        if self.algo == "imported":
+            return self.imported
         return self.sac if self.algo == "sac" else self.ppo
 
 

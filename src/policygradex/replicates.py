@@ -64,7 +64,11 @@ def replicate_config(cfg: RunConfig, i: int, pinned_step: int | None = None) -> 
         est_update["checkpoint"] = pinned_step
     if over == "seeds":
         learner = cfg.learner()
-        update[cfg.algo] = learner.model_copy(update={"seed": replicate_seed(learner.seed, i)})
+        if cfg.algo == "imported":  # independently trained policies, one per replicate (run --policy A --policy B ...)
+            update[cfg.algo] = learner.model_copy(update={"spec": learner.more[i - 1], "sha256": learner.more_sha256[i - 1],
+                                                          "more": (), "more_sha256": ()})
+        else:
+            update[cfg.algo] = learner.model_copy(update={"seed": replicate_seed(learner.seed, i)})
     return cfg.model_copy(update={**update, "estimate": est.model_copy(update=est_update)})
 
 

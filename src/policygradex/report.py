@@ -210,8 +210,7 @@ def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit)
                f"{ae['subsets']} subsets, held-out rows): median {ae['median']:.2%}, max {ae['max']:.2%}. "
                "`policygradex validate` measures it along real fine-tuning paths." if ae else ""), "",
               "## Meta-policy theta*", "",
-              f"Checkpoint `{meta.checkpoint}` (step {meta.step:,}), mean per-task return {num(meta.mean_return, '.1f')} "
-              f"over the collection episodes.", "",
+              *_imported_lines(groups.get("meta_policy", {}).get("imported"), meta, num),
               "| task | return | adv scale | % positive | signal |", "|---|---:|---:|---:|---|"]
     for name in suite.names:
         s = meta.signal[name]
@@ -220,11 +219,11 @@ def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit)
                      f"{'collapsed: ' + s['reason'] if s['collapsed'] else 'ok'} |")
     lines += ["", f"Signal healthy on {signal['n_tasks'] - signal['n_collapsed']} of {signal['n_tasks']} tasks over the collection "
               f"(run-level rule: at least {signal['min_healthy_frac']:.0%})."]
-    if signal["probe_met_rule"] is False:
+    if signal["probe_met_rule"] is False and "imported" not in groups.get("meta_policy", {}):
         lines += ["", "No probed checkpoint met the rule on its short probe; theta* is the probed checkpoint with the largest "
                   "advantage scale. The verdict follows the collection's table above."]
-    lines += ["", "Probed checkpoints (newest first):", ""]
-    for p in meta.probes:
+    lines += ["", "Probed checkpoints (newest first):", ""] if "imported" not in groups.get("meta_policy", {}) else []
+    for p in meta.probes if "imported" not in groups.get("meta_policy", {}) else []:
         lines.append(f"- `{p['checkpoint']}`: healthy on {p['healthy_task_frac']:.0%} of tasks, overall adv scale "
                      f"{p['overall']['adv_scale']:.2e}, {p['overall']['frac_positive']:.0%} positive")
     conv = fit.converged
@@ -342,3 +341,18 @@ def estimated_vs_true_plot(z_est: np.ndarray, z_true: np.ndarray, members: np.nd
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     save_png(fig, path)
+
+
+def _imported_lines(src: dict | None, meta, num) -> list[str]:
+    """The theta* paragraph: a checkpoint of this run's training, or the imported policy's source."""
+    if src is None:
+        return [f"Checkpoint `{meta.checkpoint}` (step {meta.step:,}), mean per-task return {num(meta.mean_return, '.1f')} "
+                f"over the collection episodes.", ""]
+    libs = ", ".join(f"{k} {v}" for k, v in src.get("library", {}).items())
+    files = ", ".join(f"`{f}`" for f in src.get("files", [])) or "none (the module's code only)"
+    adv = ("GAE with the policy's own value function" if src.get("advantages", "").startswith("gae") else
+           "Monte-Carlo returns minus a fitted baseline (per task, ridge regression on the observation and its squares)")
+    return [f"Imported, not trained here: `{src['spec']}` ({src['kind']}; files {files}; sha256 `{src.get('sha256', '')[:16]}`; {libs}). "
+            f"The policy sees the task as: {src.get('task_input')}. Advantages: {adv}, gamma {src.get('gamma')}. "
+            f"Per-sample log-prob gradients under vmap match autograd on the policy to {num(src.get('gradient_check_rel_error'), '.1e')} "
+            f"(relative). Mean per-task return {num(meta.mean_return, '.1f')} over the collection episodes.", ""]

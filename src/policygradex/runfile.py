@@ -18,11 +18,12 @@ from pathlib import Path
 from .errors import UserError
 from . import config
 
-TABLES = ("ppo", "estimate", "group", "validate", "sac")
+TABLES = ("ppo", "estimate", "group", "validate", "sac", "imported")
 
 
 # the model each table is checked against on its own, so an error names the file and the table
-MODELS = {"ppo": "PPOConfig", "sac": "SACConfig", "estimate": "EstimateConfig", "group": "GroupConfig", "validate": "ValidateConfig"}
+MODELS = {"ppo": "PPOConfig", "sac": "SACConfig", "estimate": "EstimateConfig", "group": "GroupConfig", "validate": "ValidateConfig",
+          "imported": "ImportedConfig"}
 
 
 def load_toml(path: Path, what: str) -> dict:

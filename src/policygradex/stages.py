@@ -375,6 +375,7 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
 
     first, names = estimates[0], suite.names
     members = first.subsets.members
+    imported = imported_source(first.run_dir) if getattr(first.theta.model, "algo", None) == "imported" else None
     if len(estimates) == 1:
         tables = first.tables()  # theta*'s table, and its window's
         with console.status(f"grouping: SDP + null test ({cfg.null_permutations} permutations)"):
@@ -416,11 +417,12 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
         "null_statistic": {"name": "within_minus_between", "observed": float(observed), "null_mean": float(null_stats.mean()),
                            "null_q95": float(np.quantile(null_stats, 0.95)), "permutations": int(null_stats.size)},
         "distinguishable_from_noise": bool(p < cfg.alpha),
-        "verdict": verdict(cfg, len(estimates), p),
+        "verdict": verdict(cfg, len(estimates), p, getattr(first.theta.model, "algo", None) == "imported"),
         "signal_collapsed": signal["run_level_collapsed"],
         "signal": signal,
         "meta_policy": {"checkpoint": meta.checkpoint, "step": meta.step, "mean_return": meta.mean_return,
-                        "window_steps": [int(w.theta.meta.step) for w in first.window]},
+                        "window_steps": [int(w.theta.meta.step) for w in first.window],
+                        **({"imported": imported} if imported is not None else {})},
         "subsets": {"m": int(members.shape[0]), "size": first.subsets.size, "min_pair_count": int(min_pairs)},
         "stability": stability,
         "approx_error_at_delta": approx,
@@ -434,12 +436,21 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
     return ["groups.json", "affinity.csv", "affinity.png", *extra]
 
 
-def verdict(cfg: GroupConfig, n_replicates: int, p: float) -> dict:
-    """What the p-value means: calibrated only for a consensus of independently trained replicates."""
+def imported_source(run_dir: Path) -> dict | None:
+    """Where an imported theta* came from (``train/train_history.json["imported"]``, written at import)."""
+    path = train_dir(run_dir) / "train_history.json"
+    return art.read_json(path).get("imported") if path.is_file() else None
+
+
+def verdict(cfg: GroupConfig, n_replicates: int, p: float, imported: bool = False) -> dict:
+    """What the p-value means: calibrated only for a consensus of independently trained replicates
+    (``imported``: theta* is a policy trained elsewhere, so more replicates mean more policies)."""
     if n_replicates == 1:
         test, calibrated = "single_theta_star_permutation", False
+        more = ("give three or more independently trained policies (--policy A --policy B --policy C)" if imported else
+                "use --replicates 3 or more")
         why = ("one replicate: the permutation test asks whether f depends on subset composition for this theta*, "
-               "not whether another training would give the same groups; use --replicates 3 or more for a calibrated verdict")
+               f"not whether another training would give the same groups; {more} for a calibrated verdict")
     elif cfg.replicate_over != "seeds":
         test, calibrated = "replicate_consensus", False
         why = (f"the replicates share one training (--replicate-over {cfg.replicate_over}), so their agreement is not "

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import UserError
 from ..tasks import TaskSuite
-from . import ppo, sac
+from . import imported, ppo, sac
 from .collected import Collected
 from .ppo import GradSurgery, GroupResult, TrainResult
 
@@ -133,3 +133,4 @@ def learner_for(what) -> Learner:
 
 register(ppo.LEARNER)
 register(sac.LEARNER)
+register(imported.LEARNER)
