@@ -285,9 +285,9 @@ class _SB3Policy(nn.Module):
             self.clip = float(stats["clip"])
 
     def forward(self, obs: torch.Tensor, task: torch.Tensor):
-        if self.normalize:
-            obs = torch.clamp((obs - self.obs_mean) / self.obs_std, -self.clip, self.clip)
         x = torch.cat([obs, self.eye[task]], dim=-1) if self.onehot else obs
+        if self.normalize:  # VecNormalize saw the policy's whole input, one-hot included
+            x = torch.clamp((x - self.obs_mean) / self.obs_std, -self.clip, self.clip)
         # SB3's own forward, less its preprocessing (Box observations: a cast to float32, which would
         # undo the float64 copy the first-order check runs on)
         p = self.sb3
@@ -361,8 +361,6 @@ def _sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConf
             raise UserError(f"--policy {spec}: {stats_path} is not a VecNormalize file ({type(exc).__name__}: {exc})") from None
         if stats is not None and stats["mean"].shape[-1] != want:
             raise UserError(f"--policy {spec}: {stats_path} normalizes {stats['mean'].shape[-1]} observation values, the policy takes {want}")
-        if stats is not None and cfg.task_input == "onehot":  # the statistics cover the policy's whole input
-            stats = {**stats, "mean": stats["mean"][:obs_dim], "var": stats["var"][:obs_dim]}
     elif data.get("_last_original_obs") is not None:
         raise UserError(f"--policy {spec}: the model was trained with VecNormalize but no statistics were given; save them with "
                         f"VecNormalize.save('{path.parent / SB3_STATS_NAMES[0]}') or name them: sb3:{path}:STATS.pkl")
