@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned, in its own call: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,tensorboard,ray,mo]"
+	$(BIN)/pip install -q -e ".[test,tensorboard,ray,mo,sb3]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,11 +13,13 @@ from ``benchmarks/results/``:
   row `make run`    the benchmark table's `make run` row             pipeline_makerun.json
   trust             the trust scoreboard's table                      trust.json
   decision          does following the tool pay (compare per family)  decision.json
+  policies          groups from Stable-Baselines3 models (run --policy) policies.json
 
 Regenerate those files with ``python benchmarks/bench_pipeline.py quickstart`` and
 ``python benchmarks/bench_pipeline.py makerun`` (``trust.json`` with
 ``python benchmarks/bench_trust.py``, ``decision.json`` with ``python
-benchmarks/bench_decision.py``), then run this script.  tests/test_readme.py
+benchmarks/bench_decision.py``, ``policies.json`` with ``python benchmarks/bench_policies.py``),
+then run this script.  tests/test_readme.py
 fails when README.md and the rendering differ.
 """
 
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 
-BLOCKS = ("quickstart", "quickstart-notes", "makerun", "trust", "decision")
+BLOCKS = ("quickstart", "quickstart-notes", "makerun", "trust", "decision", "policies")
 MAKERUN_ROW = "| `make run` (pipeline on `cartpole`, after install) |"
 
 
@@ -204,11 +206,35 @@ def render_decision(res: dict) -> str:
         f"{where} (`benchmarks/results/decision.json`)." + (f" Not measured yet: {', '.join(pending)}." if pending else ""))])
 
 
+def render_policies(res: dict) -> str:
+    """bench_policies' table: the planted family grouped from SB3 models and from the project's own theta*, per budget."""
+    label = {"sb3": "one SB3 PPO model (`--policy sb3:...`)", "sb3_replicates": "three SB3 PPO models, one per replicate",
+             "own": "the project's own θ*, one replicate"}
+    out = ["| θ* | training steps | right (NMI 1) | wrong but called significant | verdict |", "|---|---:|---:|---:|---|"]
+    where, seeds = [], 0
+    for b in res["budgets"]:
+        s, rows = b["summary"], b["rows"]
+        seeds = max(seeds, len(rows))
+        for key in ("sb3", "sb3_replicates", "own"):
+            if s.get(key, {}).get("of"):
+                calibrated = any(r[key]["calibrated"] for r in rows if key in r)
+                out.append(f"| {label[key]} | {b['steps']:,} | {s[key]['right']}/{s[key]['of']} | {s[key]['wrong_but_significant']} | "
+                           f"{'calibrated' if calibrated else 'not calibrated'} |")
+        p = b["provenance"]
+        where.append(f"{b['steps']:,} steps: `{p['command']}` at commit {p['git_commit']}, {p['nproc']} cores, {p['cpu_model']}, "
+                     f"{p['date'][:10]}")
+    return "\n".join(out + ["", prose(
+        f"`cartpole-planted`, suite seeds 0-{seeds - 1}; the training steps are environment steps over all tasks, the same for "
+        "SB3 (`PPO(\"MlpPolicy\")` on `OneHotTaskEnv`, 8 envs, n_steps 128, batch 256) and for the project's meta-training. "
+        f"Measured: {'; '.join(where)} (`benchmarks/results/policies.json`).")])
+
+
 def render(results: Path = RESULTS) -> tuple[dict[str, str], dict[str, str]]:
     """(blocks by name, table rows by key) rendered from the result files."""
     qs, mk = load("pipeline_quickstart", results), load("pipeline_makerun", results)
     blocks = {"quickstart": render_quickstart(qs), "quickstart-notes": render_quickstart_notes(qs), "makerun": render_makerun(mk),
-              "trust": render_trust(load("trust", results)), "decision": render_decision(load("decision", results))}
+              "trust": render_trust(load("trust", results)), "decision": render_decision(load("decision", results)),
+              "policies": render_policies(load("policies", results))}
     rows = {MAKERUN_ROW: render_makerun_row(mk)}
     return blocks, rows
 

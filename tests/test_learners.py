@@ -128,7 +128,7 @@ def test_a_new_learner_plugs_in(fake, tmp_path):
     suite = load_suite("cartpole", 2, 0)
     model = fake.build_model(suite, FakeConfig())
     assert learner_for(model) is fake
-    with pytest.raises(UserError, match=r"allowed: ppo, sac, fake"):
+    with pytest.raises(UserError, match=r"allowed: ppo, sac, imported, fake"):
         learner_for("a2c")
     # the estimate stage collects theta*'s transitions through it
     c = collect(model, suite, FakeConfig(), 4, 2, 0.0, 0)

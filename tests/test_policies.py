@@ -236,6 +236,12 @@ def test_bad_policy_specs_are_one_line_errors(user_module, args, needles):
     assert not (out / "groups.json").exists()
 
 
+@pytest.mark.parametrize("command", ["validate", "compare"])
+def test_validate_and_compare_refuse_an_imported_policy(user_module, command):
+    code, err = run_main(command, "--suite", "cartpole-planted", "--policy", "module:userpolicy:make", "--out", str(user_module / "o"))
+    assert_one_line(code, err, "--policy", f"{command} a run of the project's meta-policy")
+
+
 def test_a_wrong_archive_is_a_one_line_error(user_module):
     pytest.importorskip("stable_baselines3")
     (user_module / "fake.zip").write_text("not a zip")
@@ -322,3 +328,30 @@ def test_sb3_spaces_that_do_not_fit_are_one_line_errors(tmp_path):
     code, err = run_main("run", "--suite", "lunarlander", "--policy", f"sb3:{path}", "--policy-task-input", "none",
                          "--out", str(tmp_path / "o2"))
     assert_one_line(code, err, "observation space")
+
+
+@pytest.mark.trains
+def test_a_changed_policy_file_is_imported_again(user_module):
+    """The policy's sha256 keys the train stage: new weights in the same file re-import them, and
+    a checkpoint whose files changed since it was written is refused when it is loaded."""
+    from policygradex.rl.checkpoint import load_checkpoint
+
+    import userpolicy
+
+    suite = load_suite("cartpole-planted")
+    weights = user_module / "w.pt"
+    torch.save(userpolicy.Policy(4, 2, suite.n).state_dict(), weights)
+    out = user_module / "run"
+    args = ("run", "--suite", "cartpole-planted", "--policy", f"module:userpolicy:make:{weights}", *SMALL,
+            "--config", _small_config(user_module), "--out", str(out))
+    assert run_main(*args)[0] == 0
+    first = json.loads((out / "groups.json").read_text())["meta_policy"]["imported"]["sha256"]
+    ckpt = out / "train" / "checkpoints" / "step_000000000.pt"
+    torch.manual_seed(7)
+    torch.save(userpolicy.Policy(4, 2, suite.n).state_dict(), weights)
+    with pytest.raises(UserError, match="changed since the checkpoint was written"):
+        load_checkpoint(ckpt)
+    code, err = run_main(*args)
+    assert code == 0, err
+    second = json.loads((out / "groups.json").read_text())["meta_policy"]["imported"]["sha256"]
+    assert first != second and load_checkpoint(ckpt).raw["config"]["sha256"] == second

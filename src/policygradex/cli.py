@@ -363,7 +363,7 @@ def run(
               f"outputs: {escape(str(out_dir))}/groups.json, affinity.csv, affinity.png, report.md", soft_wrap=True)
 
 
-def _run_config(s, seed: int, opts: RunOptions):
+def _run_config(s, seed: int, opts: RunOptions, command: str = "run"):
     """The RunConfig of `run`, `validate` and `compare` (validate and compare must name exactly the run that `run` makes)."""
     from .config import RunConfig, parse
     from .runfile import read_section
@@ -397,7 +397,7 @@ def _run_config(s, seed: int, opts: RunOptions):
 
         data.update(imported_run_update(o.policy, o.policy_task_input, o.policy_tasks, seed, o.threads,
                                         read_section(config, "imported") if config else {}, grp,
-                                        {"--algo": o.algo, "--steps": o.steps, "--checkpoint": o.checkpoint}))
+                                        {"--algo": o.algo, "--steps": o.steps, "--checkpoint": o.checkpoint}, command))
     elif o.policy_task_input is not None or o.policy_tasks is not None:
         raise UserError(f"{'--policy-task-input' if o.policy_task_input is not None else '--policy-tasks'} needs --policy SPEC")
     cfg = parse(RunConfig, data, "options", flags)
@@ -436,7 +436,7 @@ def validate(
     from .validate import validate as run_validation
 
     s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile, opts.anchors)
-    cfg = _run_config(s, seed, opts)
+    cfg = _run_config(s, seed, opts, "validate")
     if cfg.algo != "ppo":  # the ground truth is PPO fine-tuning of theta*
         raise UserError(f"--algo {cfg.algo}: validate fine-tunes theta* with PPO and supports PPO runs only; "
                         "validate a PPO run, or compare SAC runs with `policygradex compare --algo sac`")
@@ -526,7 +526,7 @@ def compare(
     from .tasks import load_suite
 
     s = load_suite(suite, opts.tasks, opts.suite_seed, opts.profile, opts.anchors)
-    cfg = _run_config(s, seed, opts)
+    cfg = _run_config(s, seed, opts, "compare")
     cdata = dict(seeds=seeds, steps_per_task=steps_per_task, episodes=episodes, arch=arch, n_test=n_test, adapt_steps=adapt_steps,
                  probe_episodes=probe_episodes, inner_steps=inner_steps, inner_lr=inner_lr,
                  methods=None if methods is None else tuple(m.strip() for m in methods.split(",") if m.strip()))

@@ -46,29 +46,28 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import math
-import pickle
 import sys
 from pathlib import Path
-from typing import Callable, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import ImportedConfig
+from ..artifacts import write_json
+from ..config import ImportedConfig, parse
+from ..estimate.features import exact_grads
 from ..errors import UserError
 from ..tasks import TaskSuite
 from .checkpoint_io import write_checkpoint
+from . import ppo
 from .collected import Collected
+from .imported_env import OneHotTaskEnv
+from .imported_sb3 import sb3_policy, sb3_stats_path
 
-__all__ = ["ImportedConfig", "ImportedPolicy", "ImportedActor", "LEARNER", "parse_spec", "load_policy", "spec_sha256",
-           "check_gradients"]
-
-SB3_STATS_NAMES = ("vecnormalize.pkl", "vec_normalize.pkl")
-
+__all__ = ["ImportedConfig", "ImportedPolicy", "ImportedActor", "LEARNER", "OneHotTaskEnv", "parse_spec", "load_policy", "spec_sha256",
+           "check_gradients", "imported_run_update"]
 
 # ----------------------------------------------------------------------------- the spec
 
@@ -89,12 +88,21 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     raise UserError(f"--policy {spec}: unknown kind {kind!r}; allowed: module:PKG.MOD:FACTORY[:STATE_DICT], sb3:PATH.zip")
 
 
+def absolute_spec(spec: str) -> str:
+    """The spec with its files' paths made absolute, so that the run reads the same files from any
+    working directory (a worker, a later ``run`` of the same directory)."""
+    kind, parts = parse_spec(spec)
+    if kind == "module":
+        return ":".join(["module", parts[0], parts[1]] + ([str(Path(parts[2]).resolve())] if len(parts) > 2 and parts[2] else []))
+    return "sb3:" + ":".join(str(Path(p).resolve()) for p in parts if p)
+
+
 def _files(spec: str) -> list[Path]:
     kind, parts = parse_spec(spec)
     if kind == "module":
         return [Path(parts[2])] if len(parts) > 2 and parts[2] else []
     files = [Path(parts[0])]
-    stats = _sb3_stats_path(parts)
+    stats = sb3_stats_path(parts)
     return files + ([stats] if stats is not None else [])
 
 
@@ -262,112 +270,6 @@ def _module_policy(spec: str, parts: list[str], suite: TaskSuite) -> nn.Module:
     return policy
 
 
-def _sb3_stats_path(parts: list[str]) -> Path | None:
-    if len(parts) > 1 and parts[1]:
-        return Path(parts[1])
-    here = Path(parts[0]).parent
-    return next((here / n for n in SB3_STATS_NAMES if (here / n).is_file()), None)
-
-
-class _SB3Policy(nn.Module):
-    """An SB3 ActorCriticPolicy as ``forward(obs, task) -> (distribution, value)``: VecNormalize's
-    observation statistics applied, the task's one-hot appended (``task_input = "onehot"``)."""
-
-    def __init__(self, policy: nn.Module, n_tasks: int, onehot: bool, stats: dict | None):
-        super().__init__()
-        self.sb3 = policy
-        self.onehot = onehot
-        self.register_buffer("eye", torch.eye(n_tasks), persistent=False)
-        self.normalize = stats is not None
-        if stats is not None:
-            self.register_buffer("obs_mean", torch.as_tensor(stats["mean"], dtype=torch.float32), persistent=False)
-            self.register_buffer("obs_std", torch.as_tensor(np.sqrt(stats["var"] + stats["epsilon"]), dtype=torch.float32), persistent=False)
-            self.clip = float(stats["clip"])
-
-    def forward(self, obs: torch.Tensor, task: torch.Tensor):
-        x = torch.cat([obs, self.eye[task]], dim=-1) if self.onehot else obs
-        if self.normalize:  # VecNormalize saw the policy's whole input, one-hot included
-            x = torch.clamp((x - self.obs_mean) / self.obs_std, -self.clip, self.clip)
-        # SB3's own forward, less its preprocessing (Box observations: a cast to float32, which would
-        # undo the float64 copy the first-order check runs on)
-        p = self.sb3
-        if p.share_features_extractor:
-            lat_pi, lat_vf = p.mlp_extractor(p.features_extractor(x))
-        else:
-            lat_pi = p.mlp_extractor.forward_actor(p.pi_features_extractor(x))
-            lat_vf = p.mlp_extractor.forward_critic(p.vf_features_extractor(x))
-        wrapper = p._get_action_dist_from_latent(lat_pi)
-        dist = wrapper.distribution
-        wrapper.distribution = None  # SB3 keeps the last distribution on the policy: a copy of the model must not carry it
-        return dist, p.value_net(lat_vf).squeeze(-1)
-
-
-def _sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConfig) -> nn.Module:
-    try:
-        import stable_baselines3 as sb3
-    except ImportError:
-        raise UserError(f"--policy {spec}: Stable-Baselines3 is not installed; pip install -e '.[sb3]'") from None
-    path = Path(parts[0])
-    if not path.is_file():
-        raise UserError(f"--policy {spec}: {path} does not exist")
-    from stable_baselines3.common.save_util import load_from_zip_file
-
-    try:
-        data, _, _ = load_from_zip_file(path, device="cpu", load_data=True, print_system_info=False)
-    except Exception as exc:
-        raise UserError(f"--policy {spec}: {path} is not a Stable-Baselines3 archive ({type(exc).__name__}: {exc})") from None
-    data = data or {}
-    policy_class = getattr(data.get("policy_class"), "__name__", str(data.get("policy_class")))
-    algo = next((c for c in (sb3.PPO, sb3.A2C) if c.__name__ in str(data.get("_algo", ""))), None)
-    model = None
-    for cls in ([algo] if algo else []) + [sb3.PPO, sb3.A2C]:
-        try:
-            model = cls.load(path, device="cpu", custom_objects={"learning_rate": 0.0, "lr_schedule": lambda _: 0.0,
-                                                                   "clip_range": lambda _: 0.0})
-            break
-        except Exception:
-            continue
-    if model is None or not hasattr(model.policy, "get_distribution"):
-        raise UserError(f"--policy {spec}: not a Stable-Baselines3 PPO or A2C model (policy {policy_class})")
-    env = suite.tasks[0].make()
-    try:
-        obs_space, act_space = env.observation_space, env.action_space
-    finally:
-        env.close()
-    obs_dim = int(np.prod(obs_space.shape))
-    want = obs_dim + (suite.n if cfg.task_input == "onehot" else 0)
-    got = model.policy.observation_space
-    if not isinstance(got, gym.spaces.Box) or int(np.prod(got.shape)) != want:
-        how = f"{obs_dim} observation values + {suite.n} one-hot" if cfg.task_input == "onehot" else f"{obs_dim} observation values"
-        raise UserError(f"--policy {spec}: the policy's observation space is {got} but the suite gives {how} = {want} "
-                        f"(--policy-task-input {cfg.task_input})")
-    if type(model.policy.action_space) is not type(act_space) or model.policy.action_space.shape != act_space.shape or (
-            isinstance(act_space, gym.spaces.Discrete) and model.policy.action_space.n != act_space.n):
-        raise UserError(f"--policy {spec}: the policy's action space is {model.policy.action_space} but the suite's is {act_space}")
-    stats_path = _sb3_stats_path(parts)
-    stats = None
-    if stats_path is not None:
-        if not stats_path.is_file():
-            raise UserError(f"--policy {spec}: VecNormalize statistics {stats_path} do not exist")
-        try:
-            with stats_path.open("rb") as f:
-                vn = pickle.load(f)
-            rms = vn.obs_rms
-            stats = {"mean": np.asarray(rms.mean, dtype=np.float64), "var": np.asarray(rms.var, dtype=np.float64),
-                     "epsilon": float(vn.epsilon), "clip": float(vn.clip_obs)}
-            if not getattr(vn, "norm_obs", True):
-                stats = None
-        except Exception as exc:
-            raise UserError(f"--policy {spec}: {stats_path} is not a VecNormalize file ({type(exc).__name__}: {exc})") from None
-        if stats is not None and stats["mean"].shape[-1] != want:
-            raise UserError(f"--policy {spec}: {stats_path} normalizes {stats['mean'].shape[-1]} observation values, the policy takes {want}")
-    elif data.get("_last_original_obs") is not None:
-        raise UserError(f"--policy {spec}: the model was trained with VecNormalize but no statistics were given; save them with "
-                        f"VecNormalize.save('{path.parent / SB3_STATS_NAMES[0]}') or name them: sb3:{path}:STATS.pkl")
-    model.policy.set_training_mode(False)
-    return _SB3Policy(model.policy, suite.n, cfg.task_input == "onehot", stats)
-
-
 def _task_map(suite: TaskSuite, order: tuple[str, ...] | None, spec: str) -> list[int]:
     if order is None:
         return list(range(suite.n))
@@ -386,7 +288,7 @@ def load_policy(suite: TaskSuite, cfg: ImportedConfig) -> ImportedPolicy:
     if len(obs_space.shape) != 1:
         raise UserError(f"observation space {obs_space}: an imported policy needs flat (1-D) observations")
     obs_dim = int(obs_space.shape[0])
-    policy = _module_policy(cfg.spec, parts, suite) if kind == "module" else _sb3_policy(cfg.spec, parts, suite, cfg)
+    policy = _module_policy(cfg.spec, parts, suite) if kind == "module" else sb3_policy(cfg.spec, parts, suite, cfg, _spaces(suite))
     if not any(p.requires_grad for p in policy.parameters()):
         raise UserError(f"--policy {cfg.spec}: the policy has no parameters that require gradients")
     policy = policy.float().cpu()
@@ -437,8 +339,6 @@ def check_gradients(model: ImportedPolicy, suite: TaskSuite, spec: str, seed: in
     """Per-sample log-prob gradients as the estimate computes them (``torch.func`` under ``vmap``)
     against autograd on the original module, one row at a time; the largest relative difference.
     A policy whose forward does not run under vmap, or whose gradients differ, is refused."""
-    from ..estimate.features import exact_grads
-
     obs_space = _spaces(suite)[0]
     x = _probe_inputs(suite, obs_space, rows, seed)
     with torch.no_grad():
@@ -492,8 +392,6 @@ def collect(model: ImportedPolicy, suite: TaskSuite, cfg: ImportedConfig, transi
             heldout_frac: float, seed: int, on_step=None) -> Collected:
     """Roll out the imported policy as PPO's collection does; advantages from its value function
     (GAE) or, without one, Monte-Carlo returns minus a fitted baseline (module docstring)."""
-    from . import ppo
-
     if model.has_value:
         return ppo.collect(model, suite, cfg, transitions_per_task, envs_per_task, heldout_frac, seed, on_step)
     mc = cfg.model_copy(update={"gae_lambda": 1.0})
@@ -520,9 +418,6 @@ class ImportedLearner:
         return 1
 
     def train(self, suite: TaskSuite, cfg: ImportedConfig, out_dir, tensorboard=None, on_progress=None):
-        from ..artifacts import write_json
-        from .ppo import TrainResult
-
         out_dir = Path(out_dir)
         sha = spec_sha256(cfg.spec)
         if cfg.sha256 and cfg.sha256 != sha:
@@ -538,7 +433,7 @@ class ImportedLearner:
         write_json(out_dir / "train_history.json", {"imported": source, "history": []})
         if on_progress is not None:
             on_progress(1, {"returns": {}})
-        return TrainResult(model, [path], [], 0, 0.0)
+        return ppo.TrainResult(model, [path], [], 0, 0.0)
 
     def build_model(self, suite: TaskSuite, cfg: ImportedConfig) -> ImportedPolicy:
         if cfg.sha256:
@@ -576,14 +471,15 @@ LEARNER = ImportedLearner()
 
 
 def imported_run_update(specs: list[str], task_input: str | None, tasks: str | None, seed: int, threads: int | None,
-                        table: dict, group: dict, explicit: dict[str, object]) -> dict:
+                        table: dict, group: dict, explicit: dict[str, object], command: str = "run") -> dict:
     """What ``run --policy SPEC [--policy SPEC ...]`` puts in the run's config data (``algo``,
     ``imported``), its options checked.  Several policies are independently trained replicates
     (their number is the default ``--replicates``).  ``table``: the ``[imported]`` table of
     ``--config``; ``group``: the group options so far (updated here); ``explicit``: the other
     options the user gave (flag -> value; those that train are refused)."""
-    from ..config import parse
-
+    if command != "run":
+        raise UserError(f"--policy: {command} trains policies with the project's own learners, which cannot start from an "
+                        f"imported policy yet; {command} a run of the project's meta-policy (without --policy)")
     clash = [flag for flag, v in explicit.items() if v not in (None, "ppo")]
     if clash:
         raise UserError(f"{clash[0]}: nothing is trained with --policy (the given policy is theta*); leave it out")
@@ -600,6 +496,7 @@ def imported_run_update(specs: list[str], task_input: str | None, tasks: str | N
                         "one training; give one --policy per replicate, use --replicates 1, or --replicate-over projection "
                         "(a verdict that is not calibrated)")
     group.setdefault("replicates", 1)
+    specs = [absolute_spec(s) for s in specs]
     if len(set(specs)) < n:
         raise UserError(f"--policy {next(s for s in specs if specs.count(s) > 1)} is given twice; each replicate needs its own policy")
     shas = [spec_sha256(s) for s in specs]
@@ -616,47 +513,4 @@ def imported_run_update(specs: list[str], task_input: str | None, tasks: str | N
                                                    "threads": "--threads"})
     if cfg.task_input != "onehot" and any(parse_spec(s)[0] == "module" for s in specs):
         raise UserError("--policy-task-input applies to sb3: policies; a module policy is given the task index")
-    for s in specs:  # every spec parsed (a bad one is the user's one-line error now, not in a worker)
-        parse_spec(s)
     return {"algo": "imported", "imported": cfg.model_dump(mode="json")}
-
-
-class OneHotTaskEnv(gym.Env):
-    """Every task of a suite behind one gymnasium env, for training a policy elsewhere (e.g.
-    Stable-Baselines3) that ``run --policy`` can then read: each episode runs one task (in turn,
-    task ``episode % n``, or drawn with the env's RNG when ``shuffle``), and the observation is the
-    task's observation with its one-hot appended, in the suite's task order (``--policy-task-input
-    onehot``, the default).  Rewards, terminations and infos are the task's own."""
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, suite: TaskSuite, shuffle: bool = False):
-        super().__init__()
-        self.suite, self.shuffle = suite, bool(shuffle)
-        self.envs = [t.make() for t in suite.tasks]
-        base = self.envs[0].observation_space
-        if not isinstance(base, gym.spaces.Box) or len(base.shape) != 1:
-            raise UserError(f"OneHotTaskEnv needs flat Box observations; the suite's are {base}")
-        low = np.concatenate([np.broadcast_to(base.low, base.shape), np.zeros(suite.n)]).astype(np.float32)
-        high = np.concatenate([np.broadcast_to(base.high, base.shape), np.ones(suite.n)]).astype(np.float32)
-        self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
-        self.action_space = self.envs[0].action_space
-        self.task, self._episodes = 0, 0
-
-    def _obs(self, obs) -> np.ndarray:
-        return np.concatenate([np.asarray(obs, dtype=np.float32).reshape(-1), np.eye(self.suite.n, dtype=np.float32)[self.task]])
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self.task = int(self.np_random.integers(self.suite.n)) if self.shuffle else self._episodes % self.suite.n
-        self._episodes += 1
-        obs, info = self.envs[self.task].reset(seed=None if seed is None else seed + self.task)
-        return self._obs(obs), {**info, "task": self.task}
-
-    def step(self, action):
-        obs, r, term, trunc, info = self.envs[self.task].step(action)
-        return self._obs(obs), float(r), bool(term), bool(trunc), {**info, "task": self.task}
-
-    def close(self):
-        for e in self.envs:
-            e.close()
