@@ -355,3 +355,51 @@ def test_a_changed_policy_file_is_imported_again(user_module):
     assert code == 0, err
     second = json.loads((out / "groups.json").read_text())["meta_policy"]["imported"]["sha256"]
     assert first != second and load_checkpoint(ckpt).raw["config"]["sha256"] == second
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _fake_run(tmp_path):
+    """A run directory's config.json and groups.json, as run writes them (no training needed)."""
+    from policygradex import artifacts as art
+
+    suite = load_suite("cartpole-planted")
+    run = tmp_path / "run"
+    run.mkdir()
+    art.write_json(run / "config.json", {"suite": suite.to_dict()})
+    names = suite.names
+    groups = [[n for n in names if n.startswith("normal")], [n for n in names if n.startswith("mirrored")]]
+    art.write_json(run / "groups.json", {"groups": groups, "null_p": 0.005, "verdict": {"p": 0.005, "calibrated": True}})
+    return run, suite, groups
+
+
+def test_export_writes_one_suite_file_per_group_that_reads_back(tmp_path):
+    from conftest import run_cli
+
+    from policygradex import export_suites, groups_of
+
+    run, suite, groups = _fake_run(tmp_path)
+    assert groups_of(run) == groups
+    paths = export_suites(run, tmp_path / "suites")
+    assert [p.name for p in paths] == ["cartpole-planted-group1.toml", "cartpole-planted-group2.toml"]
+    for path, names in zip(paths, groups):
+        back = load_suite(str(path))
+        assert back.names == names
+        assert [t.model_dump() for t in back.tasks] == [t.model_dump() for t in suite.tasks if t.name in names]
+        assert back.ppo_preset == suite.ppo_preset
+    # existing files are never overwritten: one line, nothing written
+    before = paths[0].read_bytes()
+    proc = run_cli("export", str(run), "--out", str(tmp_path / "suites"))
+    assert_one_line(proc.returncode, proc.stderr, "cartpole-planted-group1.toml already exists")
+    assert paths[0].read_bytes() == before
+    proc = run_cli("export", str(run), "--out", str(tmp_path / "other"))
+    assert proc.returncode == 0 and "cartpole-planted-group2.toml" in proc.stdout
+
+
+def test_export_bad_inputs(tmp_path):
+    code, err = run_main("export", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert_one_line(code, err, "no groups.json")
+    run, _, _ = _fake_run(tmp_path)
+    code, err = run_main("export", str(run), "--format", "yaml", "--out", str(tmp_path / "o"))
+    assert_one_line(code, err, "--format 'yaml'", "allowed: suite")

@@ -21,6 +21,10 @@ _API = {
     "ValidateConfig": ("policygradex.config", "ValidateConfig"),
     "run": ("policygradex.pipeline", "run"),
     "train_meta_policy": ("policygradex.stages", "train_meta_policy"),
+    "groups_of": ("policygradex.export", "groups_of"),
+    "export_suites": ("policygradex.export", "export_suites"),
+    "ImportedConfig": ("policygradex.config", "ImportedConfig"),
+    "OneHotTaskEnv": ("policygradex.rl.imported_env", "OneHotTaskEnv"),
 }
 __all__ = list(_API)
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
-from .ui import quiet_gymnasium
+from .ui import quiet_gymnasium, returns_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Which RL tasks to train together: PolicyGradEx task grouping from projected policy gradients.")
@@ -197,23 +197,6 @@ def _sac_config(suite, steps, seed, threads, envs_per_task, hidden, checkpoint_e
     return parse(SACConfig, data, "options", flags)
 
 
-def _returns_table(title: str, rows: dict[str, dict]) -> Table:
-    t = Table(title=title)
-    t.add_column("task")
-    t.add_column("mean return", justify="right")
-    t.add_column("± std", justify="right")
-    success = all("success_rate" in r for r in rows.values())  # suites with a success_key (Meta-World)
-    if success:
-        t.add_column("success", justify="right")
-    vector = all("discounted_vector_mean" in r for r in rows.values())  # MO-Gymnasium preference suites
-    if vector:
-        t.add_column(f"discounted vector return (gamma {next(iter(rows.values()))['vector_gamma']})")
-    for name, r in rows.items():
-        t.add_row(name, f"{r['mean']:.1f}", f"{r['std']:.1f}", *([f"{r['success_rate']:.0%}"] if success else []),
-                  *(["(" + ", ".join(f"{x:.2f}" for x in r["discounted_vector_mean"]) + ")"] if vector else []))
-    return t
-
-
 @app.command()
 def train(
     suite: str = typer.Option("cartpole", "--suite", help=SUITE_HELP),
@@ -256,7 +239,7 @@ def train(
     with art.interrupt_summary(out_dir):
         res = train_meta_policy(s, cfg, out_dir, tensorboard)
     ev = evaluate_policy(res.model, s, episodes=eval_episodes)
-    out.print(_returns_table(f"{s.name}: {res.global_step:,} steps, {res.steps_per_second:,.0f} steps/s", ev))
+    out.print(returns_table(f"{s.name}: {res.global_step:,} steps, {res.steps_per_second:,.0f} steps/s", ev))
     out.print(f"checkpoints in {out_dir / 'checkpoints'}")
 
 
@@ -301,7 +284,7 @@ def evaluate(
         res = {k: {key: v[key] for key in keys if key in v} for k, v in ev.items()}
         print(json.dumps(res if ind is None else {"tasks": res, "indicators": ind}, indent=2))
     else:
-        out.print(_returns_table(f"{checkpoint} (step {ckpt['global_step']:,})", ev))
+        out.print(returns_table(f"{checkpoint} (step {ckpt['global_step']:,})", ev))
         if ind is not None:
             out.print(indicator_line(ind) + ("" if plot is None else f"\nplot: {plot}"), soft_wrap=True)
 
@@ -544,6 +527,21 @@ def compare(
     for line in comparison_lines(r, s, ccfg.seeds):
         out.print(line, soft_wrap=True)
     out.print(f"outputs: {out_dir}/comparison.json, comparison.csv, comparison.png; trained policies in {out_dir}/compare/<method>/seed_<s>/")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a run directory (with groups.json)"),
+    fmt: str = typer.Option("suite", "--format", help="suite: one suite file (TOML) per group, for training the groups with any tool"),
+    out_dir: Path = typer.Option(..., "--out", help="directory for the files (existing files are never overwritten)"),
+):
+    """Write a run's groups as files other tools read: one suite file per group."""
+    from .export import export_suites
+
+    if fmt != "suite":
+        raise UserError(f"--format {fmt!r}; allowed: suite")
+    for path in export_suites(run_dir, out_dir):
+        out.print(str(path), soft_wrap=True, markup=False, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

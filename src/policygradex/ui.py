@@ -8,6 +8,7 @@ import sys
 from typing import Iterator
 
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 from rich.progress import BarColumn, ProgressColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -61,3 +62,20 @@ def quiet_gymnasium() -> None:
 
     warnings.filterwarnings("ignore", module=r"gymnasium(\.|$)")
 
+
+def returns_table(title: str, rows: dict[str, dict]) -> Table:
+    """Per-task mean ± std return (and success rate, discounted vector return where every row has them)."""
+    t = Table(title=title)
+    t.add_column("task")
+    t.add_column("mean return", justify="right")
+    t.add_column("± std", justify="right")
+    success = all("success_rate" in r for r in rows.values())  # suites with a success_key (Meta-World)
+    if success:
+        t.add_column("success", justify="right")
+    vector = all("discounted_vector_mean" in r for r in rows.values())  # MO-Gymnasium preference suites
+    if vector:
+        t.add_column(f"discounted vector return (gamma {next(iter(rows.values()))['vector_gamma']})")
+    for name, r in rows.items():
+        t.add_row(name, f"{r['mean']:.1f}", f"{r['std']:.1f}", *([f"{r['success_rate']:.0%}"] if success else []),
+                  *(["(" + ", ".join(f"{x:.2f}" for x in r["discounted_vector_mean"]) + ")"] if vector else []))
+    return t
