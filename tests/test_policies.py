@@ -403,3 +403,36 @@ def test_export_bad_inputs(tmp_path):
     run, _, _ = _fake_run(tmp_path)
     code, err = run_main("export", str(run), "--format", "yaml", "--out", str(tmp_path / "o"))
     assert_one_line(code, err, "--format 'yaml'", "allowed: suite")
+
+
+@pytest.mark.trains
+def test_sb3_dict_observation_with_a_task_key(tmp_path):
+    """--policy-task-input key:task: a MultiInputPolicy on {observation, task}; the adapter's
+    log-probabilities equal SB3's on the same dict observations, and the CLI groups from it."""
+    sb3 = pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.env_util import make_vec_env
+
+    suite = load_suite("cartpole-planted")
+    env = make_vec_env(lambda: OneHotTaskEnv(suite, task_key="task"), n_envs=2, seed=0)
+    model = sb3.PPO("MultiInputPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu",
+                    policy_kwargs={"net_arch": [16]})
+    model.learn(128)
+    path = tmp_path / "dict.zip"
+    model.save(path)
+    imported = load_policy(suite, ImportedConfig(spec=f"sb3:{path}", task_input="key:task"))
+    x = torch.cat([torch.randn(4, 4), torch.eye(suite.n)[torch.tensor([0, 2, 5, 7])]], 1)
+    a = torch.tensor([1, 0, 1, 0])
+    _, ref_lp, _ = model.policy.evaluate_actions({"observation": x[:, :4], "task": torch.tensor([0, 2, 5, 7])}, a)
+    assert torch.allclose(imported.actor.log_prob(x, a), ref_lp, atol=1e-5)
+    assert check_gradients(imported, suite, "spec") < 1e-4
+    out = tmp_path / "run"
+    code, err = run_main("run", "--suite", "cartpole-planted", "--policy", f"sb3:{path}", "--policy-task-input", "key:task",
+                         *SMALL, "--config", _small_config(tmp_path), "--out", str(out))
+    assert code == 0, err
+    assert json.loads((out / "groups.json").read_text())["meta_policy"]["imported"]["task_input"] == "key:task"
+    code, err = run_main("run", "--suite", "cartpole-planted", "--policy", f"sb3:{path}", "--policy-task-input", "key:tid",
+                         "--out", str(tmp_path / "o2"))
+    assert_one_line(code, err, "observation keys", "'tid'")
+    code, err = run_main("run", "--suite", "cartpole-planted", "--policy", f"sb3:{path}", "--policy-task-input", "key",
+                         "--out", str(tmp_path / "o3"))
+    assert_one_line(code, err, "--policy-task-input", "key:NAME")

@@ -54,7 +54,7 @@ EvaluatorOpt = Annotated[Optional[str], typer.Option("--evaluator", help="first_
 CheckpointOpt = Annotated[Optional[int], typer.Option("--checkpoint", help="pin theta* to the checkpoint of this step")]
 MinReturnOpt = Annotated[Optional[float], typer.Option("--min-return", help="refuse a meta-policy whose mean return is below this")]
 PolicyOpt = Annotated[Optional[List[str]], typer.Option("--policy", help="use a policy trained elsewhere as theta* instead of training one: module:PKG.MOD:FACTORY[:STATE_DICT] or sb3:PATH.zip; repeat it with independently trained policies for a calibrated verdict (one replicate each; docs/policies.md)")]
-PolicyTaskInputOpt = Annotated[Optional[str], typer.Option("--policy-task-input", help="with --policy sb3:...: how the policy sees the task: onehot (appended to the observation, the default) or none")]
+PolicyTaskInputOpt = Annotated[Optional[str], typer.Option("--policy-task-input", help="with --policy sb3:...: how the policy sees the task: onehot (appended to the observation, the default), none, or key:NAME (a dict observation with the task's index under NAME)")]
 PolicyTasksOpt = Annotated[Optional[str], typer.Option("--policy-tasks", help="with --policy: the policy's task order, comma-separated names (default: the suite's)")]
 ReplicatesOpt = Annotated[Optional[int], typer.Option("--replicates", help="independent estimates of the affinity; their consensus gives the groups and, with 2 or more, a calibrated verdict (default 3; 1 is today's single-theta* test, not calibrated)")]
 ReplicateOverOpt = Annotated[Optional[str], typer.Option("--replicate-over", help="what differs between replicates: seeds (independent trainings: calibrated), checkpoints or projection (cheaper, one training: not calibrated)")]

@@ -149,9 +149,18 @@ class ImportedConfig(LearnerConfig):
 
     spec: str = Field("", description="the policy (set by --policy): module:PKG.MOD:FACTORY[:STATE_DICT] or sb3:PATH.zip[:STATS.pkl]")
     sha256: str = Field("", description="sha256 of the policy's files (recorded at import; a changed file is refused when the run is reused)")
-    task_input: Literal["onehot", "none"] = Field("onehot", description="sb3: how the policy sees the task (one-hot appended to the observation, or not at all)")
+    task_input: str = Field("onehot", description="sb3: how the policy sees the task: onehot (appended "
+                            "to the observation), none (task-blind) or key:NAME (a dict observation: the task's index under NAME)")
     task_order: tuple[str, ...] | None = Field(None, description="the policy's task order by name (default: the suite's)")
     gamma: float = Field(0.99, gt=0, le=1, description="discount factor of the advantages")
+
+    @field_validator("task_input")
+    @classmethod
+    def _task_input(cls, v: str) -> str:
+        if v not in ("onehot", "none") and not (v.startswith("key:") and len(v) > 4):
+            raise ValueError(f"must be onehot, none or key:NAME, got {v!r}")
+        return v
+
     gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda (policies with a value function)")
     seed: int = Field(0, description="seed of the import's gradient check")
     more: tuple[str, ...] = Field((), description="the other replicates' policies (run --policy A --policy B ...): replicate i imports more[i - 1]")

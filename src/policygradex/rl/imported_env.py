@@ -17,13 +17,18 @@ class OneHotTaskEnv(gym.Env):
     Stable-Baselines3) that ``run --policy`` can then read: each episode runs one task (in turn,
     task ``episode % n``, or drawn with the env's RNG when ``shuffle``), and the observation is the
     task's observation with its one-hot appended, in the suite's task order (``--policy-task-input
-    onehot``, the default).  Rewards, terminations and infos are the task's own."""
+    onehot``, the default).  With ``task_key``, the observation is a dict instead: the task's
+    observation under ``"observation"`` and its index (``Discrete(n)``) under ``task_key``
+    (``--policy-task-input key:TASK_KEY``, for Stable-Baselines3's ``MultiInputPolicy``).
+    Rewards, terminations and infos are the task's own."""
 
     metadata = {"render_modes": []}
 
-    def __init__(self, suite: TaskSuite, shuffle: bool = False):
+    def __init__(self, suite: TaskSuite, shuffle: bool = False, task_key: str | None = None):
         super().__init__()
-        self.suite, self.shuffle = suite, bool(shuffle)
+        self.suite, self.shuffle, self.task_key = suite, bool(shuffle), task_key
+        if task_key == "observation":
+            raise UserError("OneHotTaskEnv: task_key 'observation' is the observation's own key; choose another")
         self.envs = [t.make() for t in suite.tasks]
         base = self.envs[0].observation_space
         if not isinstance(base, gym.spaces.Box) or len(base.shape) != 1:
@@ -31,10 +36,15 @@ class OneHotTaskEnv(gym.Env):
         low = np.concatenate([np.broadcast_to(base.low, base.shape), np.zeros(suite.n)]).astype(np.float32)
         high = np.concatenate([np.broadcast_to(base.high, base.shape), np.ones(suite.n)]).astype(np.float32)
         self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
+        if task_key is not None:
+            self.observation_space = gym.spaces.Dict({"observation": gym.spaces.Box(low[:-suite.n], high[:-suite.n], dtype=np.float32),
+                                                      task_key: gym.spaces.Discrete(suite.n)})
         self.action_space = self.envs[0].action_space
         self.task, self._episodes = 0, 0
 
-    def _obs(self, obs) -> np.ndarray:
+    def _obs(self, obs):
+        if self.task_key is not None:
+            return {"observation": np.asarray(obs, dtype=np.float32).reshape(-1), self.task_key: self.task}
         return np.concatenate([np.asarray(obs, dtype=np.float32).reshape(-1), np.eye(self.suite.n, dtype=np.float32)[self.task]])
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

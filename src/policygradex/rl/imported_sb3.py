@@ -33,10 +33,11 @@ class _SB3Policy(nn.Module):
     """An SB3 ActorCriticPolicy as ``forward(obs, task) -> (distribution, value)``: VecNormalize's
     observation statistics applied, the task's one-hot appended (``task_input = "onehot"``)."""
 
-    def __init__(self, policy: nn.Module, n_tasks: int, onehot: bool, stats: dict | None):
+    def __init__(self, policy: nn.Module, n_tasks: int, onehot: bool, stats: dict | None, keys: tuple[str, str] | None = None):
         super().__init__()
         self.sb3 = policy
         self.onehot = onehot
+        self.keys = keys  # (observation key, task key) of a dict observation
         self.register_buffer("eye", torch.eye(n_tasks), persistent=False)
         self.normalize = stats is not None
         if stats is not None:
@@ -45,9 +46,12 @@ class _SB3Policy(nn.Module):
             self.clip = float(stats["clip"])
 
     def forward(self, obs: torch.Tensor, task: torch.Tensor):
-        x = torch.cat([obs, self.eye[task]], dim=-1) if self.onehot else obs
-        if self.normalize:  # VecNormalize saw the policy's whole input, one-hot included
-            x = torch.clamp((x - self.obs_mean) / self.obs_std, -self.clip, self.clip)
+        if self.keys is not None:  # preprocessed as SB3 does (a Discrete task becomes its one-hot), vmap-safe
+            x = {self.keys[0]: obs, self.keys[1]: self.eye[task]}
+        else:
+            x = torch.cat([obs, self.eye[task]], dim=-1) if self.onehot else obs
+            if self.normalize:  # VecNormalize saw the policy's whole input, one-hot included
+                x = torch.clamp((x - self.obs_mean) / self.obs_std, -self.clip, self.clip)
         # SB3's own forward, less its preprocessing (Box observations: a cast to float32, which would
         # undo the float64 copy the first-order check runs on)
         p = self.sb3
@@ -95,13 +99,20 @@ def sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConfi
     obs_dim = int(np.prod(obs_space.shape))
     want = obs_dim + (suite.n if cfg.task_input == "onehot" else 0)
     got = model.policy.observation_space
+    if cfg.task_input.startswith("key:"):
+        keys = _dict_keys(spec, cfg.task_input[4:], got, obs_dim, suite.n)
+        stats_path = sb3_stats_path(parts)
+        if stats_path is not None or data.get("_last_original_obs") is not None:
+            raise UserError(f"--policy {spec}: VecNormalize with dict observations (--policy-task-input {cfg.task_input}) is not "
+                            "supported; use --policy-task-input onehot")
+        _check_actions(spec, model.policy.action_space, act_space)
+        model.policy.set_training_mode(False)
+        return _SB3Policy(model.policy, suite.n, False, None, keys)
     if not isinstance(got, gym.spaces.Box) or int(np.prod(got.shape)) != want:
         how = f"{obs_dim} observation values + {suite.n} one-hot" if cfg.task_input == "onehot" else f"{obs_dim} observation values"
         raise UserError(f"--policy {spec}: the policy's observation space is {got} but the suite gives {how} = {want} "
                         f"(--policy-task-input {cfg.task_input})")
-    if type(model.policy.action_space) is not type(act_space) or model.policy.action_space.shape != act_space.shape or (
-            isinstance(act_space, gym.spaces.Discrete) and model.policy.action_space.n != act_space.n):
-        raise UserError(f"--policy {spec}: the policy's action space is {model.policy.action_space} but the suite's is {act_space}")
+    _check_actions(spec, model.policy.action_space, act_space)
     stats_path = sb3_stats_path(parts)
     stats = None
     if stats_path is not None:
@@ -124,3 +135,27 @@ def sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConfi
                         f"VecNormalize.save('{path.parent / SB3_STATS_NAMES[0]}') or name them: sb3:{path}:STATS.pkl")
     model.policy.set_training_mode(False)
     return _SB3Policy(model.policy, suite.n, cfg.task_input == "onehot", stats)
+
+
+def _check_actions(spec: str, got: gym.Space, act_space: gym.Space) -> None:
+    if type(got) is not type(act_space) or got.shape != act_space.shape or (
+            isinstance(act_space, gym.spaces.Discrete) and got.n != act_space.n):
+        raise UserError(f"--policy {spec}: the policy's action space is {got} but the suite's is {act_space}")
+
+
+def _dict_keys(spec: str, task_key: str, got: gym.Space, obs_dim: int, n: int) -> tuple[str, str]:
+    """(observation key, task key) of a policy whose observation is a dict of the task's observation
+    and its index (``Discrete(n)``) or one-hot (``Box(n,)``); a mismatch is one line naming both."""
+    if not isinstance(got, gym.spaces.Dict):
+        raise UserError(f"--policy {spec}: --policy-task-input key:{task_key} needs a dict observation; the policy's is {got}")
+    keys = list(got.spaces)
+    if task_key not in keys or len(keys) != 2:
+        raise UserError(f"--policy {spec}: the policy's observation keys are {keys}; --policy-task-input key:{task_key} needs "
+                        f"{task_key!r} and one observation key")
+    obs_key = next(k for k in keys if k != task_key)
+    t, o = got.spaces[task_key], got.spaces[obs_key]
+    if not ((isinstance(t, gym.spaces.Discrete) and t.n == n) or (isinstance(t, gym.spaces.Box) and t.shape == (n,))):
+        raise UserError(f"--policy {spec}: the policy's {task_key!r} space is {t}; the suite has {n} tasks (Discrete({n}) or a one-hot Box)")
+    if not isinstance(o, gym.spaces.Box) or int(np.prod(o.shape)) != obs_dim:
+        raise UserError(f"--policy {spec}: the policy's {obs_key!r} space is {o} but the suite gives {obs_dim} observation values")
+    return obs_key, task_key
