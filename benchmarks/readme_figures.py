@@ -221,8 +221,9 @@ def render_policies(res: dict) -> str:
                 out.append(f"| {label[key]} | {b['steps']:,} | {s[key]['right']}/{s[key]['of']} | {s[key]['wrong_but_significant']} | "
                            f"{'calibrated' if calibrated else 'not calibrated'} |")
         p = b["provenance"]
-        where.append(f"{b['steps']:,} steps: `{p['command']}` at commit {p['git_commit']}, {p['nproc']} cores, {p['cpu_model']}, "
-                     f"{p['date'][:10]}")
+        call = f"`{p['command']}` at commit {p['git_commit']}, {p['nproc']} cores, {p['cpu_model']}, {p['date'][:10]}"
+        if call not in where:  # budgets measured by one call share one mention
+            where.append(call)
     return "\n".join(out + ["", prose(
         f"`cartpole-planted`, suite seeds 0-{seeds - 1}; the training steps are environment steps over all tasks, the same for "
         "SB3 (`PPO(\"MlpPolicy\")` on `OneHotTaskEnv`, 8 envs, n_steps 128, batch 256) and for the project's meta-training. "
