@@ -87,6 +87,14 @@ POLICY_MODULE = textwrap.dedent('''
 
     def not_a_module(observation_space, action_space, n_tasks):
         return 42
+
+    def half_frozen(observation_space, action_space, n_tasks):
+        p = make(observation_space, action_space, n_tasks)
+        p.pi[0].requires_grad_(False)
+        return p
+
+    def three_actions(observation_space, action_space, n_tasks):
+        return Policy(observation_space.shape[0], 3, n_tasks)
 ''')
 
 SMALL = ("--transitions", "128", "--null-permutations", "10", "--d", "16", "--subsets", "8")
@@ -157,6 +165,17 @@ def test_fitted_baseline_removes_what_the_observation_explains():
     assert float(adv.abs().max()) < 0.05 * float(ret.abs().mean())
 
 
+def test_one_hot_task_env_is_reproducible_from_its_seed():
+    suite = load_suite("cartpole-planted")
+    firsts = []
+    for _ in range(2):
+        env = OneHotTaskEnv(suite)
+        obs = [env.reset(seed=0)[0]] + [env.reset()[0] for _ in range(suite.n)]
+        firsts.append(np.stack(obs))
+        env.close()
+    assert np.array_equal(firsts[0], firsts[1])
+
+
 def test_one_hot_task_env_cycles_tasks():
     suite = load_suite("cartpole-planted")
     env = OneHotTaskEnv(suite)
@@ -220,6 +239,10 @@ def test_three_policies_are_replicates_with_a_calibrated_verdict(user_module):
     (("--policy", "module:userpolicy:item"), ("vmap",)),
     (("--policy", "module:userpolicy:beta"), ("Beta distribution", "allowed: Categorical")),
     (("--policy", "module:userpolicy:not_a_module"), ("not a torch.nn.Module",)),
+    (("--policy", "module:userpolicy:half_frozen"), ("pi.0.weight", "do not require gradients")),
+    (("--policy", "module:userpolicy:three_actions"), ("probabilities has shape [4, 3]", "needs [4, 2]")),
+    (("--policy", "module:userpolicy:make", "--replicates", "3", "--replicate-over", "checkpoints"), ("one checkpoint",)),
+    (("--policy", "sb3:model:stats.pkl"), ("sb3:PATH.zip[:STATS.pkl]",)),
     (("--policy", "onnx:model.onnx"), ("unknown kind 'onnx'", "allowed")),
     (("--policy", "sb3:missing.zip"), ("missing.zip does not exist",)),
     (("--policy", "module:userpolicy:make", "--steps", "1000"), ("--steps", "nothing is trained with --policy")),
@@ -319,6 +342,25 @@ def test_sb3_vecnormalize_statistics_applied_or_refused(tmp_path):
     a = torch.tensor([0, 1, 0, 1])
     _, ref_lp, _ = model.policy.evaluate_actions(normed, a)
     assert torch.allclose(imported.actor.log_prob(torch.as_tensor(raw), a), ref_lp, atol=1e-5)
+
+
+@pytest.mark.trains
+def test_sb3_a_stray_vecnormalize_file_is_not_applied(tmp_path):
+    """Statistics next to a model trained without VecNormalize are not its own: ignored when
+    found, refused when named."""
+    model, path, _ = _sb3_model(tmp_path, steps=128)
+    (tmp_path / "other").mkdir()
+    _, _, venv = _sb3_model(tmp_path / "other", steps=128, normalize=True)
+    venv.save(str(tmp_path / "vecnormalize.pkl"))
+    suite = load_suite("cartpole-planted")
+    imported = load_policy(suite, ImportedConfig(spec=f"sb3:{path}"))
+    assert imported.actor.policy.normalize is False
+    x = torch.cat([torch.randn(3, 4), torch.eye(suite.n)[:3]], 1)
+    a = torch.tensor([0, 1, 0])
+    assert torch.allclose(imported.actor.log_prob(x, a), model.policy.evaluate_actions(x, a)[1], atol=1e-5)
+    code, err = run_main("run", "--suite", "cartpole-planted", "--policy", f"sb3:{path}:{tmp_path / 'vecnormalize.pkl'}",
+                         "--out", str(tmp_path / "o"))
+    assert_one_line(code, err, "not trained with VecNormalize")
 
 
 def test_sb3_spaces_that_do_not_fit_are_one_line_errors(tmp_path):

@@ -29,7 +29,8 @@ Specs
     observation) and is given without them is refused.  How the policy saw the task is declared
     with ``--policy-task-input``: ``onehot`` (the task's one-hot appended to the observation, in
     the policy's task order: SB3's usual multi-task wrapper and this project's convention) or
-    ``none`` (a task-blind policy).
+    ``none`` (a task-blind policy) or ``key:NAME`` (a dict observation, SB3's ``MultiInputPolicy``:
+    the task's index or one-hot under ``NAME``).
 
 ``--policy-tasks NAME,NAME,...`` gives the policy's task order when it is not the suite's.
 
@@ -84,6 +85,8 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
         if not rest:
             raise UserError(f"--policy {spec}: an sb3 spec is sb3:PATH.zip[:STATS.pkl]")
         path, _, stats = rest.partition(".zip:")
+        if not stats and not rest.endswith(".zip"):
+            raise UserError(f"--policy {spec}: an sb3 spec is sb3:PATH.zip[:STATS.pkl] (the model's .zip archive)")
         return kind, ([path + ".zip", stats] if stats else [rest])
     raise UserError(f"--policy {spec}: unknown kind {kind!r}; allowed: module:PKG.MOD:FACTORY[:STATE_DICT], sb3:PATH.zip")
 
@@ -262,11 +265,19 @@ def _module_policy(spec: str, parts: list[str], suite: TaskSuite) -> nn.Module:
             raise UserError(f"--policy {spec}: {path} is not a torch state dict ({type(exc).__name__}: {exc})") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise UserError(f"--policy {spec}: {path} holds a {type(state).__name__}, not a state dict")
+        own = set(policy.state_dict())
+        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+        if missing or unexpected:
+            nested = [k for k, v in state.items() if isinstance(v, dict)]
+            raise UserError(f"--policy {spec}: {path} does not fit the module: missing keys {missing[:3]}, unexpected keys "
+                            f"{unexpected[:3]}" + (f"; the weights may be under {nested[0]!r} (save module.state_dict() itself)" if nested else ""))
         try:
             policy.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"--policy {spec}: {path} does not fit the module: {first}") from None
+            lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip()]
+            raise UserError(f"--policy {spec}: {path} does not fit the module: {lines[-1] if lines else type(exc).__name__}") from None
     return policy
 
 
@@ -291,6 +302,10 @@ def load_policy(suite: TaskSuite, cfg: ImportedConfig) -> ImportedPolicy:
     policy = _module_policy(cfg.spec, parts, suite) if kind == "module" else sb3_policy(cfg.spec, parts, suite, cfg, _spaces(suite))
     if not any(p.requires_grad for p in policy.parameters()):
         raise UserError(f"--policy {cfg.spec}: the policy has no parameters that require gradients")
+    frozen = [n for n, p in policy.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise UserError(f"--policy {cfg.spec}: parameters {', '.join(frozen[:3])}{' ...' if len(frozen) > 3 else ''} do not require "
+                        "gradients; the estimate differentiates every parameter: unfreeze them, or keep fixed tensors as buffers")
     policy = policy.float().cpu()
     policy.eval()
     tmap = _task_map(suite, cfg.task_order, cfg.spec)
@@ -307,6 +322,12 @@ def load_policy(suite: TaskSuite, cfg: ImportedConfig) -> ImportedPolicy:
     if not isinstance(dist, torch.distributions.Distribution):
         raise UserError(f"--policy {cfg.spec}: forward returned {type(dist).__name__}; allowed: a torch distribution, or (distribution, value)")
     _check_distribution(dist, action_kind, f"--policy {cfg.spec}")
+    want = (x.shape[0], int(act_space.n)) if action_kind == "categorical" else (x.shape[0], int(act_space.shape[0]))
+    got = tuple(dist.probs.shape) if action_kind == "categorical" else tuple(dist.mean.shape)
+    if got != want:
+        what = "probabilities" if action_kind == "categorical" else "mean"
+        raise UserError(f"--policy {cfg.spec}: for 4 observations the distribution's {what} has shape {list(got)}; the action "
+                        f"space {act_space} needs {list(want)}")
     if value is not None and (not isinstance(value, torch.Tensor) or value.numel() != x.shape[0]):
         raise UserError(f"--policy {cfg.spec}: the value must be a tensor of shape [B] (B = 4), got {getattr(value, 'shape', type(value).__name__)}")
     return ImportedPolicy(policy, obs_dim, suite.n, action_kind, tmap, value is not None)
@@ -491,6 +512,9 @@ def imported_run_update(specs: list[str], task_input: str | None, tasks: str | N
         if r is not None and r != n:
             raise UserError(f"--replicates {r} with {n} policies: one replicate per policy; leave --replicates out or give {n}")
         group["replicates"] = n
+    elif r is not None and r > 1 and over == "checkpoints":
+        raise UserError(f"--replicate-over checkpoints with --policy: an imported policy is one checkpoint; use --replicate-over "
+                        "projection, or give one --policy per replicate")
     elif r is not None and r > 1 and over == "seeds":
         raise UserError(f"--replicates {r} with one --policy: replicates over seeds need independent trainings and one policy is "
                         "one training; give one --policy per replicate, use --replicates 1, or --replicate-over projection "

@@ -41,6 +41,7 @@ class OneHotTaskEnv(gym.Env):
                                                       task_key: gym.spaces.Discrete(suite.n)})
         self.action_space = self.envs[0].action_space
         self.task, self._episodes = 0, 0
+        self._first_seeds: list[int | None] = [None] * suite.n  # each task's env's seed at its first reset after a seeded reset
 
     def _obs(self, obs):
         if self.task_key is not None:
@@ -49,9 +50,12 @@ class OneHotTaskEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        if seed is not None:  # every task's env is seeded from this one, at its own next reset: reproducible episodes
+            self._first_seeds = [int(s) for s in self.np_random.integers(2**31, size=self.suite.n)]
         self.task = int(self.np_random.integers(self.suite.n)) if self.shuffle else self._episodes % self.suite.n
         self._episodes += 1
-        obs, info = self.envs[self.task].reset(seed=None if seed is None else seed + self.task)
+        first, self._first_seeds[self.task] = self._first_seeds[self.task], None
+        obs, info = self.envs[self.task].reset(seed=first)
         return self._obs(obs), {**info, "task": self.task}
 
     def step(self, action):

@@ -101,8 +101,8 @@ def sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConfi
     got = model.policy.observation_space
     if cfg.task_input.startswith("key:"):
         keys = _dict_keys(spec, cfg.task_input[4:], got, obs_dim, suite.n)
-        stats_path = sb3_stats_path(parts)
-        if stats_path is not None or data.get("_last_original_obs") is not None:
+        named = len(parts) > 1 and bool(parts[1])
+        if named or data.get("_last_original_obs") is not None:
             raise UserError(f"--policy {spec}: VecNormalize with dict observations (--policy-task-input {cfg.task_input}) is not "
                             "supported; use --policy-task-input onehot")
         _check_actions(spec, model.policy.action_space, act_space)
@@ -113,7 +113,13 @@ def sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConfi
         raise UserError(f"--policy {spec}: the policy's observation space is {got} but the suite gives {how} = {want} "
                         f"(--policy-task-input {cfg.task_input})")
     _check_actions(spec, model.policy.action_space, act_space)
-    stats_path = sb3_stats_path(parts)
+    trained_with_vn = data.get("_last_original_obs") is not None  # SB3 keeps the raw last observation only under VecNormalize
+    named = len(parts) > 1 and bool(parts[1])
+    if named and not trained_with_vn:
+        raise UserError(f"--policy {spec}: the model was not trained with VecNormalize (its archive has no raw observation); "
+                        "leave the statistics out")
+    # a file found next to the model is this model's only when the model was trained with VecNormalize
+    stats_path = sb3_stats_path(parts) if trained_with_vn else None
     stats = None
     if stats_path is not None:
         if not stats_path.is_file():
@@ -130,7 +136,7 @@ def sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConfi
             raise UserError(f"--policy {spec}: {stats_path} is not a VecNormalize file ({type(exc).__name__}: {exc})") from None
         if stats is not None and stats["mean"].shape[-1] != want:
             raise UserError(f"--policy {spec}: {stats_path} normalizes {stats['mean'].shape[-1]} observation values, the policy takes {want}")
-    elif data.get("_last_original_obs") is not None:
+    elif trained_with_vn:
         raise UserError(f"--policy {spec}: the model was trained with VecNormalize but no statistics were given; save them with "
                         f"VecNormalize.save('{path.parent / SB3_STATS_NAMES[0]}') or name them: sb3:{path}:STATS.pkl")
     model.policy.set_training_mode(False)
