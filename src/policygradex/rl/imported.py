@@ -150,6 +150,18 @@ def _check_distribution(dist, kind: str, where: str) -> None:
         raise UserError(f"{where} returns a {type(dist).__name__} distribution; allowed: {allowed}")
 
 
+def _log_prob(dist, a: torch.Tensor, batch_dims: int) -> torch.Tensor:
+    """``dist.log_prob(a)`` with a Normal's per-coordinate terms summed: one value per row."""
+    lp = dist.log_prob(a)
+    while lp.dim() > batch_dims:
+        lp = lp.sum(-1)
+    return lp
+
+
+def _mode(dist, kind: str) -> torch.Tensor:
+    return dist.probs.argmax(-1) if kind == "categorical" else dist.mean
+
+
 class ImportedActor(nn.Module):
     """``pi(a | x)`` on the project's policy input ``x = observation ++ one-hot(suite task)``:
     the suite's task is mapped to the policy's task index and the policy is called on
@@ -173,15 +185,10 @@ class ImportedActor(nn.Module):
     def log_prob(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         if x.dim() == 1:  # one row (per-sample gradients call it row by row under vmap): the policy gets a batch of one
             return self.log_prob(x.unsqueeze(0), a.unsqueeze(0)).squeeze(0)
-        dist = self.distribution(x)
-        lp = dist.log_prob(a.long() if self.kind == "categorical" else a)
-        while lp.dim() > x.dim() - 1:  # a Normal over the action's coordinates
-            lp = lp.sum(-1)
-        return lp
+        return _log_prob(self.distribution(x), a.long() if self.kind == "categorical" else a, x.dim() - 1)
 
     def mode(self, x: torch.Tensor) -> torch.Tensor:
-        dist = self.distribution(x)
-        return dist.probs.argmax(-1) if self.kind == "categorical" else dist.mean
+        return _mode(self.distribution(x), self.kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mode(x)
@@ -211,15 +218,13 @@ class ImportedPolicy(nn.Module):
         """(action, log_prob, value), sampled with ``generator`` as the project's own models do."""
         dist, v = self.actor._call(x)
         if deterministic:
-            a = dist.probs.argmax(-1) if self.kind == "categorical" else dist.mean
+            a = _mode(dist, self.kind)
         elif self.kind == "categorical":
             a = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
         else:
             mean, std = dist.mean, dist.stddev
             a = mean + std * torch.randn(mean.shape, generator=generator)
-        lp = dist.log_prob(a)
-        while lp.dim() > x.dim() - 1:
-            lp = lp.sum(-1)
+        lp = _log_prob(dist, a, x.dim() - 1)
         value = v.reshape(x.shape[:-1]).to(x.dtype) if (self.has_value and v is not None) else torch.zeros(x.shape[:-1])
         return a, lp, value
 
@@ -243,14 +248,8 @@ def _module_policy(spec: str, parts: list[str], suite: TaskSuite) -> nn.Module:
     factory = getattr(mod, parts[1], None)
     if not callable(factory):
         raise UserError(f"--policy {spec}: module {parts[0]!r} has no callable {parts[1]!r}")
-    task = suite.tasks[0]
-    env = task.make()
     try:
-        obs_space, act_space = env.observation_space, env.action_space
-    finally:
-        env.close()
-    try:
-        policy = factory(obs_space, act_space, suite.n)
+        policy = factory(suite.observation_space, suite.action_space, suite.n)
     except Exception as exc:
         raise UserError(f"--policy {spec}: {parts[1]}(observation_space, action_space, n_tasks) failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(policy, nn.Module):
@@ -294,12 +293,10 @@ def _task_map(suite: TaskSuite, order: tuple[str, ...] | None, spec: str) -> lis
 def load_policy(suite: TaskSuite, cfg: ImportedConfig) -> ImportedPolicy:
     """The model of ``cfg.spec`` for ``suite`` (one-line :class:`UserError` for every bad spec)."""
     kind, parts = parse_spec(cfg.spec)
-    obs_space, act_space = _spaces(suite)
+    obs_space, act_space = suite.observation_space, suite.action_space  # flat Box, Discrete or 1-D Box: checked by TaskSuite
     action_kind = _kind_of(act_space)
-    if len(obs_space.shape) != 1:
-        raise UserError(f"observation space {obs_space}: an imported policy needs flat (1-D) observations")
     obs_dim = int(obs_space.shape[0])
-    policy = _module_policy(cfg.spec, parts, suite) if kind == "module" else sb3_policy(cfg.spec, parts, suite, cfg, _spaces(suite))
+    policy = _module_policy(cfg.spec, parts, suite) if kind == "module" else sb3_policy(cfg.spec, parts, suite, cfg)
     if not any(p.requires_grad for p in policy.parameters()):
         raise UserError(f"--policy {cfg.spec}: the policy has no parameters that require gradients")
     frozen = [n for n, p in policy.named_parameters() if not p.requires_grad]
@@ -310,7 +307,7 @@ def load_policy(suite: TaskSuite, cfg: ImportedConfig) -> ImportedPolicy:
     policy.eval()
     tmap = _task_map(suite, cfg.task_order, cfg.spec)
     # one forward on a small batch: its outputs' types and shapes
-    x = _probe_inputs(suite, obs_space, 4, cfg.seed)
+    x = _probe_inputs(suite, 4, cfg.seed)
     try:
         with torch.no_grad():
             out = policy(x[:, :obs_dim], torch.as_tensor(tmap, dtype=torch.long)[x[:, obs_dim:].argmax(-1)])
@@ -333,15 +330,7 @@ def load_policy(suite: TaskSuite, cfg: ImportedConfig) -> ImportedPolicy:
     return ImportedPolicy(policy, obs_dim, suite.n, action_kind, tmap, value is not None)
 
 
-def _spaces(suite: TaskSuite) -> tuple[gym.Space, gym.Space]:
-    env = suite.tasks[0].make()
-    try:
-        return env.observation_space, env.action_space
-    finally:
-        env.close()
-
-
-def _probe_inputs(suite: TaskSuite, obs_space: gym.Space, rows: int, seed: int) -> torch.Tensor:
+def _probe_inputs(suite: TaskSuite, rows: int, seed: int) -> torch.Tensor:
     """Policy inputs for checks: reset observations of the suite's first tasks, with their one-hot."""
     xs = []
     for i in range(rows):
@@ -360,8 +349,7 @@ def check_gradients(model: ImportedPolicy, suite: TaskSuite, spec: str, seed: in
     """Per-sample log-prob gradients as the estimate computes them (``torch.func`` under ``vmap``)
     against autograd on the original module, one row at a time; the largest relative difference.
     A policy whose forward does not run under vmap, or whose gradients differ, is refused."""
-    obs_space = _spaces(suite)[0]
-    x = _probe_inputs(suite, obs_space, rows, seed)
+    x = _probe_inputs(suite, rows, seed)
     with torch.no_grad():
         a, _, _ = model.act(x, generator=torch.Generator().manual_seed(seed))
     try:
@@ -433,7 +421,7 @@ class ImportedLearner:
     title = "imported policy"
 
     def check_suite(self, suite: TaskSuite) -> None:
-        _kind_of(_spaces(suite)[1])
+        _kind_of(suite.action_space)
 
     def progress_total(self, cfg: ImportedConfig, n_tasks: int) -> int:
         return 1

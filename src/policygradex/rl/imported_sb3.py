@@ -66,9 +66,9 @@ class _SB3Policy(nn.Module):
         return dist, p.value_net(lat_vf).squeeze(-1)
 
 
-def sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConfig, spaces: tuple[gym.Space, gym.Space]) -> nn.Module:
+def sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConfig) -> nn.Module:
     """The SB3 model of ``sb3:PATH.zip[:STATS.pkl]`` as ``forward(obs, task) -> (distribution, value)``, checked against
-    the suite's ``spaces`` (observation, action) and ``cfg.task_input``."""
+    the suite's spaces and ``cfg.task_input``."""
     try:
         import stable_baselines3 as sb3
     except ImportError:
@@ -95,7 +95,7 @@ def sb3_policy(spec: str, parts: list[str], suite: TaskSuite, cfg: ImportedConfi
             continue
     if model is None or not hasattr(model.policy, "get_distribution"):
         raise UserError(f"--policy {spec}: not a Stable-Baselines3 PPO or A2C model (policy {policy_class})")
-    obs_space, act_space = spaces
+    obs_space, act_space = suite.observation_space, suite.action_space
     obs_dim = int(np.prod(obs_space.shape))
     want = obs_dim + (suite.n if cfg.task_input == "onehot" else 0)
     got = model.policy.observation_space
