@@ -153,6 +153,12 @@ class ImportedConfig(LearnerConfig):
                             "to the observation), none (task-blind) or key:NAME (a dict observation: the task's index under NAME)")
     task_order: tuple[str, ...] | None = Field(None, description="the policy's task order by name (default: the suite's)")
     gamma: float = Field(0.99, gt=0, le=1, description="discount factor of the advantages")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda (policies with a value function)")
+    seed: int = Field(0, description="seed of the import's gradient check")
+    more: tuple[str, ...] = Field((), description="the other replicates' policies (run --policy A --policy B ...): replicate i imports more[i - 1]")
+    more_sha256: tuple[str, ...] = Field((), description="sha256 of each of `more`")
+    threads: int = not_keyed("execution", 1, ge=1, le=MAX_THREADS, description="torch threads")
+    device: Literal["auto", "cpu", "cuda"] = not_keyed("execution", "cpu", description="device of the per-sample gradients")
 
     @field_validator("task_input")
     @classmethod
@@ -160,13 +166,6 @@ class ImportedConfig(LearnerConfig):
         if v not in ("onehot", "none") and not (v.startswith("key:") and len(v) > 4):
             raise ValueError(f"must be onehot, none or key:NAME, got {v!r}")
         return v
-
-    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda (policies with a value function)")
-    seed: int = Field(0, description="seed of the import's gradient check")
-    more: tuple[str, ...] = Field((), description="the other replicates' policies (run --policy A --policy B ...): replicate i imports more[i - 1]")
-    more_sha256: tuple[str, ...] = Field((), description="sha256 of each of `more`")
-    threads: int = not_keyed("execution", 1, ge=1, le=MAX_THREADS, description="torch threads")
-    device: Literal["auto", "cpu", "cuda"] = not_keyed("execution", "cpu", description="device of the per-sample gradients")
 
 
 class SACConfig(LearnerConfig):

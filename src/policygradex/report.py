@@ -179,6 +179,7 @@ def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit)
     verdict = verdict_of(groups)
     d, stab, ae = groups["delta"], groups.get("stability"), groups.get("approx_error_at_delta")
     source = _stability_source(stab)
+    imported = groups.get("meta_policy", {}).get("imported")  # where an imported theta* came from (rl.imported)
     trust = _distrust(cfg, groups, sentence)
     lines += ["## Verdict", ""]
     if trust:
@@ -210,7 +211,7 @@ def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit)
                f"{ae['subsets']} subsets, held-out rows): median {ae['median']:.2%}, max {ae['max']:.2%}. "
                "`policygradex validate` measures it along real fine-tuning paths." if ae else ""), "",
               "## Meta-policy theta*", "",
-              *_imported_lines(groups.get("meta_policy", {}).get("imported"), meta, num),
+              *_imported_lines(imported, meta, num),
               "| task | return | adv scale | % positive | signal |", "|---|---:|---:|---:|---|"]
     for name in suite.names:
         s = meta.signal[name]
@@ -219,11 +220,12 @@ def write_report(run_dir: Path, suite, cfg, meta: MetaPolicy, groups: dict, fit)
                      f"{'collapsed: ' + s['reason'] if s['collapsed'] else 'ok'} |")
     lines += ["", f"Signal healthy on {signal['n_tasks'] - signal['n_collapsed']} of {signal['n_tasks']} tasks over the collection "
               f"(run-level rule: at least {signal['min_healthy_frac']:.0%})."]
-    if signal["probe_met_rule"] is False and "imported" not in groups.get("meta_policy", {}):
-        lines += ["", "No probed checkpoint met the rule on its short probe; theta* is the probed checkpoint with the largest "
-                  "advantage scale. The verdict follows the collection's table above."]
-    lines += ["", "Probed checkpoints (newest first):", ""] if "imported" not in groups.get("meta_policy", {}) else []
-    for p in meta.probes if "imported" not in groups.get("meta_policy", {}) else []:
+    if imported is None:  # an imported theta* was not chosen among checkpoints
+        if signal["probe_met_rule"] is False:
+            lines += ["", "No probed checkpoint met the rule on its short probe; theta* is the probed checkpoint with the largest "
+                      "advantage scale. The verdict follows the collection's table above."]
+        lines += ["", "Probed checkpoints (newest first):", ""]
+    for p in meta.probes if imported is None else []:
         lines.append(f"- `{p['checkpoint']}`: healthy on {p['healthy_task_frac']:.0%} of tasks, overall adv scale "
                      f"{p['overall']['adv_scale']:.2e}, {p['overall']['frac_positive']:.0%} positive")
     conv = fit.converged

@@ -375,7 +375,8 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
 
     first, names = estimates[0], suite.names
     members = first.subsets.members
-    imported = imported_source(first.run_dir) if getattr(first.theta.model, "algo", None) == "imported" else None
+    is_imported = getattr(first.theta.model, "algo", None) == "imported"
+    imported = imported_source(first.run_dir) if is_imported else None
     if len(estimates) == 1:
         tables = first.tables()  # theta*'s table, and its window's
         with console.status(f"grouping: SDP + null test ({cfg.null_permutations} permutations)"):
@@ -417,7 +418,7 @@ def _group(run_dir: Path, cfg: GroupConfig, suite: TaskSuite, estimates: list[Es
         "null_statistic": {"name": "within_minus_between", "observed": float(observed), "null_mean": float(null_stats.mean()),
                            "null_q95": float(np.quantile(null_stats, 0.95)), "permutations": int(null_stats.size)},
         "distinguishable_from_noise": bool(p < cfg.alpha),
-        "verdict": verdict(cfg, len(estimates), p, getattr(first.theta.model, "algo", None) == "imported"),
+        "verdict": verdict(cfg, len(estimates), p, is_imported),
         "signal_collapsed": signal["run_level_collapsed"],
         "signal": signal,
         "meta_policy": {"checkpoint": meta.checkpoint, "step": meta.step, "mean_return": meta.mean_return,
